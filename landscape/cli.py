@@ -1,0 +1,168 @@
+"""The ``landscape`` command: a thin shell over ``landscape.train.run_sweep`` and friends.
+
+Every bad input ends in one ``error: ...`` line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LandscapeError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _float_list(option: str, text: str) -> tuple[float, ...]:
+    """'0.05,0.1' -> (0.05, 0.1); every item must be a positive, finite number."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or all(not t for t in items):
+        raise LandscapeError(f"{option} is empty; give comma-separated positive numbers")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise LandscapeError(f"{option}: {item!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise LandscapeError(f"{option}: {item!r} must be a positive, finite number")
+        values.append(value)
+    return tuple(values)
+
+
+def _name_list(option: str, text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise LandscapeError(f"{option} is empty; give comma-separated names")
+    return items
+
+
+def _default_out() -> Path:
+    from datetime import datetime
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"sweep-{stamp}.h5"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="landscape")
+def cli():
+    """Measure how BatchNorm changes the optimization landscape (Santurkar et al., 2018)."""
+
+
+@cli.command()
+@click.option("--models", default="vgg_a,vgg_a_bn", show_default=True,
+              help="Comma-separated model names.")
+@click.option("--lrs", default="0.1", show_default=True, help="Comma-separated learning rates.")
+@click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per run.")
+@click.option("--steps", type=int, default=None, help="Steps per run (overrides --epochs).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--probe-every", type=int, default=100, show_default=True,
+              help="Steps between landscape probes.")
+@click.option("--etas", default="0.5,1,2,4", show_default=True,
+              help="Probe step sizes, as multiples of the run's learning rate.")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10 (torchvision, downloaded when online) or cifar10-mini (bundled).")
+@click.option("--data-root", default=None, help="Where CIFAR-10 lives [default: ~/.cache/landscape/data].")
+@click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
+@click.option("--width", type=float, default=1.0, show_default=True,
+              help="Scale every channel count (0.25 for light CPU runs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
+        dataset, data_root, augment, width, seed, device, out, overwrite):
+    """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
+    from .train import SweepConfig, run_sweep
+
+    config = SweepConfig(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
+                         epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
+                         weight_decay=weight_decay, probe_every=probe_every,
+                         etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
+                         augment=augment, width=width, seed=seed, device=device)
+    config.validate()
+    out_path = Path(out) if out else _default_out()
+    if out_path.exists() and not overwrite:
+        raise LandscapeError(f"{out_path} exists; pass --overwrite to replace it or choose another --out")
+    if out_path.is_dir():
+        raise LandscapeError(f"--out {out_path} is a directory")
+
+    bar = _ProgressBar()
+    try:
+        summaries = run_sweep(config, str(out_path), overwrite=overwrite,
+                              command=shlex.join(["landscape"] + sys.argv[1:]),
+                              on_progress=bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted; partial results kept in {out_path}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    bar.close()
+    click.echo(_summary_table(summaries))
+    click.echo(f"wrote {out_path}")
+
+
+class _ProgressBar:
+    """One status line over the sweep: run k/n, epoch, step, loss, overall percentage."""
+
+    def __init__(self):
+        self.stream = sys.stderr
+        self.tty = self.stream.isatty()
+        self._last_run = None
+
+    def update(self, p) -> None:
+        done = (p.run_index * p.steps_total + p.step) / (p.runs_total * p.steps_total)
+        loss = "" if p.loss is None else f" loss {p.loss:.4f}"
+        line = (f"[{done:6.1%}] run {p.run_index + 1}/{p.runs_total} {p.run} "
+                f"epoch {p.epoch + 1} step {p.step}/{p.steps_total}{loss}")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100)[:120])
+            self.stream.flush()
+        elif p.run != self._last_run or p.step == p.steps_total:
+            # Without a terminal, one line per run start and end keeps logs readable.
+            self.stream.write(line + "\n")
+        self._last_run = p.run
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _summary_table(summaries) -> str:
+    rows = [("run", "status", "test acc", "median beta", "seconds")]
+    for s in summaries:
+        status = s.status if s.diverged_step is None else f"{s.status}@{s.diverged_step}"
+        acc = "-" if math.isnan(s.final_test_acc) else f"{s.final_test_acc:.4f}"
+        beta = "-" if math.isnan(s.median_beta) else f"{s.median_beta:.3g}"
+        rows.append((s.name, status, acc, beta, f"{s.seconds:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def main(argv=None) -> int:
+    """Console entry point: click's own errors and ours become one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="landscape", standalone_mode=False)
+    except click.exceptions.Exit as e:  # --help, --version
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return EXIT_USAGE
+    except LandscapeError as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Data: CIFAR-10 (or the bundled real subset) as uint8 tensors that live on the device.
+
+Following airbench, a dataset is one uint8 tensor on the training device; minibatches are
+index gathers, normalization and augmentation are batched tensor math, and the order of the
+minibatches comes from a seeded ``torch.Generator``. No ``DataLoader``, no workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import LandscapeError
+
+DATASETS = ("cifar10", "cifar10-mini")
+NUM_CLASSES = 10
+
+
+def default_data_root() -> Path:
+    """Per-user cache directory for downloaded datasets."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "landscape" / "data"
+
+
+def mini_path() -> Path:
+    """Path of the bundled 6,102-image CIFAR-10 subset (package data)."""
+    return Path(str(resources.files("landscape") / "data" / "cifar10-mini.npz"))
+
+
+@dataclass
+class ImageData:
+    """A train/test split of images (N, 3, H, W) uint8 and labels (N,) int64, on one device."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: torch.Tensor  # per-channel mean of the training images, 0-1 scale, shape (3,)
+    std: torch.Tensor  # per-channel std of the training images, 0-1 scale, shape (3,)
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    def to(self, device: torch.device | str) -> "ImageData":
+        move = lambda t: t.to(device)  # noqa: E731
+        return ImageData(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
+                         move(self.y_test), move(self.mean), move(self.std))
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float32, per-channel standardized with the train statistics."""
+        x = images_uint8.float().div_(255.0)
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+
+def _channel_stats(x_uint8: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(x_uint8).double().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3))
+    return mean.float(), std.float()
+
+
+def _from_arrays(name, x_train, y_train, x_test, y_test) -> ImageData:
+    mean, std = _channel_stats(x_train)
+    as_images = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))  # noqa: E731
+    as_labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return ImageData(name, as_images(x_train), as_labels(y_train), as_images(x_test),
+                     as_labels(y_test), mean, std)
+
+
+def load_cifar10_mini(path: str | os.PathLike | None = None) -> ImageData:
+    """The bundled real CIFAR-10 subset: 5,085 train and 1,017 test images."""
+    path = Path(path) if path is not None else mini_path()
+    if not path.is_file():
+        raise LandscapeError(f"cifar10-mini data file not found at {path}; reinstall the package")
+    with np.load(path) as z:
+        return _from_arrays("cifar10-mini", z["x_train"], z["y_train"], z["x_test"], z["y_test"])
+
+
+def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
+    """Full CIFAR-10 through torchvision, downloaded into ``root`` when it is absent."""
+    root = Path(root) if root is not None else default_data_root()
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
+        raise LandscapeError(f"torchvision is needed for --dataset cifar10 ({exc})") from None
+    try:
+        # torchvision prints download progress; it raises when offline or the archive is bad.
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
+    except Exception as exc:  # any failure here means: no usable CIFAR-10 at root
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LandscapeError(
+            f"CIFAR-10 not found under {root} and could not be downloaded ({reason}); "
+            "pass --data-root DIR holding cifar-10-batches-py, or --dataset cifar10-mini"
+        ) from None
+    to_nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731  (N,H,W,C) -> (N,C,H,W)
+    return _from_arrays("cifar10", to_nchw(train.data), train.targets,
+                        to_nchw(test.data), test.targets)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData:
+    if name == "cifar10":
+        return load_cifar10(root)
+    if name == "cifar10-mini":
+        return load_cifar10_mini()
+    raise LandscapeError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, batched, on any dtype.
+
+    The same ``generator`` draws the crop offsets and flips, so augmentation is reproducible.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    flip = torch.rand(n, generator=generator, device=generator.device).to(dev) < 0.5
+    # Gather crops with one advanced-indexing op: rows (n, h, 1) and columns (n, 1, w).
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)).view(n, 1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, w)
+    cols = torch.where(flip.view(n, 1), (w - 1) - cols, cols)  # flip = reversed column order
+    cols = (dx.view(n, 1) + cols).view(n, 1, 1, w)
+    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+class BatchStream:
+    """Seeded epoch-wise minibatches over a device-resident ``ImageData`` training split.
+
+    Every stream built with the same ``seed`` yields the same batches in the same order
+    (and, with ``augment``, the same crops and flips), so runs of a sweep differ only by
+    their learning rate. Incomplete last batches are dropped (constant BatchNorm batch size).
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int, augment: bool = False):
+        if batch_size > len(data.y_train):
+            raise LandscapeError(
+                f"--batch-size {batch_size} is larger than the {len(data.y_train)} training images")
+        self.data = data
+        self.batch_size = batch_size
+        self.augment = augment
+        # CPU generators: the permutation is tiny, and CPU draws are identical on every device.
+        self._order_gen = torch.Generator().manual_seed(seed)
+        self._aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.y_train) // self.batch_size
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass: yields (normalized float32 images, int64 labels) on the data's device."""
+        n = len(self.data.y_train)
+        order = torch.randperm(n, generator=self._order_gen).to(self.data.x_train.device)
+        for k in range(self.steps_per_epoch):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            images = self.data.x_train[idx]
+            if self.augment:
+                images = augment(images, self._aug_gen)
+            yield self.data.normalize(images), self.data.y_train[idx]
+
+
+def eval_batches(data: ImageData, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(data.y_test), batch_size):
+        yield (data.normalize(data.x_test[start:start + batch_size]),
+               data.y_test[start:start + batch_size])

@@ -1,0 +1,154 @@
+"""Store: one HDF5 file per sweep, readable with plain h5py while it is being written.
+
+Layout (see README, "HDF5 schema")::
+
+    /                       attrs landscape_version, created, command, config (JSON)
+    /runs/<name>            attrs model, norm, lr, seed, batch_size, optimizer, status, ...
+    /runs/<name>/steps/     step, epoch, loss, grad_norm, grad_diff, beta_consecutive   (n,)
+    /runs/<name>/probe/     step (n,), eta (k,), loss (n,k), grad_diff (n,k), beta (n,),
+                            grad_norm (n,), loss_at_theta (n,)
+    /runs/<name>/epochs/    epoch, train_loss, train_acc, test_loss, test_acc, seconds
+
+Rows are buffered in memory and appended to chunked, resizable datasets by ``flush()``,
+which opens the file, writes and closes it again: between flushes the file on disk is
+complete and consistent, so readers (``landscape info`` on a live sweep) never block the
+writer and a crash loses at most the rows since the last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import LandscapeError
+
+STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
+EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
+PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
+INT_FIELDS = {"step", "epoch"}
+STATUSES = ("running", "completed", "diverged", "interrupted")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (Path, os.PathLike)):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
+    """Append rows along axis 0 of a chunked, resizable dataset."""
+    ds = group[name]
+    n = ds.shape[0]
+    ds.resize(n + rows.shape[0], axis=0)
+    ds[n:] = rows
+
+
+class RunLog:
+    """Buffered rows of one run, written to ``/runs/<name>`` by the sweep's ``flush``."""
+
+    def __init__(self, name: str, eta: np.ndarray):
+        self.name = name
+        self.eta = np.asarray(eta, dtype=np.float64).reshape(-1)  # the run's probe grid (k,)
+        self._rows: dict[str, dict[str, list]] = {
+            "steps": {f: [] for f in STEP_FIELDS},
+            "epochs": {f: [] for f in EPOCH_FIELDS},
+            "probe": {f: [] for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS},
+        }
+        self._attrs: dict[str, Any] = {}
+
+    def add_steps(self, **columns) -> None:
+        """Append steps: each of STEP_FIELDS as an equal-length 1-D array."""
+        for f in STEP_FIELDS:
+            self._rows["steps"][f].extend(np.asarray(columns[f]).reshape(-1).tolist())
+
+    def add_epoch(self, **values) -> None:
+        for f in EPOCH_FIELDS:
+            self._rows["epochs"][f].append(values[f])
+
+    def add_probe(self, record) -> None:
+        """Append a ``probes.LandscapeRecord`` taken on this run's eta grid."""
+        if not np.allclose(self.eta, record.eta, rtol=1e-6, atol=0):
+            raise ValueError(f"run {self.name}: probe etas {record.eta} differ from {self.eta}")
+        for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS:
+            self._rows["probe"][f].append(getattr(record, f))
+
+    def set_attrs(self, **attrs) -> None:
+        """Run attributes (status, diverged_step, ...) written at the next flush."""
+        if "status" in attrs and attrs["status"] not in STATUSES:
+            raise ValueError(f"unknown status {attrs['status']!r}")
+        self._attrs.update(attrs)
+
+    def _write(self, root: h5py.Group) -> None:
+        if f"runs/{self.name}" not in root:
+            self._create(root.create_group(f"runs/{self.name}"))
+        run = root[f"runs/{self.name}"]
+        run.attrs.update(self._attrs)
+        for group_name, columns in self._rows.items():
+            for f, values in columns.items():
+                if values:
+                    _append(run[group_name], f, self._array(group_name, f, values))
+                    columns[f] = []
+
+    def _array(self, group: str, field: str, values) -> np.ndarray:
+        dtype = np.int64 if field in INT_FIELDS else np.float64
+        width = (len(self.eta),) if group == "probe" and field in PROBE_GRID_FIELDS else ()
+        return np.asarray(values, dtype=dtype).reshape((len(values),) + width)
+
+    def _create(self, run: h5py.Group) -> None:
+        """Every dataset exists from the start, empty, so readers see the full schema."""
+        for group_name, columns in self._rows.items():
+            group = run.create_group(group_name)
+            for f in columns:
+                empty = self._array(group_name, f, [])
+                group.create_dataset(f, shape=empty.shape, dtype=empty.dtype,
+                                     maxshape=(None,) + empty.shape[1:],
+                                     chunks=(1024,) + empty.shape[1:])
+        run["probe"].create_dataset("eta", data=self.eta)
+
+
+class SweepStore:
+    """One HDF5 file for a sweep. Refuses to replace an existing file unless ``overwrite``."""
+
+    def __init__(self, path: str | os.PathLike, *, config: dict, command: str = "",
+                 overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise LandscapeError(f"{self.path} exists; pass --overwrite to replace it or choose "
+                                 "another --out")
+        if self.path.exists() and self.path.is_dir():
+            raise LandscapeError(f"--out {self.path} is a directory")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from . import __version__
+        with h5py.File(self.path, "w") as f:
+            f.attrs["landscape_version"] = __version__
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["command"] = command
+            f.attrs["config"] = json.dumps(config, default=_json_default, sort_keys=True)
+            f.attrs["schema"] = 1
+            f.create_group("runs")
+        self.runs: dict[str, RunLog] = {}
+
+    def run(self, name: str, eta, **attrs) -> RunLog:
+        """A new run group (probe grid ``eta``, attributes, status ``running``), written at once."""
+        if name in self.runs:
+            raise ValueError(f"run {name!r} already in {self.path}")
+        log = RunLog(name, eta)
+        log.set_attrs(status="running", **attrs)
+        self.runs[name] = log
+        self.flush(log)
+        return log
+
+    def flush(self, *logs: RunLog) -> None:
+        """Append the buffered rows of ``logs`` (all runs when none given) and close the file."""
+        with h5py.File(self.path, "a") as f:
+            for log in logs or tuple(self.runs.values()):
+                log._write(f)

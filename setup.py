@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="landscape",
+    version="0.1.0",
+    description="Why BatchNorm helps optimization: landscape probes, sweeps, HDF5 and reports",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["landscape", "landscape.*"]),
+    package_data={"landscape": ["data/*.npz"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "numpy",
+        "scipy",
+        "plotly",
+        "h5py>=3.5",
+        "click>=8.0",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["landscape=landscape.cli:main"]},
+)
