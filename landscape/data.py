@@ -91,11 +91,14 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
         from torchvision.datasets import CIFAR10
     except ImportError as exc:  # pragma: no cover - torchvision is a dependency
         raise LandscapeError(f"torchvision is needed for --dataset cifar10 ({exc})") from None
+    root_existed = root.exists()
     try:
         # torchvision prints download progress; it raises when offline or the archive is bad.
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
     except Exception as exc:  # any failure here means: no usable CIFAR-10 at root
+        if not root_existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # leave no empty directory behind from a failed download
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LandscapeError(
             f"CIFAR-10 not found under {root} and could not be downloaded ({reason}); "

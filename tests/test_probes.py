@@ -1,0 +1,258 @@
+"""along_gradient and the hook probes: closed forms, a direct slow implementation, no trace."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.models import vgg_a
+from landscape.probes import GradientStats, LandscapeProbe, along_gradient
+
+
+class Quadratic(nn.Module):
+    """f(theta) = 1/2 theta^T A theta, whatever the batch; the 'loss' is the output itself."""
+
+    def __init__(self, A: torch.Tensor, theta: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", A)
+        self.theta = nn.Parameter(theta.clone())
+
+    def forward(self, x):
+        return 0.5 * self.theta @ self.A @ self.theta
+
+
+def identity_loss(out, targets):
+    return out
+
+
+def random_spd(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    eigenvalues = torch.linspace(0.5, 7.0, n, dtype=torch.float64)
+    return Q @ torch.diag(eigenvalues) @ Q.T, Q, eigenvalues
+
+
+def test_quadratic_closed_form():
+    A, _, _ = random_spd(6, seed=0)
+    theta = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = Quadratic(A, theta)
+    etas = [0.01, 0.05, 0.1, 0.2]
+    rec = along_gradient(model, identity_loss, torch.zeros(1), torch.zeros(1), etas)
+
+    g = A @ theta
+    Ag = A @ g
+    for i, eta in enumerate(etas):
+        moved = theta - eta * g
+        assert rec.loss[i] == pytest.approx(float(0.5 * moved @ A @ moved), rel=1e-12)
+        assert rec.grad_diff[i] == pytest.approx(eta * float(torch.linalg.norm(Ag)), rel=1e-10)
+    assert rec.beta == pytest.approx(float(torch.linalg.norm(Ag) / torch.linalg.norm(g)), rel=1e-10)
+    assert rec.grad_norm == pytest.approx(float(torch.linalg.norm(g)), rel=1e-12)
+    assert rec.loss_at_theta == pytest.approx(float(0.5 * theta @ A @ theta), rel=1e-12)
+    np.testing.assert_allclose(rec.eta, etas)
+
+
+@pytest.mark.parametrize("k", [0, 3, 5])
+def test_quadratic_eigenvector_beta_is_eigenvalue(k):
+    A, Q, eigenvalues = random_spd(6, seed=2)
+    model = Quadratic(A, 3.0 * Q[:, k])
+    rec = along_gradient(model, identity_loss, torch.zeros(1), torch.zeros(1), [0.05, 0.1])
+    assert rec.beta == pytest.approx(float(eigenvalues[k]), rel=1e-10)
+
+
+def slow_along_gradient(model, inputs, targets, etas):
+    """Direct reference: deep copies in float64, parameters moved in place, plain backward."""
+    base = copy.deepcopy(model).double().train()
+    x = inputs.double()
+    F.cross_entropy(base(x), targets).backward()
+    g = [p.grad.clone() for p in base.parameters()]
+    g_norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+    losses, diffs = [], []
+    for eta in etas:
+        moved = copy.deepcopy(model).double().train()
+        with torch.no_grad():
+            for p, gp in zip(moved.parameters(), g):
+                p -= eta * gp
+        loss = F.cross_entropy(moved(x), targets)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        diffs.append(float(torch.sqrt(sum(((p.grad - gp) ** 2).sum()
+                                           for p, gp in zip(moved.parameters(), g)))))
+    beta = max(d / (eta * float(g_norm)) for d, eta in zip(diffs, etas))
+    return np.array(losses), np.array(diffs), beta, float(g_norm)
+
+
+def small_batch(n=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_matches_direct_slow_implementation(norm):
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm=norm)
+    x, y = small_batch()
+    etas = [0.05, 0.1, 0.2, 0.4]
+    ref_loss, ref_diff, ref_beta, ref_norm = slow_along_gradient(model, x, y, etas)
+
+    # Same precision as the reference: agreement to rounding.
+    rec64 = along_gradient(copy.deepcopy(model).double(), F.cross_entropy, x.double(), y, etas)
+    np.testing.assert_allclose(rec64.loss, ref_loss, rtol=1e-10)
+    np.testing.assert_allclose(rec64.grad_diff, ref_diff, rtol=1e-8)
+    assert rec64.beta == pytest.approx(ref_beta, rel=1e-8)
+    assert rec64.grad_norm == pytest.approx(ref_norm, rel=1e-10)
+
+    # The float32 probe agrees with the float64 reference to float32 accuracy.
+    rec32 = along_gradient(model, F.cross_entropy, x, y, etas)
+    np.testing.assert_allclose(rec32.loss, ref_loss, rtol=1e-4)
+    np.testing.assert_allclose(rec32.grad_diff, ref_diff, rtol=2e-3)
+    assert rec32.beta == pytest.approx(ref_beta, rel=2e-3)
+
+
+def snapshot(model, optimizer):
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [p.grad.clone() for p in model.parameters()],
+        "buffers": [b.clone() for b in model.buffers()],
+        "optim": copy.deepcopy(optimizer.state_dict()),
+        "rng": torch.get_rng_state().clone(),
+        "training": [m.training for m in model.modules()],
+    }
+
+
+def assert_same_state(a, b):
+    for key in ("params", "grads", "buffers"):
+        assert len(a[key]) == len(b[key])
+        assert all(torch.equal(s, t) for s, t in zip(a[key], b[key])), key
+    assert torch.equal(a["rng"], b["rng"])
+    assert a["training"] == b["training"]
+    sa, sb = a["optim"]["state"], b["optim"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        for name in sa[k]:
+            assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name]))
+    assert a["optim"]["param_groups"] == b["optim"]["param_groups"]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_probe_leaves_no_trace(mode):
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm="batch")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = small_batch()
+    for _ in range(2):  # momentum buffers and BN running statistics are non-trivial
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=False)
+    F.cross_entropy(model(x), y).backward()  # .grad holds something the probe must not touch
+    model.train(mode == "train")
+    before = snapshot(model, opt)
+    rec = along_gradient(model, F.cross_entropy, x, y, [0.05, 0.1, 0.2, 0.4])
+    assert np.isfinite(rec.loss).all() and rec.beta > 0
+    assert_same_state(before, snapshot(model, opt))
+
+
+def test_probe_uses_batch_statistics_in_eval_mode():
+    """BN in the probe uses the batch's statistics, whatever mode the model is in."""
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm="batch")
+    x, y = small_batch()
+    in_train = along_gradient(model.train(), F.cross_entropy, x, y, [0.1])
+    in_eval = along_gradient(model.eval(), F.cross_entropy, x, y, [0.1])
+    np.testing.assert_array_equal(in_train.loss, in_eval.loss)
+    with torch.no_grad():
+        eval_loss = float(F.cross_entropy(model.eval()(x), y))
+    assert in_eval.loss_at_theta != pytest.approx(eval_loss, rel=1e-3)
+
+
+def train_steps(model, steps, batches, probe=None, manual_every=None, stats=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    loss_fn = F.cross_entropy
+    if probe is not None:
+        loss_fn = probe.attach(model, opt, loss_fn)
+    if stats is not None:
+        stats.attach(opt)
+    manual = []
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if manual_every and step % manual_every == 0:
+            manual.append(along_gradient(model, F.cross_entropy, x, y,
+                                         [e * 0.05 for e in (0.5, 1, 2, 4)]))
+        opt.step()
+    return manual
+
+
+def test_hook_probe_records_what_a_manual_call_gives():
+    batches = [small_batch(16, seed=s) for s in range(3)]
+    torch.manual_seed(3)
+    model = vgg_a(width=0.0625, norm="batch")
+    hooked, by_hand, untouched = (copy.deepcopy(model) for _ in range(3))
+
+    probe = LandscapeProbe(every=3)
+    train_steps(hooked, 7, batches, probe=probe)
+    manual = train_steps(by_hand, 7, batches, manual_every=3)
+    train_steps(untouched, 7, batches)
+
+    assert [r.step for r in probe.records] == [0, 3, 6]
+    assert len(manual) == 3
+    for r, m in zip(probe.records, manual):
+        np.testing.assert_array_equal(r.loss, m.loss)
+        np.testing.assert_array_equal(r.grad_diff, m.grad_diff)
+        np.testing.assert_array_equal(r.eta, m.eta)
+        assert r.beta == m.beta and r.lr == 0.05
+    # Training with the probe attached is bit-identical to training without it.
+    for a, b in zip(hooked.parameters(), untouched.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(hooked.buffers(), untouched.buffers()):
+        assert torch.equal(a, b)
+
+
+def test_hook_probe_works_for_other_optimizers_and_detaches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = LandscapeProbe(every=2, etas=(1e-3, 1e-2), relative=False)
+    loss_fn = probe.attach(model, opt, F.cross_entropy)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    for _ in range(4):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    assert [r.step for r in probe.records] == [0, 2]
+    np.testing.assert_allclose(probe.records[0].eta, [1e-3, 1e-2])
+    probe.detach()
+    opt.step()
+    assert len(probe.records) == 2
+
+
+def test_gradient_stats_match_direct_computation():
+    batches = [small_batch(8, seed=s) for s in range(3)]
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm="none")
+    ref = copy.deepcopy(model)
+    stats = GradientStats()
+    train_steps(model, 3, batches, stats=stats)
+    rows = stats.pop()
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.5)
+    grads, thetas = [], []
+    for step in range(3):
+        x, y = batches[step]
+        opt.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in ref.parameters()]))
+        thetas.append(torch.cat([p.detach().flatten() for p in ref.parameters()]))
+        opt.step()
+    assert rows.shape == (3, 3)
+    np.testing.assert_allclose(rows[:, 0], [float(g.norm()) for g in grads], rtol=1e-6)
+    assert np.isnan(rows[0, 1]) and np.isnan(rows[0, 2])
+    for t in (1, 2):
+        diff = float((grads[t] - grads[t - 1]).norm())
+        assert rows[t, 1] == pytest.approx(diff, rel=1e-5)
+        assert rows[t, 2] == pytest.approx(diff / float((thetas[t] - thetas[t - 1]).norm()), rel=1e-5)

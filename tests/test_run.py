@@ -1,0 +1,173 @@
+"""`landscape run` and run_sweep: the HDF5 schema, reproducibility, divergence, bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape.cli import main
+from landscape.train import SweepConfig, run_sweep
+
+STEP_FIELDS = ["step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive"]
+EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+
+
+def test_cli_sweep_end_to_end_on_cifar10_mini(tmp_path):
+    out = tmp_path / "sweep.h5"
+    cmd = [sys.executable, "-m", "landscape", "run", "--dataset", "cifar10-mini", "--width", "0.125",
+           "--epochs", "2", "--lrs", "0.05,0.1", "--probe-every", "10", "--models", "vgg_a,vgg_a_bn",
+           "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "median beta" in done.stdout and "completed" in done.stdout
+
+    with h5py.File(out, "r") as f:
+        assert {"landscape_version", "created", "command", "config"} <= set(f.attrs)
+        config = json.loads(f.attrs["config"])
+        assert config["lrs"] == [0.05, 0.1] and config["width"] == 0.125
+        assert "--probe-every 10" in f.attrs["command"]
+        names = sorted(f["runs"])
+        assert names == ["vgg_a-lr0.05-seed0", "vgg_a-lr0.1-seed0",
+                         "vgg_a_bn-lr0.05-seed0", "vgg_a_bn-lr0.1-seed0"]
+        steps_per_epoch = 5085 // 128
+        for name in names:
+            run = f["runs"][name]
+            assert run.attrs["status"] == "completed"
+            assert run.attrs["norm"] == ("batch" if "_bn" in name else "none")
+            assert {"model", "lr", "seed", "batch_size", "optimizer"} <= set(run.attrs)
+            n = 2 * steps_per_epoch
+            for field in STEP_FIELDS:
+                assert run["steps"][field].shape == (n,), field
+            np.testing.assert_array_equal(run["steps/step"][:], np.arange(n))
+            assert np.isfinite(run["steps/loss"][:]).all()
+            probe = run["probe"]
+            probed = np.arange(0, n, 10)
+            np.testing.assert_array_equal(probe["step"][:], probed)
+            np.testing.assert_allclose(probe["eta"][:], run.attrs["lr"] * np.array([0.5, 1, 2, 4]))
+            assert probe["loss"].shape == probe["grad_diff"].shape == (len(probed), 4)
+            assert probe["beta"].shape == (len(probed),)
+            # beta is max over eta of grad_diff / (eta ||g||), as stored.
+            expected = (probe["grad_diff"][:] / (probe["eta"][:] * probe["grad_norm"][:][:, None])).max(1)
+            np.testing.assert_allclose(probe["beta"][:], expected, rtol=1e-6)
+            for field in EPOCH_FIELDS:
+                assert run["epochs"][field].shape == (2,), field
+            assert (run["epochs/test_acc"][:] > 0.1).all()  # better than chance after an epoch
+
+
+def read_all(path):
+    values = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.endswith("epochs/seconds"):
+                values[name] = obj[()]
+        f.visititems(visit)
+    return values
+
+
+def test_same_seed_gives_identical_numbers(tmp_path):
+    config = SweepConfig(models=("vgg_a_bn",), lrs=(0.1,), steps=6, probe_every=2,
+                         dataset="cifar10-mini", width=0.125, device="cpu", augment=True)
+    run_sweep(config, tmp_path / "a.h5")
+    run_sweep(config, tmp_path / "b.h5")
+    a, b = read_all(tmp_path / "a.h5"), read_all(tmp_path / "b.h5")
+    assert a.keys() == b.keys() and len(a) > 15
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_runs_of_a_model_share_init_and_batches(tmp_path):
+    """Two learning rates: identical first-step loss and gradient (same weights, same batch)."""
+    config = SweepConfig(models=("vgg_a",), lrs=(0.01, 0.2), steps=3, probe_every=100,
+                         dataset="cifar10-mini", width=0.125, device="cpu")
+    run_sweep(config, tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        slow, fast = f["runs/vgg_a-lr0.01-seed0/steps"], f["runs/vgg_a-lr0.2-seed0/steps"]
+        assert slow["loss"][0] == fast["loss"][0] and slow["grad_norm"][0] == fast["grad_norm"][0]
+        assert slow["loss"][2] != fast["loss"][2]
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
+    config = SweepConfig(models=("vgg_a",), lrs=(1e6, 0.05), steps=8, probe_every=4,
+                         dataset="cifar10-mini", width=0.125, device="cpu")
+    summaries = run_sweep(config, tmp_path / "d.h5")
+    assert [s.status for s in summaries] == ["diverged", "completed"]
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        run = f["runs"][summaries[0].name]
+        assert run.attrs["status"] == "diverged"
+        step = int(run.attrs["diverged_step"])
+        losses = run["steps/loss"][:]
+        assert len(losses) == step + 1 and not np.isfinite(losses[-1])
+        assert np.isfinite(losses[:-1]).all()
+        assert f["runs/vgg_a-lr0.05-seed0"].attrs["status"] == "completed"
+
+
+BAD_INPUTS = [
+    (["--lrs", "0.1,abc"], "'abc'"),
+    (["--lrs", "0.1,-0.2"], "'-0.2'"),
+    (["--lrs", "0"], "'0'"),
+    (["--lrs", "nan"], "'nan'"),
+    (["--lrs", "inf"], "'inf'"),
+    (["--lrs", ""], "--lrs"),
+    (["--lrs", ","], "--lrs"),
+    (["--models", "vgg_z"], "'vgg_z'"),
+    (["--models", ""], "--models"),
+    (["--dataset", "imagenet"], "'imagenet'"),
+    (["--probe-every", "0"], "--probe-every"),
+    (["--probe-every", "-5"], "--probe-every"),
+    (["--width", "0"], "--width"),
+    (["--width", "-0.5"], "--width"),
+    (["--epochs", "0"], "--epochs"),
+    (["--steps", "-1"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "two"], "'two'"),
+    (["--etas", "1,x"], "'x'"),
+    (["--device", "tpu"], "'tpu'"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, named, tmp_path, capsys):
+    out = tmp_path / "never.h5"
+    code = main(["run", "--dataset", "cifar10-mini", "--out", str(out)] + args
+                if "--dataset" not in args else ["run", "--out", str(out)] + args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_refused(tmp_path, capsys):
+    out = tmp_path / "never.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cuda" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_existing_out_is_never_overwritten_unless_asked(tmp_path, capsys):
+    out = tmp_path / "keep.h5"
+    out.write_bytes(b"precious")
+    args = ["run", "--dataset", "cifar10-mini", "--models", "vgg_a", "--width", "0.125",
+            "--steps", "2", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"precious"
+    assert main(args + ["--overwrite"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f["runs/vgg_a-lr0.1-seed0"].attrs["status"] == "completed"
+
+
+def test_missing_cifar10_exits_2_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "landscape", "run", "--data-root",
+                           str(tmp_path / "cifar"), "--out", str(tmp_path / "x.h5")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: CIFAR-10 not found under")
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "x.h5").exists()
