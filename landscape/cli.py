@@ -75,10 +75,12 @@ def cli():
               help="Scale every channel count (0.25 for light CPU runs).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--precision", default="tf32", show_default=True,
+              help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
 @click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
-        dataset, data_root, augment, width, seed, device, out, overwrite):
+        dataset, data_root, augment, width, seed, device, precision, out, overwrite):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     from .train import SweepConfig, run_sweep
 
@@ -86,7 +88,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
                          epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, probe_every=probe_every,
                          etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
-                         augment=augment, width=width, seed=seed, device=device)
+                         augment=augment, width=width, seed=seed, device=device,
+                         precision=precision)
     config.validate()
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:

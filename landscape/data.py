@@ -57,7 +57,10 @@ class ImageData:
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float32, per-channel standardized with the train statistics."""
         x = images_uint8.float().div_(255.0)
-        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        if x.is_cuda:  # NHWC matches the channels-last models used on GPUs
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def _channel_stats(x_uint8: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,9 +82,20 @@ def _restored_rng(device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """No TF32 in matmuls and convolutions: training may use it, measurements never do."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@contextlib.contextmanager
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Train-mode, float32 (no autocast), grad-enabled, RNG-restoring context for a probe."""
-    with _train_mode(model), _restored_rng(device), torch.enable_grad(), \
+    """Train-mode, float32 (no autocast, no TF32), grad-enabled, RNG-restoring probe context."""
+    with _train_mode(model), _restored_rng(device), torch.enable_grad(), _full_float32(), \
             torch.autocast(device.type, enabled=False):
         yield
 
@@ -106,14 +117,25 @@ def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                     targets: torch.Tensor, params: dict[str, torch.Tensor],
-                    grad: Sequence[torch.Tensor], etas: torch.Tensor
+                    grad: Sequence[torch.Tensor], etas: torch.Tensor, batched: bool | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and ||grad L(theta - eta g) - g|| at every eta: the one place the points are evaluated.
 
-    Returns two (k,) tensors on the parameters' device. Points are evaluated one after the
-    other; a batched ``torch.func.vmap`` evaluation can replace this body without changing
-    any caller.
+    Returns two (k,) tensors on the parameters' device. ``batched=True`` evaluates all k points
+    in one ``torch.func.vmap`` pass over stacked perturbed parameters; ``False`` one after the
+    other; ``None`` (default) batches on GPUs (where one wide pass beats k narrow ones) and goes
+    sequentially on the CPU (where vmap's grouped convolutions are slower: see benchmarks/),
+    falling back to sequential for models that vmap cannot trace.
     """
+    if batched is None and inputs.device.type != "cuda":
+        batched = False
+    if batched is None:
+        try:
+            return _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas)
+        except (RuntimeError, NotImplementedError):
+            batched = False
+    if batched:
+        return _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas)
     losses, diffs = [], []
     for eta in etas:
         moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
@@ -123,17 +145,36 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     return torch.stack(losses), torch.stack(diffs)
 
 
+def _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas):
+    """All eta points in one vmapped forward/backward; BN buffers are per-point clones."""
+    k = len(etas)
+    moved = {n: p.unsqueeze(0) - etas.view(-1, *([1] * p.ndim)) * g.unsqueeze(0)
+             for (n, p), g in zip(params.items(), grad)}
+    # Batched clones: BatchNorm's in-place running-statistic updates land in them, per point.
+    buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim)) for n, b in model.named_buffers()}
+
+    def loss_at(p, b):
+        return loss_fn(functional_call(model, (p, b), (inputs,)), targets)
+
+    grads_there, losses = torch.func.vmap(torch.func.grad_and_value(loss_at))(moved, buffers)
+    squared = sum((grads_there[n] - g.unsqueeze(0)).pow(2).reshape(k, -1).sum(1)
+                  for n, g in zip(params, grad))
+    return losses.detach(), squared.sqrt().detach()
+
+
 def _as_float64(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
 def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
-                   targets: torch.Tensor, etas: Sequence[float]) -> LandscapeRecord:
+                   targets: torch.Tensor, etas: Sequence[float],
+                   batched: bool | None = None) -> LandscapeRecord:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient on a batch.
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
     BatchNorm uses the batch's statistics; the model, its ``.grad``, its buffers and the RNG
-    are left exactly as they were.
+    are left exactly as they were. ``batched`` chooses how the points are evaluated
+    (see ``evaluate_points``); the numbers agree to float rounding either way.
     """
     params = trainable_parameters(model)
     if not params:
@@ -144,7 +185,7 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
         eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
         if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
             raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
-        losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, eta_t)
+        losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, eta_t, batched)
         g_norm = _global_norm(g)
     eta_np, diff_np, g_norm_f = _as_float64(eta_t), _as_float64(diffs), float(g_norm)
     beta = float(np.max(diff_np / (eta_np * g_norm_f))) if g_norm_f > 0 else math.nan

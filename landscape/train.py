@@ -7,6 +7,7 @@ model and optimizer, and the rows they emit go to the sweep's HDF5 store.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,8 @@ class SweepConfig:
     width: float = 1.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
+    probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -80,10 +83,34 @@ class SweepConfig:
         for name, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
             if not math.isfinite(value) or value < 0:
                 raise LandscapeError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise LandscapeError(f"unknown --precision {self.precision!r}; choose from "
+                                 f"{', '.join(PRECISIONS)}")
         if self.dataset not in data_mod.DATASETS:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(data_mod.DATASETS)}")
         resolve_device(self.device)
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def training_precision(precision: str, device: torch.device):
+    """TF32 on for ``tf32``/``bf16`` (restored after); yields the autocast context for steps.
+
+    Probes switch TF32 and autocast off for themselves, so they always measure in float32.
+    """
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    fast = precision in ("tf32", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = fast
+    try:
+        if precision == "bf16" and device.type == "cuda":
+            yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        else:
+            yield contextlib.nullcontext
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,11 +183,14 @@ def evaluate(model: torch.nn.Module, data: data_mod.ImageData) -> tuple[float, f
 def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.ImageData,
               log: RunLog, device: torch.device, flush: Callable[[], None],
               on_progress: Callable[[Progress], None] | None = None,
-              run_index: int = 0, runs_total: int = 1) -> RunSummary:
+              run_index: int = 0, runs_total: int = 1,
+              autocast: Callable = contextlib.nullcontext) -> RunSummary:
     """Train one (model, lr, seed) run, writing its rows to ``log``; returns its summary."""
     name = log.name
     torch.manual_seed(config.seed)  # same initial weights for every run of this model
     model = build_model(model_name, width=config.width, num_classes=data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     stream = data_mod.BatchStream(data, config.batch_size, config.seed, config.augment)
@@ -175,7 +205,7 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
 
     probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas), relative=True,
                            on_record=record_probe, keep=False)
-    loss_fn = probe.attach(model, optimizer, F.cross_entropy)
+    loss_fn = probe.attach(model, optimizer, F.cross_entropy) if config.probe else F.cross_entropy
     stats = GradientStats().attach(optimizer)
     # The host reads device values only every `sync_every` steps (divergence check, rows).
     sync_every = 1 if device.type == "cpu" else 50
@@ -211,8 +241,9 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
             for x, y in stream.epoch():
                 if step >= total_steps:
                     break
-                out = model(x)
-                loss = loss_fn(out, y)
+                with autocast():
+                    out = model(x)
+                    loss = loss_fn(out.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -274,14 +305,17 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                        command=command, overwrite=overwrite)
     summaries = []
     grid = [(m, lr) for m in config.models for lr in config.lrs]
-    for i, (model_name, lr) in enumerate(grid):
-        eta = np.asarray(config.etas, dtype=np.float64) * lr
-        log = store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
-                        norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
-                        batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
-                        weight_decay=config.weight_decay, width=config.width,
-                        dataset=config.dataset, augment=config.augment)
-        summaries.append(train_run(model_name, lr, config, data, log, device,
-                                   flush=lambda log=log: store.flush(log), on_progress=on_progress,
-                                   run_index=i, runs_total=len(grid)))
+    with training_precision(config.precision, device) as autocast:
+        for i, (model_name, lr) in enumerate(grid):
+            eta = np.asarray(config.etas, dtype=np.float64) * lr
+            log = store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
+                            norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
+                            batch_size=config.batch_size, optimizer="SGD",
+                            momentum=config.momentum, weight_decay=config.weight_decay,
+                            width=config.width, dataset=config.dataset, augment=config.augment,
+                            precision=config.precision)
+            summaries.append(train_run(model_name, lr, config, data, log, device,
+                                       flush=lambda log=log: store.flush(log),
+                                       on_progress=on_progress, run_index=i,
+                                       runs_total=len(grid), autocast=autocast))
     return summaries

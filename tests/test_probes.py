@@ -256,3 +256,16 @@ def test_gradient_stats_match_direct_computation():
         diff = float((grads[t] - grads[t - 1]).norm())
         assert rows[t, 1] == pytest.approx(diff, rel=1e-5)
         assert rows[t, 2] == pytest.approx(diff / float((thetas[t] - thetas[t - 1]).norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_batched_points_equal_sequential(norm):
+    torch.manual_seed(1)
+    model = vgg_a(width=0.125, norm=norm)
+    x, y = small_batch(32, seed=4)
+    etas = [0.05, 0.1, 0.2, 0.4]
+    seq = along_gradient(model, F.cross_entropy, x, y, etas, batched=False)
+    vec = along_gradient(model, F.cross_entropy, x, y, etas, batched=True)
+    np.testing.assert_allclose(vec.loss, seq.loss, rtol=1e-5)
+    np.testing.assert_allclose(vec.grad_diff, seq.grad_diff, rtol=1e-5)
+    assert vec.beta == pytest.approx(seq.beta, rel=1e-5)
