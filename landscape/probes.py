@@ -148,7 +148,9 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
 def _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas):
     """All eta points in one vmapped forward/backward; BN buffers are per-point clones."""
     k = len(etas)
-    moved = {n: p.unsqueeze(0) - etas.view(-1, *([1] * p.ndim)) * g.unsqueeze(0)
+    # vmap supports only the default memory format: channels-last tensors become contiguous.
+    inputs = inputs.contiguous()
+    moved = {n: (p.unsqueeze(0) - etas.view(-1, *([1] * p.ndim)) * g.unsqueeze(0)).contiguous()
              for (n, p), g in zip(params.items(), grad)}
     # Batched clones: BatchNorm's in-place running-statistic updates land in them, per point.
     buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim)) for n, b in model.named_buffers()}
