@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--width", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
     args = parser.parse_args()
     device = resolve_device(args.device)
     width = args.width or (0.25 if args.suite == "cpu" else 1.0)
@@ -117,7 +118,8 @@ def main():
     rows = []
 
     base = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.05, 0.1, 0.15), epochs=args.epochs,
-                       dataset="cifar10-mini", width=width, device=str(device), probe_every=100)
+                       dataset="cifar10-mini", width=width, device=str(device), probe_every=100,
+                       precision=args.precision)
     timed_sweep(replace(base, models=base.models[:1], lrs=base.lrs[:1], epochs=1), data, device)  # warm-up
     no_probe = timed_sweep(replace(base, probe=False), data, device)
     default = timed_sweep(base, data, device)
@@ -139,7 +141,7 @@ def main():
         row("reference: course-style sweep", ref)
         rows[1] = rows[1][:4] + (fmt(ref["seconds"] / default["seconds"]),) + rows[1][5:]
 
-    pv = probe_vs_step("vgg_a_bn", width, device)
+    pv = probe_vs_step("vgg_a_bn", width, device, precision=args.precision)
     print(f"\none training step: {pv['step'] * 1e3:.2f} ms; one 4-point probe: batched "
           f"{pv['probe_batched'] * 1e3:.2f} ms ({pv['probe_batched'] / pv['step']:.2f} steps), "
           f"sequential {pv['probe_sequential'] * 1e3:.2f} ms "
@@ -149,7 +151,8 @@ def main():
           f"{FIG4_STEPS / steps_per_s * default['seconds'] / no_probe['seconds'] / 60:.1f} min "
           f"at {steps_per_s:.1f} steps/s")
 
-    print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {width}\n")
+    print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {width} "
+          f"| precision {args.precision}\n")
     header = ("configuration", "steps/s", "images/s", "probe overhead", "speed-up vs reference",
               "peak MiB", "seconds")
     print("| " + " | ".join(header) + " |")
