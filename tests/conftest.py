@@ -26,11 +26,11 @@ def tiny_sweep(tmp_path_factory) -> Path:
     from landscape.train import SweepConfig, run_sweep
 
     full = data_mod.load_dataset("cifar10-mini")
-    data = data_mod.ImageData(full.name, full.x_train[:512], full.y_train[:512],
-                              full.x_test[:256], full.y_test[:256], full.mean, full.std)
+    data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
+                              full.x_test[:128], full.y_test[:128], full.mean, full.std)
     out = tmp_path_factory.mktemp("tiny") / "tiny-sweep.h5"
     run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=TINY_LRS, steps=TINY_STEPS,
-                          batch_size=32, probe_every=TINY_PROBE_EVERY, dataset="cifar10-mini",
+                          batch_size=16, probe_every=TINY_PROBE_EVERY, dataset="cifar10-mini",
                           width=0.125, device="cpu"),
               str(out), command="pytest tiny_sweep", data=data)
     return out

@@ -118,6 +118,11 @@ def test_moving_average_centred_and_skips_nan_without_bridging():
         moving_average(np.ones(3), 0)
 
 
+def test_moving_average_window_longer_than_the_series():
+    out = moving_average(np.array([1.0, 2.0, 6.0]), 10)
+    assert out.shape == (3,) and np.allclose(out, 3.0)
+
+
 def test_smoothed_band_keeps_x_and_count():
     band = Band(np.arange(4), np.array([1.0, 3, 1, 3]), np.array([2.0, 4, 2, 4]), np.ones(4))
     smooth = band.smoothed(3)

@@ -119,8 +119,11 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
         return values
     finite = np.isfinite(values)
     kernel = np.ones(window)
-    total = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
-    count = np.convolve(finite.astype(float), kernel, mode="same")
+    # Point i averages i - (window - 1) // 2 .. i + window // 2 of the full convolution;
+    # mode="same" would return max(len, window) points when the window is the longer.
+    centre = slice(window // 2, window // 2 + len(values))
+    total = np.convolve(np.where(finite, values, 0.0), kernel, mode="full")[centre]
+    count = np.convolve(finite.astype(float), kernel, mode="full")[centre]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
     out[~finite] = np.nan
