@@ -112,13 +112,13 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
 
 def _title(text: str) -> dict:
     """Title at the top left, above the buttons (which sit just above the plot area)."""
-    return dict(text=text, x=0.01, xanchor="left", yref="container", y=0.98, yanchor="top",
-                font=dict(size=15))
+    return dict(text=text, x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
+                pad=dict(t=14), font=dict(size=15))
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool) -> None:
     fig.update_layout(title=_title(title), height=FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=110, l=70, r=20, b=50),
+                      margin=dict(t=100, l=70, r=20, b=50),
                       legend=dict(orientation="h", y=-0.15, x=0))
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
