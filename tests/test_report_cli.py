@@ -85,7 +85,8 @@ def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep
     assert "loss not finite from step 23 (masked)" in page  # the cross on the loss band
     assert "not finite for η = 2" in page  # the probe's blown-up largest step size
     assert "smoothed over 3" in page
-    assert "LR 0.5" in page and "2/LR = 4" in page  # selector and beta reference for LR 0.5
+    assert "LR 0.5" in page  # the selector's button
+    assert "2\\u002fLR = 4" in page  # beta's reference for LR 0.5 (plotly's JSON escapes /)
 
 
 def test_report_bands_of_a_diverged_run_stay_finite(diverged_sweep):
@@ -176,30 +177,55 @@ def test_exit_code_and_single_line_from_the_real_command(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+# Another process writes like SweepStore.flush: open, append one row to every column, close.
+WRITER = """
+import sys, time, h5py
+path, rows = sys.argv[1], int(sys.argv[2])
+with h5py.File(path, "a") as f:  # hold the file (and its lock) while the reader starts
+    print("holding", flush=True)
+    time.sleep(1.0)
+for _ in range(rows):
+    with h5py.File(path, "a") as f:
+        for column in f["runs/vgg_a_bn-lr0.1-seed0/steps"].values():
+            n = column.shape[0]
+            column.resize(n + 1, axis=0)
+            column[n] = n
+    time.sleep(0.01)
+print("done", flush=True)
+"""
+
+
 def test_info_and_plot_on_a_file_being_written(tmp_path, capsys):
     path = tmp_path / "live.h5"
     store = SweepStore(path, config={"lrs": [0.1]}, command="landscape run (live)")
     add_synthetic_run(store, "vgg_a", 0.1, 30)
-    live = store.run("vgg_a_bn-lr0.1-seed0", eta=[0.05, 0.1, 0.2, 0.4], model="vgg_a_bn",
-                     norm="batch", lr=0.1, seed=0)  # created and flushed, no rows yet
+    store.run("vgg_a_bn-lr0.1-seed0", eta=[0.05, 0.1, 0.2, 0.4], model="vgg_a_bn", norm="batch",
+              lr=0.1, seed=0)  # created and flushed, status running, no rows yet
 
     code, out, err = run_cli(capsys, "info", path)
     assert code == 0, err
     assert "(1 completed, 1 running)" in out
     assert run_cli(capsys, "plot", path, "-o", tmp_path / "live-1.html")[0] == 0
 
-    # The writer holds the file open (as during a flush): readers neither wait nor fail,
-    # and the writer is not blocked by them.
-    with h5py.File(path, "a") as writer:
-        writer.attrs["touched"] = 1
-        code, out, _ = run_cli(capsys, "info", path)
-        assert code == 0 and "1 running" in out
-    live.add_steps(step=np.arange(5), epoch=np.zeros(5, int), loss=np.full(5, 2.0),
-                   grad_norm=np.ones(5), grad_diff=np.ones(5), beta_consecutive=np.ones(5))
-    store.flush(live)
-    row = next(l for l in run_cli(capsys, "info", path)[1].splitlines()
-               if l.startswith("vgg_a_bn"))
-    assert row.split()[5:7] == ["running", "5"]
+    rows = 200
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rows)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        seen = []
+        while writer.poll() is None or not seen:  # read over and over while it writes
+            code, out, err = run_cli(capsys, "info", path)
+            assert code == 0, err
+            row = next(line for line in out.splitlines() if line.startswith("vgg_a_bn"))
+            assert row.split()[5] == "running"
+            seen.append(int(row.split()[6]))
+        assert writer.wait(timeout=60) == 0  # never blocked by the reads
+    finally:
+        writer.kill()
+    assert seen == sorted(seen) and len(seen) >= 2  # consistent, growing snapshots
+    final = next(line for line in run_cli(capsys, "info", path)[1].splitlines()
+                 if line.startswith("vgg_a_bn"))
+    assert final.split()[6] == str(rows)
     assert run_cli(capsys, "plot", path, "-o", tmp_path / "live-2.html")[0] == 0
 
 
