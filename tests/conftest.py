@@ -22,6 +22,8 @@ def tiny_sweep(tmp_path_factory) -> Path:
     Trained on a slice of cifar10-mini at width 1/8 so the whole session pays a few
     seconds once. Tests must not modify it (copy it first).
     """
+    import torch
+
     from landscape import data as data_mod
     from landscape.train import SweepConfig, run_sweep
 
@@ -29,10 +31,17 @@ def tiny_sweep(tmp_path_factory) -> Path:
     data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
                               full.x_test[:128], full.y_test[:128], full.mean, full.std)
     out = tmp_path_factory.mktemp("tiny") / "tiny-sweep.h5"
-    run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=TINY_LRS, steps=TINY_STEPS,
-                          batch_size=16, probe_every=TINY_PROBE_EVERY, dataset="cifar10-mini",
-                          width=0.125, device="cpu"),
-              str(out), command="pytest tiny_sweep", data=data)
+    # One thread: on a busy 2-core machine torch's spinning worker threads made these tiny
+    # steps ~70x slower (1.4 s instead of 0.02 s each).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=TINY_LRS, steps=TINY_STEPS,
+                              batch_size=16, probe_every=TINY_PROBE_EVERY,
+                              dataset="cifar10-mini", width=0.125, device="cpu"),
+                  str(out), command="pytest tiny_sweep", data=data)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
