@@ -115,7 +115,8 @@ def read_sweep(path: str | os.PathLike) -> SweepFile:
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             if pause is None:
                 reason = " ".join(str(e).split()) or type(e).__name__
-                raise LandscapeError(f"{path}: unreadable or truncated HDF5 file ({reason})") from None
+                raise LandscapeError(
+                    f"{path}: unreadable or truncated HDF5 file ({reason})") from None
             time.sleep(pause)
     raise AssertionError("unreachable")
 

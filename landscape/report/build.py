@@ -180,20 +180,41 @@ def _divergence_marker(label: str, x: np.ndarray, y: np.ndarray, band: Band,
     return fg.Marker(where, height, f"{label}: {what} not finite from step {where:g} (masked)")
 
 
+def _band_over_runs(label: str, color: str, group: Sequence[RunData], labels: dict[int, str],
+                    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], what: str) -> fg.BandSeries:
+    """The band over ``group``'s runs of one series each, with a cross per diverged run."""
+    band = band_across_runs(xs, ys)
+    markers = [m for r, x, y in zip(group, xs, ys)
+               if (m := _divergence_marker(labels[id(r)], x, y, band, r.diverged_step, what))]
+    return fg.BandSeries(label, color, band, markers)
+
+
 def grid_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
                 column: str) -> list[fg.BandSeries]:
     """Per model, the band over all its runs of a per-step column (loss or grad_diff)."""
     series = []
     for model, group in _by_model(runs).items():
-        xs = [r.steps.step for r in group]
-        ys = [getattr(r.steps, column) for r in group]
-        band = band_across_runs(xs, ys)
-        markers = [m for r, x, y in zip(group, xs, ys)
-                   if (m := _divergence_marker(labels[id(r)], x, y, band, r.diverged_step, column))]
         lrs = ", ".join(f"{lr:g}" for lr in sorted({r.lr for r in group}))
-        series.append(fg.BandSeries(f"{model_label(model)}: {len(group)} runs, LR {lrs}",
-                                    colors[model], band, markers))
+        series.append(_band_over_runs(f"{model_label(model)}: {len(group)} runs, LR {lrs}",
+                                      colors[model], group, labels,
+                                      [r.steps.step for r in group],
+                                      [getattr(r.steps, column) for r in group], column))
     return series
+
+
+def _masked_eta_markers(run: RunData, label: str, grid: np.ndarray, band: Band) -> list[fg.Marker]:
+    """A cross at each probed step where some step size gave a non-finite value."""
+    per_run = band_over_eta(run.probe.step, grid)
+    markers = []
+    for i in np.flatnonzero(per_run.count < grid.shape[1]):
+        step = per_run.x[i]
+        height = value_before(per_run.x, per_run.upper, step)
+        if not math.isfinite(height):  # nothing finite yet: the band's last finite top
+            height = value_before(band.x, band.upper, band.x[-1]) if len(band) else 1.0
+        eta = ", ".join(f"{e:g}" for e in run.probe.eta[~np.isfinite(grid[i])])
+        markers.append(fg.Marker(float(step), height,
+                                 f"{label}: step {step:g}: not finite for η = {eta} (masked)"))
+    return markers
 
 
 def probe_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
@@ -205,19 +226,8 @@ def probe_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[s
         for model, group in models.items():
             grids = [getattr(r.probe, column) for r in group]
             band = band_over_eta_and_runs([r.probe.step for r in group], grids)
-            markers = []
-            for run, grid in zip(group, grids):
-                per_run = band_over_eta(run.probe.step, grid)
-                k = grid.shape[1] if grid.ndim == 2 else 0
-                for i in np.flatnonzero(per_run.count < k):
-                    step = per_run.x[i]
-                    height = value_before(per_run.x, per_run.upper, step)
-                    if not math.isfinite(height):
-                        height = value_before(band.x, band.upper, band.x[-1]) if len(band) else 1.0
-                    eta = ", ".join(f"{e:g}" for e in run.probe.eta[~np.isfinite(grid[i])])
-                    markers.append(fg.Marker(float(step), height,
-                                             f"{labels[id(run)]}: step {step:g}: not finite "
-                                             f"for η = {eta} (masked)"))
+            markers = [m for run, grid in zip(group, grids) if grid.ndim == 2
+                       for m in _masked_eta_markers(run, labels[id(run)], grid, band)]
             seeds = len({r.seed for r in group})
             suffix = f", {seeds} seeds" if seeds > 1 else ""
             out[lr].append(fg.BandSeries(f"{model_label(model)}: [min, max] over η{suffix}",
@@ -228,18 +238,10 @@ def probe_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[s
 def beta_series(runs: Sequence[RunData], labels: dict[int, str],
                 colors: dict[str, str]) -> dict[float, list[fg.BandSeries]]:
     """Per learning rate and model, the probe's beta (a band when there are several seeds)."""
-    out: dict[float, list[fg.BandSeries]] = {}
-    for lr, models in sorted(_by_lr_and_model(runs).items()):
-        out[lr] = []
-        for model, group in models.items():
-            xs = [r.probe.step for r in group]
-            ys = [r.probe.beta for r in group]
-            band = band_across_runs(xs, ys)
-            markers = [m for r, x, y in zip(group, xs, ys)
-                       if (m := _divergence_marker(labels[id(r)], x, y, band, r.diverged_step, "β"))]
-            out[lr].append(fg.BandSeries(f"{model_label(model)} β_eff", colors[model], band,
-                                         markers))
-    return out
+    return {lr: [_band_over_runs(f"{model_label(model)} β_eff", colors[model], group, labels,
+                                 [r.probe.step for r in group], [r.probe.beta for r in group], "β")
+                 for model, group in models.items()]
+            for lr, models in sorted(_by_lr_and_model(runs).items())}
 
 
 def training_curves(runs: Sequence[RunData], labels: dict[int, str],
@@ -275,7 +277,8 @@ def provenance_html(sweeps: Sequence[SweepFile]) -> str:
                      f"{html.escape(str(sweep.config.get('torch_version', '?')))} on "
                      f"{html.escape(str(sweep.config.get('resolved_device', '?')))}</p>"
                      f"<pre>{html.escape(sweep.command or '(no command recorded)')}</pre>"
-                     f"<details><summary>config</summary><pre>{html.escape(config)}</pre></details>")
+                     f"<details><summary>config</summary>"
+                     f"<pre>{html.escape(config)}</pre></details>")
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     parts.append(f"<p>Report made with {html.escape(versions)}.</p>")
     return "".join(parts)
