@@ -149,6 +149,45 @@ def _summary_table(summaries) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+# ---------------------------------------------------------------------------------------
+# Reading sweep files: `landscape plot` (HTML report) and `landscape info` (one screen).
+# Both open files read-only without locking, so they work on a sweep still being written.
+# ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("-o", "--out", default=None,
+              help="HTML file to write [default: the first file with .html, next to it].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
+@click.option("--smooth", type=int, default=1, show_default=True,
+              help="Also draw band edges smoothed over N points (the raw band stays).")
+@click.option("--title", default=None, help="Page title [default: the input file names].")
+def plot(files, out, overwrite, smooth, title):
+    """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
+    from .report.build import default_report_path, write_report
+
+    out_path = Path(out) if out else default_report_path(files[0])
+    written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title)
+    click.echo(f"wrote {written}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+def info(file):
+    """Summarize a sweep file: runs, status, steps, probes, final accuracies."""
+    from .read import read_sweep
+    from .report.summary import RUN_TABLE_HEADER, run_table_cells, summarize_run, text_table
+
+    sweep = read_sweep(file)
+    rows = [summarize_run(r) for r in sweep.runs]
+    statuses = ", ".join(f"{sum(r.status == s for r in rows)} {s}"
+                         for s in dict.fromkeys(r.status for r in rows))
+    click.echo(f"{sweep.path}: landscape {sweep.landscape_version}, created {sweep.created}, "
+               f"{len(rows)} runs" + (f" ({statuses})" if rows else ""))
+    click.echo(f"command: {sweep.command or '-'}")
+    click.echo(text_table(RUN_TABLE_HEADER, [run_table_cells(r) for r in rows]))
+
+
 def main(argv=None) -> int:
     """Console entry point: click's own errors and ours become one line and exit code 2."""
     try:

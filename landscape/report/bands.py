@@ -1,0 +1,166 @@
+"""Bands and summaries for the report: numpy arrays in, numpy arrays out, no plotting.
+
+A *band* is the [min, max] envelope drawn in Santurkar et al.'s figures, either over the
+runs of a learning-rate grid at each training step or over the probe's step sizes eta at
+each probed step. Non-finite values (a diverged run's inf/NaN loss) are masked: they
+never enter a min or max, and an x where nothing finite is left becomes a gap (NaN).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Band:
+    """[lower, upper] at each x; ``count`` is how many finite values made each point."""
+
+    x: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def smoothed(self, window: int) -> "Band":
+        """Both edges smoothed by a centred moving average of ``window`` points."""
+        return Band(self.x, moving_average(self.lower, window),
+                    moving_average(self.upper, window), self.count)
+
+
+def masked(values) -> np.ndarray:
+    """A float copy of ``values`` with every inf or NaN replaced by NaN."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _nan_envelope(stack: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nanmin, nanmax and finite count along ``axis``; all-NaN slices give NaN, quietly."""
+    count = np.isfinite(stack).sum(axis=axis)
+    if stack.shape[axis] == 0:
+        empty = np.full(count.shape, np.nan)
+        return empty, empty.copy(), count
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+        return np.nanmin(stack, axis=axis), np.nanmax(stack, axis=axis), count
+
+
+def align_runs(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Put runs of unequal length on their common x grid.
+
+    Returns ``(x, table)``: ``x`` the sorted union of every run's x, ``table`` of shape
+    (runs, len(x)) with each run's masked values at its own x and NaN where it has none
+    (a shorter or diverged run simply stops contributing).
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"{len(xs)} x arrays for {len(ys)} y arrays")
+    xs = [np.asarray(x).reshape(-1) for x in xs]
+    ys = [masked(y).reshape(-1) for y in ys]
+    for x, y in zip(xs, ys):
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} points but y has {len(y)}")
+    x_all = np.unique(np.concatenate(xs)) if xs else np.zeros(0)
+    table = np.full((len(xs), len(x_all)), np.nan)
+    for row, (x, y) in zip(table, zip(xs, ys)):
+        row[np.searchsorted(x_all, x)] = y
+    return x_all, table
+
+
+def band_across_runs(xs: Sequence[np.ndarray], lows: Sequence[np.ndarray],
+                     highs: Sequence[np.ndarray] | None = None) -> Band:
+    """At each x of any run, [min, max] over the runs that have a finite value there.
+
+    With ``highs`` given, the band is [min of ``lows``, max of ``highs``]: combining runs
+    whose own values are already bands (e.g. per-run bands over eta, several seeds).
+    """
+    x, low_table = align_runs(xs, lows)
+    lower, upper, count = _nan_envelope(low_table, axis=0)
+    if highs is not None:
+        _, high_table = align_runs(xs, highs)
+        _, upper, _ = _nan_envelope(high_table, axis=0)
+    return Band(x, lower, upper, count)
+
+
+def band_over_eta(step: np.ndarray, grid: np.ndarray) -> Band:
+    """Per probed step, [min, max] over the k step sizes of a probe grid (n, k)."""
+    grid = masked(grid)
+    step = np.asarray(step).reshape(-1)
+    if grid.ndim != 2 or grid.shape[0] != len(step):
+        raise ValueError(f"grid of shape {grid.shape} does not match {len(step)} steps")
+    lower, upper, count = _nan_envelope(grid, axis=1)
+    return Band(step, lower, upper, count)
+
+
+def band_over_eta_and_runs(steps: Sequence[np.ndarray], grids: Sequence[np.ndarray]) -> Band:
+    """[min, max] over eta and over runs (e.g. seeds of one model and learning rate)."""
+    per_run = [band_over_eta(s, g) for s, g in zip(steps, grids)]
+    band = band_across_runs([b.x for b in per_run], [b.lower for b in per_run],
+                            [b.upper for b in per_run])
+    _, count_table = align_runs([b.x for b in per_run], [b.count for b in per_run])
+    return Band(band.x, band.lower, band.upper, np.nansum(count_table, axis=0).astype(int))
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points that skips NaN (gaps stay gaps).
+
+    ``window`` 1 returns the values unchanged; a point whose window holds nothing finite,
+    or that was NaN itself, is NaN, so smoothing never bridges a diverged stretch.
+    """
+    if window < 1:
+        raise ValueError(f"smoothing window must be >= 1, got {window}")
+    values = masked(values)
+    if window == 1 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    kernel = np.ones(window)
+    # Point i averages i - (window - 1) // 2 .. i + window // 2 of the full convolution;
+    # mode="same" would return max(len, window) points when the window is the longer.
+    centre = slice(window // 2, window // 2 + len(values))
+    total = np.convolve(np.where(finite, values, 0.0), kernel, mode="full")[centre]
+    count = np.convolve(finite.astype(float), kernel, mode="full")[centre]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / count
+    out[~finite] = np.nan
+    return out
+
+
+def nonfinite_x(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The x values at which ``y`` is inf or NaN (where a diverged run blew up)."""
+    x = np.asarray(x).reshape(-1)
+    return x[~np.isfinite(np.asarray(y, dtype=np.float64).reshape(-1))]
+
+
+def value_before(x: np.ndarray, y: np.ndarray, x0: float) -> float:
+    """The last finite ``y`` at an x <= ``x0``: where to mark a point that is not finite."""
+    x = np.asarray(x).reshape(-1)
+    y = masked(y).reshape(-1)
+    finite = np.flatnonzero(np.isfinite(y) & (x <= x0))
+    return float(y[finite[-1]]) if len(finite) else float("nan")
+
+
+def finite_median(values) -> float:
+    """Median of the finite values; NaN when there are none (e.g. median beta of a run)."""
+    values = masked(values).reshape(-1)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def last_finite(values) -> float:
+    """The last finite value (e.g. the final epoch's accuracy); NaN when there is none."""
+    values = masked(values).reshape(-1)
+    finite = np.flatnonzero(np.isfinite(values))
+    return float(values[finite[-1]]) if len(finite) else float("nan")
+
+
+def contiguous_segments(mask: np.ndarray) -> list[slice]:
+    """Slices of the runs of True in ``mask``: where a band can be drawn without a gap."""
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [slice(int(a), int(b)) for a, b in zip(starts, stops)]

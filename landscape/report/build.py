@@ -1,0 +1,284 @@
+"""From sweep files to the report: group runs, compute bands, build figures, write HTML.
+
+``write_report(["a.h5", "b.h5"], "reports/x.html")`` is what ``landscape plot`` calls.
+Runs of several files are pooled (two seeds, or BN and no-BN swept separately): bands
+"across the grid" span every run of a model, bands "along the gradient" every run of a
+model at one learning rate.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import LandscapeError
+from ..read import RunData, SweepFile, read_sweep
+from . import figures as fg
+from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_runs, masked,
+                    nonfinite_x, value_before)
+from .html import Section, render_page, table_html
+from .summary import (RUN_TABLE_HEADER, library_versions, model_label, run_table_cells,
+                      summarize_run)
+
+PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
+
+
+def default_report_path(first_input: str | os.PathLike) -> Path:
+    """runs/sweep.h5 -> runs/sweep.html, next to the (first) input."""
+    return Path(first_input).with_suffix(".html")
+
+
+def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                 smooth: int = 1, overwrite: bool = False, title: str | None = None) -> Path:
+    """Read ``inputs``, write one self-contained HTML report at ``out``; returns its path."""
+    out = Path(out)
+    if out.is_dir():
+        raise LandscapeError(f"-o {out} is a directory")
+    if out.exists() and not overwrite:
+        raise LandscapeError(f"{out} exists; pass --overwrite to replace it or choose another -o")
+    if smooth < 1:
+        raise LandscapeError(f"--smooth must be a whole number >= 1, got {smooth}")
+    sweeps = [read_sweep(p) for p in inputs]
+    page = build_report(sweeps, smooth=smooth, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)  # a reader never sees half a report
+    return out
+
+
+def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | None = None) -> str:
+    """The report page for the pooled runs of ``sweeps``."""
+    runs = [run for sweep in sweeps for run in sweep.runs]
+    labels = run_labels(runs)
+    colors = fg.model_colors([r.model for r in runs])
+    title = title or "Loss landscape report: " + ", ".join(s.path.name for s in sweeps)
+    eta_text = _eta_multiples_text(runs)
+    sections = [
+        Section("loss-grid", "1a. Loss landscape across the learning-rate grid",
+                "At each training step t, the band is [min, max] over the grid's runs of the "
+                "minibatch training loss L(θ<sub>t</sub>; B<sub>t</sub>) (the course "
+                "reproductions' view: how sensitive training is to the learning rate).",
+                fg.band_figure(grid_series(runs, labels, colors, "loss"),
+                               "Loss across the LR grid<br><sup>per step: [min, max] over runs "
+                               "of L(θ_t; B_t)</sup>", "training step", "training loss",
+                               log_y=True, smooth=smooth)),
+        Section("loss-probe", "1b. Loss landscape along the gradient (Fig. 4a)",
+                f"At each probed step, the band is [min, max] over η of L(θ − η g), g = ∇L(θ), "
+                f"on the step's minibatch, η = {eta_text} × LR. The buttons switch learning rate.",
+                fg.band_figure_by_lr(probe_series(runs, labels, colors, "loss"),
+                                     "Loss along the gradient (Fig. 4a)<br><sup>per probed step: "
+                                     "[min, max] over η of L(θ − η∇L(θ))</sup>", "training step",
+                                     "loss", log_y=True, smooth=smooth,
+                                     initial_lr=_initial_lr(runs))),
+        Section("grad-grid", "2a. Gradient predictiveness across the learning-rate grid",
+                "At each step, [min, max] over the grid's runs of ‖g<sub>t</sub> − "
+                "g<sub>t−1</sub>‖<sub>2</sub>, the change of the gradient between consecutive "
+                "steps (different minibatches).",
+                fg.band_figure(grid_series(runs, labels, colors, "grad_diff"),
+                               "Gradient change across the LR grid<br><sup>per step: [min, max] "
+                               "over runs of ‖g_t − g_{t−1}‖₂</sup>", "training step",
+                               "‖g_t − g_{t−1}‖₂", log_y=True, smooth=smooth)),
+        Section("grad-probe", "2b. Gradient predictiveness along the gradient (Fig. 4b)",
+                f"At each probed step, [min, max] over η of ‖∇L(θ − η g) − g‖<sub>2</sub>, "
+                f"η = {eta_text} × LR, same minibatch.",
+                fg.band_figure_by_lr(probe_series(runs, labels, colors, "grad_diff"),
+                                     "Gradient predictiveness (Fig. 4b)<br><sup>per probed step: "
+                                     "[min, max] over η of ‖∇L(θ − ηg) − g‖₂</sup>",
+                                     "training step", "‖∇L(θ − ηg) − g‖₂", log_y=True,
+                                     smooth=smooth, initial_lr=_initial_lr(runs))),
+        Section("beta", "3. Effective β-smoothness (Fig. 4c)",
+                "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
+                "<sub>2</sub> (a band over seeds when there are several). Dashed: 2/LR, the "
+                "value the paper sees it settle at.",
+                fg.band_figure_by_lr(beta_series(runs, labels, colors),
+                                     "Effective β-smoothness (Fig. 4c)<br><sup>max over η of "
+                                     "‖∇L(θ − ηg) − g‖₂ / ‖ηg‖₂; dashed: 2/LR</sup>",
+                                     "training step", "β_eff", log_y=False, smooth=smooth,
+                                     references={lr: fg.Reference(2 / lr, f"2/LR = {2 / lr:g}")
+                                                 for lr in {r.lr for r in runs}},
+                                     initial_lr=_initial_lr(runs))),
+        Section("training", "4. Training curves (Fig. 1)",
+                "Per epoch, every run: training accuracy and loss (means over the epoch's "
+                "minibatches, in training mode) and test accuracy and loss (eval mode).",
+                fg.training_curves_figure(training_curves(runs, labels, colors),
+                                          "Training curves (Fig. 1)<br><sup>colour: model; "
+                                          "dash: learning rate</sup>")),
+        Section("runs", "5. Runs and provenance",
+                "Diverged runs are flagged with the step at which the loss stopped being "
+                "finite; their non-finite values are masked in every band and marked ✕.",
+                body=run_table_html(runs, labels) + provenance_html(sweeps)),
+    ]
+    intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
+             f"— {len(runs)} runs from {len(sweeps)} file(s). Blue: VGG-A; red: VGG-A+BN. "
+             f"Bands are raw [min, max]"
+             + (f", with edges smoothed over {smooth} points drawn on top" if smooth > 1 else "")
+             + "; log/linear buttons switch the y axis.</p>")
+    return render_page(title, intro, sections)
+
+
+def run_labels(runs: Sequence[RunData]) -> dict[int, str]:
+    """A unique label per run: its name, prefixed by its file's name when names collide."""
+    counts = defaultdict(int)
+    for run in runs:
+        counts[run.name] += 1
+    return {id(run): run.name if counts[run.name] == 1 else f"{run.source.stem}:{run.name}"
+            for run in runs}
+
+
+def _initial_lr(runs: Sequence[RunData]) -> float | None:
+    lrs = sorted({r.lr for r in runs if r.lr > 0})
+    return min(lrs, key=lambda lr: abs(math.log(lr / PAPER_LR))) if lrs else None
+
+
+def _eta_multiples_text(runs: Sequence[RunData]) -> str:
+    multiples = sorted({round(float(e / r.lr), 6) for r in runs for e in r.probe.eta if r.lr > 0})
+    return "{" + ", ".join(f"{m:g}" for m in multiples) + "}" if multiples else "{}"
+
+
+def _by_model(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    groups: dict[str, list[RunData]] = defaultdict(list)
+    for run in runs:
+        groups[run.model].append(run)
+    return groups
+
+
+def _by_lr_and_model(runs: Sequence[RunData]) -> dict[float, dict[str, list[RunData]]]:
+    groups: dict[float, dict[str, list[RunData]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[run.lr][run.model].append(run)
+    return groups
+
+
+def _divergence_marker(label: str, x: np.ndarray, y: np.ndarray, band: Band,
+                       diverged_step: int | None, what: str) -> fg.Marker | None:
+    """A cross where a run stops being finite, at its last finite height.
+
+    That is the run's recorded divergence step, or else the first non-finite value after
+    a finite one: a leading NaN (no previous gradient at step 0) is undefined, not a blow-up.
+    """
+    x, y = np.asarray(x), masked(y)
+    if diverged_step is not None:
+        where = float(diverged_step)
+    else:
+        started = np.cumsum(np.isfinite(y)) > 0
+        bad = nonfinite_x(x[started], y[started])
+        if not len(bad):
+            return None
+        where = float(bad[0])
+    height = value_before(x, y, where)
+    if not math.isfinite(height):  # nothing finite before: put it at the band's top
+        finite_upper = band.upper[np.isfinite(band.upper)]
+        height = float(finite_upper.max()) if len(finite_upper) else 1.0
+    return fg.Marker(where, height, f"{label}: {what} not finite from step {where:g} (masked)")
+
+
+def _band_over_runs(label: str, color: str, group: Sequence[RunData], labels: dict[int, str],
+                    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], what: str) -> fg.BandSeries:
+    """The band over ``group``'s runs of one series each, with a cross per diverged run."""
+    band = band_across_runs(xs, ys)
+    markers = [m for r, x, y in zip(group, xs, ys)
+               if (m := _divergence_marker(labels[id(r)], x, y, band, r.diverged_step, what))]
+    return fg.BandSeries(label, color, band, markers)
+
+
+def grid_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
+                column: str) -> list[fg.BandSeries]:
+    """Per model, the band over all its runs of a per-step column (loss or grad_diff)."""
+    series = []
+    for model, group in _by_model(runs).items():
+        lrs = ", ".join(f"{lr:g}" for lr in sorted({r.lr for r in group}))
+        series.append(_band_over_runs(f"{model_label(model)}: {len(group)} runs, LR {lrs}",
+                                      colors[model], group, labels,
+                                      [r.steps.step for r in group],
+                                      [getattr(r.steps, column) for r in group], column))
+    return series
+
+
+def _masked_eta_markers(run: RunData, label: str, grid: np.ndarray, band: Band) -> list[fg.Marker]:
+    """A cross at each probed step where some step size gave a non-finite value."""
+    per_run = band_over_eta(run.probe.step, grid)
+    markers = []
+    for i in np.flatnonzero(per_run.count < grid.shape[1]):
+        step = per_run.x[i]
+        height = value_before(per_run.x, per_run.upper, step)
+        if not math.isfinite(height):  # nothing finite yet: the band's last finite top
+            height = value_before(band.x, band.upper, band.x[-1]) if len(band) else 1.0
+        eta = ", ".join(f"{e:g}" for e in run.probe.eta[~np.isfinite(grid[i])])
+        markers.append(fg.Marker(float(step), height,
+                                 f"{label}: step {step:g}: not finite for η = {eta} (masked)"))
+    return markers
+
+
+def probe_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
+                 column: str) -> dict[float, list[fg.BandSeries]]:
+    """Per learning rate and model, the band over eta (and seeds) of a probe grid column."""
+    out: dict[float, list[fg.BandSeries]] = {}
+    for lr, models in sorted(_by_lr_and_model(runs).items()):
+        out[lr] = []
+        for model, group in models.items():
+            grids = [getattr(r.probe, column) for r in group]
+            band = band_over_eta_and_runs([r.probe.step for r in group], grids)
+            markers = [m for run, grid in zip(group, grids) if grid.ndim == 2
+                       for m in _masked_eta_markers(run, labels[id(run)], grid, band)]
+            seeds = len({r.seed for r in group})
+            suffix = f", {seeds} seeds" if seeds > 1 else ""
+            out[lr].append(fg.BandSeries(f"{model_label(model)}: [min, max] over η{suffix}",
+                                         colors[model], band, markers))
+    return out
+
+
+def beta_series(runs: Sequence[RunData], labels: dict[int, str],
+                colors: dict[str, str]) -> dict[float, list[fg.BandSeries]]:
+    """Per learning rate and model, the probe's beta (a band when there are several seeds)."""
+    return {lr: [_band_over_runs(f"{model_label(model)} β_eff", colors[model], group, labels,
+                                 [r.probe.step for r in group], [r.probe.beta for r in group], "β")
+                 for model, group in models.items()]
+            for lr, models in sorted(_by_lr_and_model(runs).items())}
+
+
+def training_curves(runs: Sequence[RunData], labels: dict[int, str],
+                    colors: dict[str, str]) -> list[fg.Curve]:
+    lr_order = sorted({r.lr for r in runs})
+    curves = []
+    for run in runs:
+        e = run.epochs
+        flag = f" (diverged @ step {run.diverged_step})" if run.diverged_step is not None else ""
+        curves.append(fg.Curve(
+            label=f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}{flag}",
+            color=colors[run.model], dash=fg.LR_DASHES[lr_order.index(run.lr) % len(fg.LR_DASHES)],
+            epoch=e.epoch + 1, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
+            train_loss=masked(e.train_loss), test_loss=masked(e.test_loss)))
+    return curves
+
+
+def run_table_html(runs: Sequence[RunData], labels: dict[int, str]) -> str:
+    rows = [summarize_run(r) for r in runs]
+    cells = [(labels[id(run)],) + run_table_cells(row)[1:] for run, row in zip(runs, rows)]
+    classes = ["diverged" if row.diverged_step is not None or row.status == "diverged"
+               else row.status for row in rows]
+    return table_html(RUN_TABLE_HEADER, cells, classes, text_columns=3)
+
+
+def provenance_html(sweeps: Sequence[SweepFile]) -> str:
+    parts = []
+    for sweep in sweeps:
+        config = json.dumps(sweep.config, indent=1, sort_keys=True)
+        parts.append(f"<h3>{html.escape(str(sweep.path))}</h3>"
+                     f"<p>landscape {html.escape(sweep.landscape_version)}, created "
+                     f"{html.escape(sweep.created)}; trained with torch "
+                     f"{html.escape(str(sweep.config.get('torch_version', '?')))} on "
+                     f"{html.escape(str(sweep.config.get('resolved_device', '?')))}</p>"
+                     f"<pre>{html.escape(sweep.command or '(no command recorded)')}</pre>"
+                     f"<details><summary>config</summary>"
+                     f"<pre>{html.escape(config)}</pre></details>")
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    parts.append(f"<p>Report made with {html.escape(versions)}.</p>")
+    return "".join(parts)

@@ -1,0 +1,219 @@
+"""Plotly figure builders: bands and curves (numpy arrays) in, ``go.Figure`` out.
+
+Every band is drawn as a filled polygon per stretch without gaps plus its two edges as
+thin lines, so a band of a single run (lower == upper) still shows as a line and a
+masked (diverged) stretch shows as a gap, never as a spurious fill. Smoothing, when
+asked for, adds smoothed edges on top; the raw band always stays visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .bands import Band, contiguous_segments
+
+# Santurkar et al. draw the standard network in blue and the BatchNorm one in red.
+MODEL_COLORS = {"vgg_a": "#1f77b4", "vgg_a_bn": "#d62728"}
+OTHER_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+LR_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+FIGURE_HEIGHT = 460
+BAND_OPACITY = 0.25
+
+
+def model_colors(models: Sequence[str]) -> dict[str, str]:
+    """A stable colour per model: the paper's two first, then a palette in order."""
+    others = iter(OTHER_COLORS * (1 + len(models) // len(OTHER_COLORS)))
+    return {m: MODEL_COLORS.get(m) or next(others) for m in dict.fromkeys(models)}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A point where a run stopped being finite: drawn as a cross with a hover text."""
+
+    x: float
+    y: float
+    text: str
+
+
+@dataclass(frozen=True)
+class BandSeries:
+    """One coloured band of a figure (e.g. VGG-A over the learning-rate grid)."""
+
+    label: str
+    color: str
+    band: Band
+    markers: Sequence[Marker] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's per-epoch training curves (Fig. 1)."""
+
+    label: str
+    color: str
+    dash: str
+    epoch: np.ndarray
+    train_acc: np.ndarray
+    test_acc: np.ndarray
+    train_loss: np.ndarray
+    test_loss: np.ndarray
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _none_gaps(parts: list[np.ndarray]) -> list:
+    """Concatenate arrays with ``None`` between them (plotly starts a new shape there)."""
+    out: list = []
+    for i, part in enumerate(parts):
+        if i:
+            out.append(None)
+        out.extend(part.tolist())
+    return out
+
+
+def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
+    """The traces of one band: fill, upper and lower edge, markers, smoothed edges."""
+    band, color, group = series.band, series.color, series.label
+    drawable = np.isfinite(band.lower) & np.isfinite(band.upper)
+    segments = contiguous_segments(drawable)
+    fill_x = _none_gaps([np.concatenate([band.x[s], band.x[s][::-1]]) for s in segments])
+    fill_y = _none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]]) for s in segments])
+    traces = [go.Scatter(x=fill_x, y=fill_y, fill="toself", fillcolor=_rgba(color, BAND_OPACITY),
+                         line=dict(width=0), mode="lines", name=series.label, legendgroup=group,
+                         hoverinfo="skip")]
+    edge_opacity = 0.5 if smooth > 1 else 1.0
+    for edge, values in (("max", band.upper), ("min", band.lower)):
+        traces.append(go.Scatter(x=band.x, y=values, mode="lines", name=f"{series.label} {edge}",
+                                 legendgroup=group, showlegend=False, opacity=edge_opacity,
+                                 line=dict(color=color, width=1), connectgaps=False))
+    if smooth > 1:
+        smoothed = band.smoothed(smooth)
+        for edge, values in (("max", smoothed.upper), ("min", smoothed.lower)):
+            traces.append(go.Scatter(x=band.x, y=values, mode="lines",
+                                     name=f"{series.label} {edge}, smoothed over {smooth}",
+                                     legendgroup=group, showlegend=False,
+                                     line=dict(color=color, width=2.5), connectgaps=False))
+    if series.markers:
+        traces.append(go.Scatter(
+            x=[m.x for m in series.markers], y=[m.y for m in series.markers],
+            text=[m.text for m in series.markers], hovertemplate="%{text}<extra></extra>",
+            mode="markers", name=f"{series.label}: diverged", legendgroup=group,
+            marker=dict(symbol="x", size=13, color=color, line=dict(width=2, color="black"))))
+    return traces
+
+
+def _title(text: str) -> dict:
+    """Title at the top left, above the buttons (which sit just above the plot area)."""
+    return dict(text=text, x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
+                pad=dict(t=14), font=dict(size=15))
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool) -> None:
+    fig.update_layout(title=_title(title), height=FIGURE_HEIGHT, template="plotly_white",
+                      margin=dict(t=100, l=70, r=20, b=50),
+                      legend=dict(orientation="h", y=-0.15, x=0))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+
+
+def _axis_toggle(log_y: bool, x: float = 1.0) -> dict:
+    """Buttons that switch the y axis between log and linear, the paper's choice first."""
+    buttons = [dict(label="log y", method="relayout", args=[{"yaxis.type": "log"}]),
+               dict(label="linear y", method="relayout", args=[{"yaxis.type": "linear"}])]
+    return dict(type="buttons", direction="right", buttons=buttons if log_y else buttons[::-1],
+                active=0, x=x, xanchor="right", y=1.01, yanchor="bottom", showactive=True)
+
+
+def band_figure(series: Sequence[BandSeries], title: str, x_title: str, y_title: str,
+                log_y: bool, smooth: int = 1) -> go.Figure:
+    """Bands overlaid in one panel, with a log/linear toggle."""
+    fig = go.Figure([t for s in series for t in band_traces(s, smooth)])
+    _layout(fig, title, x_title, y_title, log_y)
+    fig.update_layout(updatemenus=[_axis_toggle(log_y)])
+    if not series:
+        _no_data(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A dashed horizontal line drawn with one learning rate's bands (e.g. 2/LR)."""
+
+    y: float
+    label: str
+
+
+def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: str,
+                      x_title: str, y_title: str, log_y: bool, smooth: int = 1,
+                      references: dict[float, Reference] | None = None,
+                      initial_lr: float | None = None) -> go.Figure:
+    """Bands per learning rate; buttons show one learning rate at a time.
+
+    ``references`` adds a dashed horizontal line to a learning rate's view (2/LR for beta).
+    """
+    references = references or {}
+    lrs = sorted(series_by_lr)
+    if initial_lr is None or initial_lr not in series_by_lr:
+        initial_lr = lrs[0] if lrs else None
+    fig = go.Figure()
+    owner: list[float] = []  # the learning rate of each trace, in order
+    for lr in lrs:
+        traces = [t for s in series_by_lr[lr] for t in band_traces(s, smooth)]
+        if lr in references:
+            xs = np.concatenate([s.band.x for s in series_by_lr[lr]] or [np.zeros(0)])
+            if len(xs):
+                ref = references[lr]
+                traces.append(go.Scatter(x=[xs.min(), xs.max()], y=[ref.y, ref.y], mode="lines",
+                                         name=ref.label, line=dict(color="black", dash="dash",
+                                                                   width=1.5)))
+        for trace in traces:
+            trace.visible = lr == initial_lr
+            fig.add_trace(trace)
+            owner.append(lr)
+    _layout(fig, title, x_title, y_title, log_y)
+    buttons = [dict(label=f"LR {lr:g}", method="update",
+                    args=[{"visible": [o == lr for o in owner]}]) for lr in lrs]
+    menus = [_axis_toggle(log_y)]
+    if buttons:
+        menus.insert(0, dict(type="buttons", direction="right", buttons=buttons,
+                             active=lrs.index(initial_lr), x=0, xanchor="left", y=1.01,
+                             yanchor="bottom", showactive=True))
+    fig.update_layout(updatemenus=menus)
+    if not lrs:
+        _no_data(fig)
+    return fig
+
+
+def training_curves_figure(curves: Sequence[Curve], title: str) -> go.Figure:
+    """Fig. 1: accuracy and loss per epoch, train and test, one line per run."""
+    panels = (("train_acc", "training accuracy"), ("test_acc", "test accuracy"),
+              ("train_loss", "training loss (epoch mean)"), ("test_loss", "test loss"))
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels],
+                        vertical_spacing=0.14, horizontal_spacing=0.08)
+    for curve in curves:
+        for i, (attr, _) in enumerate(panels):
+            fig.add_trace(go.Scatter(x=curve.epoch, y=getattr(curve, attr), mode="lines+markers",
+                                     name=curve.label, legendgroup=curve.label, showlegend=i == 0,
+                                     line=dict(color=curve.color, dash=curve.dash, width=1.8),
+                                     marker=dict(size=5), connectgaps=False),
+                          row=i // 2 + 1, col=i % 2 + 1)
+    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
+                      margin=dict(t=90, l=70, r=20, b=50))
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    if not curves:
+        _no_data(fig)
+    return fig
+
+
+def _no_data(fig: go.Figure) -> None:
+    """An explicit note instead of an empty, unexplained panel."""
+    fig.add_annotation(text="no data recorded yet", showarrow=False, xref="paper", yref="paper",
+                       x=0.5, y=0.5, font=dict(size=16, color="gray"))

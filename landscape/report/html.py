@@ -1,0 +1,76 @@
+"""Assemble one self-contained HTML page: plotly.js inlined once, then every section.
+
+The page needs no network and no server: it opens from a file, offline, years later.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Sequence
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
+                 "toImageButtonOptions": {"format": "svg"}}
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
+       max-width: 1300px; padding: 0 24px 48px; color: #222; }
+h1 { margin-bottom: 4px; } h2 { margin: 36px 0 4px; border-bottom: 1px solid #ddd; }
+p.definition { margin: 4px 0 8px; color: #444; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td.text { text-align: left; }
+tr.diverged td { background: #fde8e8; } tr.running td { background: #fff7e0; }
+pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
+nav a { margin-right: 14px; }
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the page: a definition line, then a figure or raw HTML."""
+
+    anchor: str
+    heading: str
+    definition: str  # HTML
+    figure: go.Figure | None = None
+    body: str = ""  # HTML, used when there is no figure
+
+
+def figure_div(fig: go.Figure, div_id: str) -> str:
+    """A figure as a <div> and the script that draws it, without plotly.js itself."""
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config=PLOTLY_CONFIG, default_width="100%",
+                       default_height=f"{fig.layout.height or 460}px")
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence[str]],
+               row_classes: Sequence[str] | None = None, text_columns: int = 1) -> str:
+    """An escaped HTML table; the first ``text_columns`` columns are left-aligned."""
+    row_classes = row_classes or [""] * len(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for cells, css in zip(rows, row_classes):
+        tds = "".join(f'<td class="text">{html.escape(c)}</td>' if i < text_columns
+                      else f"<td>{html.escape(c)}</td>" for i, c in enumerate(cells))
+        body.append(f'<tr class="{css}">{tds}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_page(title: str, intro: str, sections: Sequence[Section]) -> str:
+    """The whole report as one HTML string, plotly.js inlined once in <head>."""
+    nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.heading)}</a>' for s in sections)
+    parts = []
+    for s in sections:
+        content = figure_div(s.figure, f"fig-{s.anchor}") if s.figure is not None else s.body
+        parts.append(f'<section id="{s.anchor}"><h2>{html.escape(s.heading)}</h2>'
+                     f'<p class="definition">{s.definition}</p>{content}</section>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
+            f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n'
+            f"<body><h1>{html.escape(title)}</h1>{intro}<nav>{nav}</nav>\n"
+            + "\n".join(parts) + "\n</body></html>\n")

@@ -1,0 +1,93 @@
+"""Per-run summaries (the report's run table and ``landscape info``), free of plotting.
+
+Nothing here imports plotly: ``landscape info`` works where only the training stack is
+installed.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Sequence
+
+from ..read import RunData
+from .bands import finite_median, last_finite
+
+# How the paper names the two networks; models registered later show under their own name.
+MODEL_LABELS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A+BN"}
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABELS.get(model, model)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What one line of the run table says about a run."""
+
+    source: str
+    name: str
+    model: str
+    norm: str
+    lr: float
+    seed: int
+    status: str
+    diverged_step: int | None
+    steps: int  # training steps recorded
+    probes: int  # probed steps recorded
+    epochs: int  # epochs evaluated
+    final_train_acc: float
+    final_test_acc: float
+    median_beta: float  # of the probe's effective beta-smoothness
+    seconds: float
+
+    @property
+    def status_text(self) -> str:
+        """'diverged@57' for a diverged run, the plain status otherwise."""
+        return self.status if self.diverged_step is None else f"{self.status}@{self.diverged_step}"
+
+
+def summarize_run(run: RunData) -> RunRow:
+    return RunRow(source=str(run.source), name=run.name, model=run.model, norm=run.norm,
+                  lr=run.lr, seed=run.seed, status=run.status, diverged_step=run.diverged_step,
+                  steps=len(run.steps.step), probes=len(run.probe.step),
+                  epochs=len(run.epochs.epoch),
+                  final_train_acc=last_finite(run.epochs.train_acc),
+                  final_test_acc=last_finite(run.epochs.test_acc),
+                  median_beta=finite_median(run.probe.beta), seconds=run.seconds)
+
+
+RUN_TABLE_HEADER = ("run", "model", "norm", "lr", "seed", "status", "steps", "probes", "epochs",
+                    "train acc", "test acc", "median β", "seconds")
+
+
+def run_table_cells(row: RunRow) -> tuple[str, ...]:
+    """The row as text, in the order of ``RUN_TABLE_HEADER``; '-' for a missing number."""
+    return (row.name, model_label(row.model), row.norm, f"{row.lr:g}", str(row.seed),
+            row.status_text, str(row.steps), str(row.probes), str(row.epochs),
+            _number(row.final_train_acc, ".4f"), _number(row.final_test_acc, ".4f"),
+            _number(row.median_beta, ".3g"), _number(row.seconds, ".1f"))
+
+
+def _number(value: float, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, for a terminal."""
+    table = [tuple(header)] + [tuple(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what made the report (the sweep's own torch version is in its config)."""
+    versions = {"python": platform.python_version()}
+    for package in ("landscape", "numpy", "h5py", "plotly", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

@@ -1,0 +1,98 @@
+"""Shared fixtures: small sweep files, real (trained) and synthetic (hand-made values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from landscape.store import SweepStore
+
+TINY_LRS = (0.05, 0.1)
+TINY_STEPS = 8
+TINY_PROBE_EVERY = 4
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """A real sweep file: VGG-A and VGG-A+BN, two learning rates, 8 steps, probes every 4.
+
+    Trained on a slice of cifar10-mini at width 1/8 so the whole session pays a few
+    seconds once. Tests must not modify it (copy it first).
+    """
+    import torch
+
+    from landscape import data as data_mod
+    from landscape.train import SweepConfig, run_sweep
+
+    full = data_mod.load_dataset("cifar10-mini")
+    data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
+                              full.x_test[:128], full.y_test[:128], full.mean, full.std)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-sweep.h5"
+    # One thread: on a busy 2-core machine torch's spinning worker threads made these tiny
+    # steps ~70x slower (1.4 s instead of 0.02 s each).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=TINY_LRS, steps=TINY_STEPS,
+                              batch_size=16, probe_every=TINY_PROBE_EVERY,
+                              dataset="cifar10-mini", width=0.125, device="cpu"),
+                  str(out), command="pytest tiny_sweep", data=data)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def probe_record(step: int, eta: np.ndarray, loss: np.ndarray, grad_diff: np.ndarray,
+                 beta: float) -> SimpleNamespace:
+    """What ``RunLog.add_probe`` reads from a ``probes.LandscapeRecord``."""
+    return SimpleNamespace(step=step, eta=eta, loss=np.asarray(loss, float),
+                           grad_diff=np.asarray(grad_diff, float), beta=beta, grad_norm=1.0,
+                           loss_at_theta=float(np.asarray(loss)[0]))
+
+
+def add_synthetic_run(store: SweepStore, model: str, lr: float, steps: int,
+                      diverge_at: int | None = None, seed: int = 0, flush: bool = True):
+    """A run with smooth made-up values; ``diverge_at`` makes its loss inf there and stops it."""
+    eta = np.array([0.5, 1.0, 2.0, 4.0]) * lr
+    log = store.run(f"{model}-lr{lr:g}-seed{seed}", eta=eta, model=model,
+                    norm="batch" if model.endswith("_bn") else "none", lr=lr, seed=seed,
+                    batch_size=32, optimizer="SGD")
+    last = steps if diverge_at is None else diverge_at + 1
+    step = np.arange(last)
+    loss = 2.3 * np.exp(-step / 50.0) + 0.1
+    grad_diff = np.where(step == 0, np.nan, 1.0 + 0.1 * step)  # no previous gradient at step 0
+    if diverge_at is not None:
+        loss[-1], grad_diff[-1] = np.inf, np.nan
+    log.add_steps(step=step, epoch=step // 10, loss=loss, grad_norm=np.ones(last),
+                  grad_diff=grad_diff, beta_consecutive=np.full(last, 2 / lr))
+    for s in range(0, last, 5):
+        probe_loss = loss[s] * np.array([1.0, 1.1, 1.3, 2.0])
+        if diverge_at is not None and s + 5 >= last:
+            probe_loss[-1] = np.inf  # the largest eta blows up just before the run does
+        log.add_probe(probe_record(s, eta, probe_loss, np.array([1.0, 2.0, 3.0, 4.0]), 2 / lr))
+    for e in range(int(step[-1]) // 10):
+        log.add_epoch(epoch=e, train_loss=2.0 - 0.1 * e, train_acc=0.2 + 0.05 * e,
+                      test_loss=2.1 - 0.1 * e, test_acc=0.18 + 0.05 * e, seconds=1.0)
+    if diverge_at is None:
+        log.set_attrs(status="completed", steps_completed=last, seconds=3.0)
+    else:
+        log.set_attrs(status="diverged", diverged_step=diverge_at, steps_completed=last,
+                      seconds=2.0)
+    if flush:
+        store.flush(log)
+    return log
+
+
+@pytest.fixture
+def diverged_sweep(tmp_path) -> Path:
+    """A synthetic file: both models at LR 0.1 (40 steps) and VGG-A at 0.5 diverging at 23."""
+    path = tmp_path / "diverged.h5"
+    store = SweepStore(path, config={"lrs": [0.1, 0.5]}, command="synthetic")
+    add_synthetic_run(store, "vgg_a", 0.1, 40)
+    add_synthetic_run(store, "vgg_a_bn", 0.1, 40)
+    add_synthetic_run(store, "vgg_a", 0.5, 40, diverge_at=23)
+    add_synthetic_run(store, "vgg_a_bn", 0.5, 40)
+    return path

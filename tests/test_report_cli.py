@@ -1,0 +1,244 @@
+"""`landscape plot` and `landscape info` end to end, on real and synthetic sweep files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from plotly.offline import get_plotlyjs
+
+from landscape.cli import main
+from landscape.errors import LandscapeError
+from landscape.read import read_sweep
+from landscape.store import SweepStore
+
+from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run
+
+FIGURES = 6  # 1a, 1b, 2a, 2b, 3, 4
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def figure_divs(page: str) -> list[str]:
+    return re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page)
+
+
+def test_read_sweep_gives_typed_runs(tiny_sweep):
+    sweep = read_sweep(tiny_sweep)
+    assert sweep.command == "pytest tiny_sweep" and sweep.config["steps"] == TINY_STEPS
+    assert {(r.model, r.lr) for r in sweep.runs} == {(m, lr) for m in ("vgg_a", "vgg_a_bn")
+                                                      for lr in TINY_LRS}
+    run = sweep.runs[0]
+    assert run.status == "completed" and run.steps.loss.shape == (TINY_STEPS,)
+    assert run.probe.loss.shape == (2, 4) and run.probe.step.tolist() == [0, 4]
+    assert np.allclose(run.probe.eta / run.lr, [0.5, 1, 2, 4])
+    assert len(run.epochs.test_acc) == 1
+
+
+def test_plot_writes_one_offline_page_next_to_the_input(tiny_sweep, tmp_path, capsys):
+    sweep = shutil.copy(tiny_sweep, tmp_path / "sweep.h5")
+    code, out, err = run_cli(capsys, "plot", sweep)
+    assert code == 0, err
+    page = (tmp_path / "sweep.html").read_text(encoding="utf-8")
+    assert out.strip() == f"wrote {tmp_path / 'sweep.html'}"
+    assert len(figure_divs(page)) == FIGURES
+    assert page.count(get_plotlyjs()) == 1  # plotly.js inlined, exactly once
+    own_markup = page.replace(get_plotlyjs(), "")  # plotly.js mentions its CDN in strings
+    assert "src=" not in own_markup and not re.search(r"https?://", own_markup)  # offline
+    for definition in ("L(θ − η g)", "‖∇L(θ − η g) − g‖", "‖η g‖", "2/LR", "Fig. 1"):
+        assert definition in page
+    assert "vgg_a_bn-lr0.1-seed0" in page and "pytest tiny_sweep" in page  # table, provenance
+
+
+def test_plot_refuses_to_overwrite_without_the_flag(tiny_sweep, tmp_path, capsys):
+    report = tmp_path / "reports" / "r.html"
+    assert run_cli(capsys, "plot", tiny_sweep, "-o", report)[0] == 0
+    report.write_text("keep me")
+    code, out, err = run_cli(capsys, "plot", tiny_sweep, "-o", report)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "--overwrite" in err
+    assert report.read_text() == "keep me"
+    assert run_cli(capsys, "plot", tiny_sweep, "-o", report, "--overwrite")[0] == 0
+    assert len(figure_divs(report.read_text(encoding="utf-8"))) == FIGURES
+
+
+def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep, tmp_path,
+                                                      capsys):
+    seed_copy = shutil.copy(tiny_sweep, tmp_path / "again.h5")  # same run names: disambiguated
+    report = tmp_path / "all.html"
+    code, _, err = run_cli(capsys, "plot", tiny_sweep, seed_copy, diverged_sweep, "-o", report,
+                           "--smooth", "3")
+    assert code == 0, err
+    page = report.read_text(encoding="utf-8")
+    assert "tiny-sweep:vgg_a-lr0.05-seed0" in page and "again:vgg_a-lr0.05-seed0" in page
+    assert "vgg_a-lr0.5-seed0" in page and "diverged@23" in page
+    assert "loss not finite from step 23 (masked)" in page  # the cross on the loss band
+    assert "not finite for η = 2" in page  # the probe's blown-up largest step size
+    assert "smoothed over 3" in page
+    assert "LR 0.5" in page  # the selector's button
+    assert "2\\u002fLR = 4" in page  # beta's reference for LR 0.5 (plotly's JSON escapes /)
+
+
+def test_report_bands_of_a_diverged_run_stay_finite(diverged_sweep):
+    from landscape.report.build import grid_series, probe_series, run_labels
+    runs = read_sweep(diverged_sweep).runs
+    labels, colors = run_labels(runs), {"vgg_a": "#000000", "vgg_a_bn": "#ff0000"}
+    no_bn = [s for s in grid_series(runs, labels, colors, "loss") if s.label.startswith("VGG-A:")][0]
+    assert np.isfinite(no_bn.band.upper).all()  # inf masked, the other run carries on
+    assert [m.x for m in no_bn.markers] == [23.0]
+    grad = [s for s in grid_series(runs, labels, colors, "grad_diff") if s.label.startswith("VGG-A:")]
+    assert [m.x for m in grad[0].markers] == [23.0]  # NaN at step 0 is not a divergence
+    probe = probe_series(runs, labels, colors, "loss")[0.5][0]
+    assert probe.markers and np.isfinite(probe.band.upper).all()
+
+
+def test_smooth_must_be_positive(tiny_sweep, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "plot", tiny_sweep, "-o", tmp_path / "x.html", "--smooth", "0")
+    assert code == 2 and err.startswith("error: --smooth") and err.count("\n") == 1
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_info_summarizes_a_file(tiny_sweep, capsys):
+    code, out, err = run_cli(capsys, "info", tiny_sweep)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].endswith("4 runs (4 completed)")
+    assert lines[1] == "command: pytest tiny_sweep"
+    assert lines[2].split()[:6] == ["run", "model", "norm", "lr", "seed", "status"]
+    row = next(line for line in lines if line.startswith("vgg_a_bn-lr0.1-seed0")).split()
+    assert row[1:6] == ["VGG-A+BN", "batch", "0.1", "0", "completed"]
+    assert row[6:9] == [str(TINY_STEPS), "2", "1"]  # steps, probes, epochs
+    assert 0.0 <= float(row[10]) <= 1.0  # final test accuracy
+    assert len(lines) <= 24  # one screen
+
+
+def test_info_flags_the_diverged_step(diverged_sweep, capsys):
+    code, out, _ = run_cli(capsys, "info", diverged_sweep)
+    assert code == 0
+    assert "(3 completed, 1 diverged)" in out.splitlines()[0]
+    row = next(line for line in out.splitlines() if line.startswith("vgg_a-lr0.5-seed0")).split()
+    assert row[5] == "diverged@23" and row[6] == "24"
+
+
+def _text_file(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("not an HDF5 file\n")
+    return path
+
+
+def _other_hdf5(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=np.zeros((2, 2)))
+    return path
+
+
+def _truncated(tmp_path, tiny_sweep):
+    path = tmp_path / "cut.h5"
+    data = Path(tiny_sweep).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda tmp, _: _text_file(tmp), "is not an HDF5 file"),
+    (lambda tmp, _: _other_hdf5(tmp), "not a landscape sweep"),
+    (_truncated, "unreadable or truncated"),
+    (lambda tmp, _: tmp / "missing.h5", "no such file"),
+    (lambda tmp, _: tmp, "is a directory"),
+])
+@pytest.mark.parametrize("command", ["info", "plot"])
+def test_refuses_what_is_not_a_landscape_file(command, make_bad, message, tmp_path, tiny_sweep,
+                                              capsys):
+    bad = make_bad(tmp_path, tiny_sweep)
+    args = [command, bad] + (["-o", tmp_path / "out.html"] if command == "plot" else [])
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out.html").exists()
+
+
+def test_exit_code_and_single_line_from_the_real_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "landscape", "info", str(_text_file(tmp_path))],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
+
+
+# Another process writes like SweepStore.flush: open, append one row to every column, close.
+WRITER = """
+import sys, time, h5py
+path, rows = sys.argv[1], int(sys.argv[2])
+with h5py.File(path, "a") as f:  # hold the file (and its lock) while the reader starts
+    print("holding", flush=True)
+    time.sleep(1.0)
+for _ in range(rows):
+    with h5py.File(path, "a") as f:
+        for column in f["runs/vgg_a_bn-lr0.1-seed0/steps"].values():
+            n = column.shape[0]
+            column.resize(n + 1, axis=0)
+            column[n] = n
+    time.sleep(0.01)
+print("done", flush=True)
+"""
+
+
+def test_info_and_plot_on_a_file_being_written(tmp_path, capsys):
+    path = tmp_path / "live.h5"
+    store = SweepStore(path, config={"lrs": [0.1]}, command="landscape run (live)")
+    add_synthetic_run(store, "vgg_a", 0.1, 30)
+    store.run("vgg_a_bn-lr0.1-seed0", eta=[0.05, 0.1, 0.2, 0.4], model="vgg_a_bn", norm="batch",
+              lr=0.1, seed=0)  # created and flushed, status running, no rows yet
+
+    code, out, err = run_cli(capsys, "info", path)
+    assert code == 0, err
+    assert "(1 completed, 1 running)" in out
+    assert run_cli(capsys, "plot", path, "-o", tmp_path / "live-1.html")[0] == 0
+
+    rows = 200
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rows)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        seen = []
+        while writer.poll() is None or not seen:  # read over and over while it writes
+            code, out, err = run_cli(capsys, "info", path)
+            assert code == 0, err
+            row = next(line for line in out.splitlines() if line.startswith("vgg_a_bn"))
+            assert row.split()[5] == "running"
+            seen.append(int(row.split()[6]))
+        assert writer.wait(timeout=60) == 0  # never blocked by the reads
+    finally:
+        writer.kill()
+    assert seen == sorted(seen) and len(seen) >= 2  # consistent, growing snapshots
+    final = next(line for line in run_cli(capsys, "info", path)[1].splitlines()
+                 if line.startswith("vgg_a_bn"))
+    assert final.split()[6] == str(rows)
+    assert run_cli(capsys, "plot", path, "-o", tmp_path / "live-2.html")[0] == 0
+
+
+def test_reader_ignores_unknown_groups(tiny_sweep, tmp_path):
+    path = Path(shutil.copy(tiny_sweep, tmp_path / "extra.h5"))
+    with h5py.File(path, "a") as f:
+        name = next(iter(f["runs"]))
+        f.create_group(f"runs/{name}/ics").create_dataset("layer5", data=np.ones(3))
+        f["runs"].create_dataset("not-a-run", data=np.ones(2))
+    sweep = read_sweep(path)
+    assert len(sweep.runs) == 4 and sweep.runs[0].steps.loss.shape == (TINY_STEPS,)
+
+
+def test_read_sweep_raises_landscape_error(tmp_path):
+    with pytest.raises(LandscapeError, match="not an HDF5 file"):
+        read_sweep(_text_file(tmp_path))
