@@ -61,6 +61,7 @@ class BatchedGrid:
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
         """Logits of all K models on the same batch: (K, B, classes)."""
         self.template.train(train)
+        x = x.contiguous()  # vmap supports only the default memory format
 
         def one(p, b):
             return functional_call(self.template, (p, b), (x,))

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from . import data as data_mod
 from .errors import LandscapeError
 from .models import MODELS, build_model
-from .probes import GradientStats, LandscapeProbe
+from .grid import BatchedGrid, supports_batched
+from .probes import GradientStats, LandscapeProbe, along_gradient
 from .store import RunLog, SweepStore
 
 
@@ -45,6 +46,7 @@ class SweepConfig:
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
+    grid: str = "auto"  # batched (one vmapped model per learning-rate grid), sequential, auto
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -83,6 +85,8 @@ class SweepConfig:
         for name, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
             if not math.isfinite(value) or value < 0:
                 raise LandscapeError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.grid not in GRID_MODES:
+            raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
             raise LandscapeError(f"unknown --precision {self.precision!r}; choose from "
                                  f"{', '.join(PRECISIONS)}")
@@ -93,6 +97,7 @@ class SweepConfig:
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+GRID_MODES = ("auto", "batched", "sequential")
 
 
 @contextlib.contextmanager
@@ -155,15 +160,6 @@ class Progress:
     loss: float | None = None  # last loss seen on the host (None between host syncs)
 
 
-@dataclass
-class _Pending:
-    """Per-step values kept on the device until the next host sync."""
-
-    steps: list = field(default_factory=list)
-    epochs: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: data_mod.ImageData) -> tuple[float, float]:
     """Test loss and accuracy in eval mode (BatchNorm on running statistics)."""
@@ -180,111 +176,229 @@ def evaluate(model: torch.nn.Module, data: data_mod.ImageData) -> tuple[float, f
     return float(total_loss) / n, float(correct) / n
 
 
-def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.ImageData,
-              log: RunLog, device: torch.device, flush: Callable[[], None],
-              on_progress: Callable[[Progress], None] | None = None,
-              run_index: int = 0, runs_total: int = 1,
-              autocast: Callable = contextlib.nullcontext) -> RunSummary:
-    """Train one (model, lr, seed) run, writing its rows to ``log``; returns its summary."""
-    name = log.name
-    torch.manual_seed(config.seed)  # same initial weights for every run of this model
-    model = build_model(model_name, width=config.width, num_classes=data.num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+# ----------------------------------------------------------------------------- trainers
+# A trainer advances K runs of one model (K = 1, or a whole learning-rate grid) by one step
+# on a shared minibatch; the loop in `_train` is the same for both.
+
+
+class SingleRun:
+    """One run: the model, ``torch.optim.SGD``, and the probes attached as hooks."""
+
+    def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
+                 on_probe: Callable[[int, object], None]):
+        torch.manual_seed(config.seed)  # same initial weights for every run of this model
+        model = build_model(model_name, width=config.width, num_classes=data.num_classes)
+        self.model = model.to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
+                                    on_record=lambda r: on_probe(0, r), keep=False)
+        self.loss_fn = (self.probe.attach(self.model, self.optimizer, F.cross_entropy)
+                        if config.probe else F.cross_entropy)
+        self.stats = GradientStats().attach(self.optimizer)
+        self.k = 1
+
+    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.train()
+        with autocast():
+            out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            return loss.detach().view(1), (out.argmax(1) == y).sum().view(1)
+
+    def pop_grad_rows(self) -> np.ndarray:
+        return self.stats.pop()[:, None, :]  # (n, 1, 3)
+
+    def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
+        loss, acc = evaluate(self.model, data)
+        return np.array([loss]), np.array([acc])
+
+    def freeze(self, k: int) -> None:
+        """Run k diverged: nothing more to do for a single run (the loop stops)."""
+
+    def close(self) -> None:
+        self.probe.detach()
+        self.stats.detach()
+
+
+class GridRuns:
+    """All learning rates of one model as one ``BatchedGrid``; probes on per-run copies."""
+
+    def __init__(self, model_name: str, lrs, config: SweepConfig, data, device,
+                 on_probe: Callable[[int, object], None]):
+        def build():
+            torch.manual_seed(config.seed)  # same initial weights as SingleRun
+            return build_model(model_name, width=config.width,
+                               num_classes=data.num_classes).to(device)
+
+        self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay)
+        self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
+        self._scratch = build()  # a real module that each probe loads one run's state into
+        self._prev_grad = self._prev_theta = None
+        self._rows: list[torch.Tensor] = []
+
+    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.probe and step % self.config.probe_every == 0:
+            for k in range(self.k):  # at theta_t, on this step's batch, before the update
+                if bool(self.grid.alive[k]):
+                    model = self.grid.model_at(k, into=self._scratch)
+                    record = along_gradient(model, F.cross_entropy, x, y,
+                                            [e * self.lrs[k] for e in self.config.etas])
+                    record.step, record.lr = step, self.lrs[k]
+                    self.on_probe(k, record)
+        theta = self.grid.flat(self.grid.params)
+        losses, correct, grads = self.grid.step(x, y, autocast)
+        self._observe(self.grid.flat(grads), theta)
+        return losses, correct
+
+    @torch.no_grad()
+    def _observe(self, g: torch.Tensor, theta: torch.Tensor) -> None:
+        """GradientStats' three numbers, for every run of the grid at once."""
+        norm = torch.linalg.vector_norm(g, dim=1)
+        if self._prev_grad is None:
+            diff = beta = torch.full_like(norm, float("nan"))
+        else:
+            diff = torch.linalg.vector_norm(g - self._prev_grad, dim=1)
+            beta = diff / torch.linalg.vector_norm(theta - self._prev_theta, dim=1)
+        self._rows.append(torch.stack([norm, diff, beta], 1))
+        self._prev_grad, self._prev_theta = g, theta
+
+    def pop_grad_rows(self) -> np.ndarray:
+        rows = torch.stack(self._rows).to("cpu", torch.float64).numpy() if self._rows \
+            else np.zeros((0, self.k, 3))
+        self._rows = []
+        return rows  # (n, K, 3)
+
+    def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
+        return self.grid.evaluate(data_mod.eval_batches(data))
+
+    def freeze(self, k: int) -> None:
+        self.grid.alive[k] = False
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _RunState:
+    """Host-side bookkeeping of one run inside the loop."""
+
+    log: RunLog
+    lr: float
+    status: str = "completed"
+    diverged_step: int | None = None
+    test_acc: float = math.nan
+    betas: list = field(default_factory=list)
+    steps: int = 0
+
+
+def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
+           flush: Callable[[], None], on_progress, label: str, run_index: int,
+           runs_total: int, autocast) -> float:
+    """Train the trainer's K runs to the end (or divergence); write rows; returns seconds."""
     stream = data_mod.BatchStream(data, config.batch_size, config.seed, config.augment)
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
     n_epochs = math.ceil(total_steps / stream.steps_per_epoch)
-
-    betas: list[float] = []
-
-    def record_probe(record):
-        betas.append(record.beta)
-        log.add_probe(record)
-
-    probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas), relative=True,
-                           on_record=record_probe, keep=False)
-    loss_fn = probe.attach(model, optimizer, F.cross_entropy) if config.probe else F.cross_entropy
-    stats = GradientStats().attach(optimizer)
     # The host reads device values only every `sync_every` steps (divergence check, rows).
     sync_every = 1 if device.type == "cpu" else 50
-    pending = _Pending()
-    step, status, diverged_step, last_loss, test_acc = 0, "completed", None, None, math.nan
+    pending_steps, pending_epochs, pending_losses = [], [], []
+    alive = [True] * len(runs)
+    last_loss = None
     started = time.perf_counter()
 
-    def sync() -> bool:
-        """Move pending rows to the log; False (and truncate) once the loss is not finite."""
-        nonlocal status, diverged_step, last_loss
-        if not pending.steps:
-            return True
-        losses = torch.stack(pending.losses).to("cpu", torch.float64).numpy()
-        grad_rows = stats.pop()
-        bad = np.flatnonzero(~np.isfinite(losses))
-        keep = len(losses) if len(bad) == 0 else bad[0] + 1  # keep the step it happened
-        log.add_steps(step=pending.steps[:keep], epoch=pending.epochs[:keep], loss=losses[:keep],
-                      grad_norm=grad_rows[:keep, 0], grad_diff=grad_rows[:keep, 1],
-                      beta_consecutive=grad_rows[:keep, 2])
-        last_loss = float(losses[keep - 1])
-        if len(bad):
-            status, diverged_step = "diverged", int(pending.steps[bad[0]])
-        pending.steps, pending.epochs, pending.losses = [], [], []
-        return not len(bad)
+    def sync() -> None:
+        """Move pending rows to the logs; a run whose loss is not finite stops there."""
+        nonlocal pending_steps, pending_epochs, pending_losses, last_loss
+        if not pending_steps:
+            return
+        losses = torch.stack(pending_losses).to("cpu", torch.float64).numpy()  # (n, K)
+        grad_rows = trainer.pop_grad_rows()  # (n, K, 3)
+        for k, run in enumerate(runs):
+            if not alive[k]:
+                continue
+            bad = np.flatnonzero(~np.isfinite(losses[:, k]))
+            keep = len(losses) if len(bad) == 0 else bad[0] + 1  # keep the step it happened
+            run.log.add_steps(step=pending_steps[:keep], epoch=pending_epochs[:keep],
+                              loss=losses[:keep, k], grad_norm=grad_rows[:keep, k, 0],
+                              grad_diff=grad_rows[:keep, k, 1],
+                              beta_consecutive=grad_rows[:keep, k, 2])
+            run.steps = pending_steps[keep - 1] + 1
+            if len(bad):
+                run.status, run.diverged_step = "diverged", int(pending_steps[bad[0]])
+                alive[k] = False
+                trainer.freeze(k)
+        last_loss = float(losses[-1, 0])
+        pending_steps, pending_epochs, pending_losses = [], [], []
 
+    step = 0
     try:
         for epoch in range(n_epochs):
             epoch_start = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
+            loss_sum = torch.zeros(len(runs), device=device, dtype=torch.float64)
+            correct = torch.zeros(len(runs), device=device, dtype=torch.int64)
             seen = 0
             for x, y in stream.epoch():
-                if step >= total_steps:
+                if step >= total_steps or not any(alive):
                     break
-                with autocast():
-                    out = model(x)
-                    loss = loss_fn(out.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    loss_sum += loss.detach().double() * len(y)
-                    correct += (out.argmax(1) == y).sum()
+                losses, right = trainer.step(x, y, step, autocast)
+                loss_sum += losses.double() * len(y)
+                correct += right
                 seen += len(y)
-                pending.steps.append(step)
-                pending.epochs.append(epoch)
-                pending.losses.append(loss.detach())
+                pending_steps.append(step)
+                pending_epochs.append(epoch)
+                pending_losses.append(losses)
                 step += 1
-                if step % sync_every == 0 and not sync():
-                    break
+                if step % sync_every == 0:
+                    sync()
                 if on_progress is not None:
-                    on_progress(Progress(name, run_index, runs_total, epoch, step, total_steps,
+                    on_progress(Progress(label, run_index, runs_total, epoch, step, total_steps,
                                          last_loss))
             sync()
-            if status == "diverged":
+            if not any(alive):
                 break
-            test_loss, test_acc = evaluate(model, data)
-            log.add_epoch(epoch=epoch, train_loss=float(loss_sum) / max(seen, 1),
-                          train_acc=float(correct) / max(seen, 1), test_loss=test_loss,
-                          test_acc=test_acc, seconds=time.perf_counter() - epoch_start)
-            log.set_attrs(steps_completed=step)
+            test_loss, test_acc = trainer.evaluate(data)
+            train_loss = (loss_sum / max(seen, 1)).cpu().numpy()
+            train_acc = (correct.double() / max(seen, 1)).cpu().numpy()
+            for k, run in enumerate(runs):
+                if alive[k]:
+                    run.test_acc = float(test_acc[k])
+                    run.log.add_epoch(epoch=epoch, train_loss=float(train_loss[k]),
+                                      train_acc=float(train_acc[k]), test_loss=float(test_loss[k]),
+                                      test_acc=run.test_acc,
+                                      seconds=time.perf_counter() - epoch_start)
+                    run.log.set_attrs(steps_completed=run.steps)
             flush()
     except KeyboardInterrupt:
-        status = "interrupted"
+        for k, run in enumerate(runs):
+            if alive[k]:
+                run.status = "interrupted"
         raise
     finally:
-        probe.detach()
-        stats.detach()
+        trainer.close()
         sync()
         seconds = time.perf_counter() - started
-        attrs = dict(status=status, steps_completed=step, seconds=seconds)
-        if diverged_step is not None:
-            attrs["diverged_step"] = diverged_step
-        log.set_attrs(**attrs)
+        for run in runs:
+            attrs = dict(status=run.status, steps_completed=run.steps, seconds=seconds)
+            if run.diverged_step is not None:
+                attrs["diverged_step"] = run.diverged_step
+            run.log.set_attrs(**attrs)
         flush()
-    median_beta = float(np.nanmedian(betas)) if np.isfinite(betas).any() else math.nan
-    return RunSummary(name, model_name, lr, status, step, test_acc if status == "completed" else
-                      math.nan, median_beta, seconds, diverged_step)
+    return seconds
+
+
+def _use_grid(config: SweepConfig, model_name: str, data, device) -> bool:
+    """Batched grid when asked (or on a GPU with ``auto``) and the model supports vmap."""
+    if len(config.lrs) < 2 or config.grid == "sequential":
+        return False
+    if config.grid == "auto" and device.type != "cuda":
+        return False  # on the CPU vmap's grouped convolutions are slower than separate runs
+    sample = data.normalize(data.x_train[:2])
+    return supports_batched(build_model(model_name, width=config.width).to(device), sample)
 
 
 def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command: str = "",
@@ -303,19 +417,42 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     store = SweepStore(out, config={**asdict(config), "resolved_device": str(device),
                                     "torch_version": torch.__version__},
                        command=command, overwrite=overwrite)
-    summaries = []
-    grid = [(m, lr) for m in config.models for lr in config.lrs]
+    summaries: list[RunSummary] = []
     with training_precision(config.precision, device) as autocast:
-        for i, (model_name, lr) in enumerate(grid):
-            eta = np.asarray(config.etas, dtype=np.float64) * lr
-            log = store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
-                            norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
-                            batch_size=config.batch_size, optimizer="SGD",
-                            momentum=config.momentum, weight_decay=config.weight_decay,
-                            width=config.width, dataset=config.dataset, augment=config.augment,
-                            precision=config.precision)
-            summaries.append(train_run(model_name, lr, config, data, log, device,
-                                       flush=lambda log=log: store.flush(log),
-                                       on_progress=on_progress, run_index=i,
-                                       runs_total=len(grid), autocast=autocast))
+        for model_name in config.models:
+            batched = _use_grid(config, model_name, data, device)
+            groups = [list(config.lrs)] if batched else [[lr] for lr in config.lrs]
+            for lrs in groups:
+                runs = [_RunState(_open_run(store, config, model_name, lr), lr) for lr in lrs]
+
+                def on_probe(k, record, runs=runs):
+                    runs[k].betas.append(record.beta)
+                    runs[k].log.add_probe(record)
+
+                trainer = (GridRuns(model_name, lrs, config, data, device, on_probe) if batched
+                           else SingleRun(model_name, lrs[0], config, data, device, on_probe))
+                label = runs[0].log.name if len(runs) == 1 else \
+                    f"{model_name} x{len(runs)} lrs (batched)"
+                seconds = _train(trainer, runs, config, data, device,
+                                 lambda runs=runs: store.flush(*(r.log for r in runs)),
+                                 on_progress, label, len(summaries),
+                                 len(config.models) * len(config.lrs), autocast)
+                summaries += [_summary(model_name, run, seconds) for run in runs]
     return summaries
+
+
+def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float) -> RunLog:
+    eta = np.asarray(config.etas, dtype=np.float64) * lr
+    return store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
+                     norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
+                     batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
+                     weight_decay=config.weight_decay, width=config.width,
+                     dataset=config.dataset, augment=config.augment, precision=config.precision)
+
+
+def _summary(model_name: str, run: _RunState, seconds: float) -> RunSummary:
+    betas = np.asarray(run.betas, dtype=np.float64)
+    median_beta = float(np.nanmedian(betas)) if np.isfinite(betas).any() else math.nan
+    acc = run.test_acc if run.status == "completed" else math.nan
+    return RunSummary(run.log.name, model_name, run.lr, run.status, run.steps, acc, median_beta,
+                      seconds, run.diverged_step)
