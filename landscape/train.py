@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from . import tasks
 from .errors import LandscapeError
+from .instruments import build_instruments
 from .models import MODELS, build_model
 from .probes import GradientStats, LandscapeProbe
 from .store import RunLog, SweepStore
@@ -42,6 +44,11 @@ class SweepConfig:
     width: float = 1.0
     seed: int = 0
     device: str = "auto"
+    # Instruments (landscape.instruments); None = off. Layers: names or 1-based indices.
+    ics_every: int | None = None  # steps between internal-covariate-shift probes
+    ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
+    activations_every: int | None = None  # steps between activation-distribution probes
+    activation_layers: Sequence[str | int] | None = None  # default: every weight layer
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -84,6 +91,8 @@ class SweepConfig:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(data_mod.DATASETS)}")
         resolve_device(self.device)
+        from .checks import validate_extras
+        validate_extras(self)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,7 +172,8 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
     model = build_model(model_name, width=config.width, num_classes=data.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    stream = data_mod.BatchStream(data, config.batch_size, config.seed, config.augment)
+    task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
+    stream = task.stream(config.batch_size, config.seed, config.augment)
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
     n_epochs = math.ceil(total_steps / stream.steps_per_epoch)
 
@@ -175,8 +185,12 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
 
     probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas), relative=True,
                            on_record=record_probe, keep=False)
-    loss_fn = probe.attach(model, optimizer, F.cross_entropy)
+    loss_fn = probe.attach(model, optimizer, task.loss_fn)
     stats = GradientStats().attach(optimizer)
+    extras = build_instruments(config, model, log)  # ICS, activations: as configured
+    for instrument in extras:
+        loss_fn = instrument.attach(model, optimizer, loss_fn)
+    flush()  # their groups exist, empty, from the start
     # The host reads device values only every `sync_every` steps (divergence check, rows).
     sync_every = 1 if device.type == "cpu" else 50
     pending = _Pending()
@@ -218,7 +232,7 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
                 optimizer.step()
                 with torch.no_grad():
                     loss_sum += loss.detach().double() * len(y)
-                    correct += (out.argmax(1) == y).sum()
+                    correct += task.correct(out, y)
                 seen += len(y)
                 pending.steps.append(step)
                 pending.epochs.append(epoch)
@@ -232,9 +246,9 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
             sync()
             if status == "diverged":
                 break
-            test_loss, test_acc = evaluate(model, data)
+            test_loss, test_acc = task.evaluate(model)
             log.add_epoch(epoch=epoch, train_loss=float(loss_sum) / max(seen, 1),
-                          train_acc=float(correct) / max(seen, 1), test_loss=test_loss,
+                          train_acc=tasks.accuracy(task, correct, seen), test_loss=test_loss,
                           test_acc=test_acc, seconds=time.perf_counter() - epoch_start)
             log.set_attrs(steps_completed=step)
             flush()
@@ -244,6 +258,8 @@ def train_run(model_name: str, lr: float, config: SweepConfig, data: data_mod.Im
     finally:
         probe.detach()
         stats.detach()
+        for instrument in extras:
+            instrument.detach()
         sync()
         seconds = time.perf_counter() - started
         attrs = dict(status=status, steps_completed=step, seconds=seconds)
