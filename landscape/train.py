@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import data as data_mod
 from . import tasks
+from .checks import validate_extras
 from .errors import LandscapeError
 from .instruments import build_instruments
 from .models import MODELS, build_model
@@ -91,8 +92,7 @@ class SweepConfig:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(data_mod.DATASETS)}")
         resolve_device(self.device)
-        from .checks import validate_extras
-        validate_extras(self)
+        validate_extras(self)  # instruments' settings, DLN model/dataset pairing
 
 
 def resolve_device(name: str) -> torch.device:

@@ -34,8 +34,9 @@ def test_loss_is_the_frobenius_norm_of_the_product_error():
     torch.manual_seed(0)
     model, data = DeepLinear(), load_gaussian_linear()
     product = torch.eye(10)
-    for m in model.layers:
-        product = m.weight @ product
+    with torch.no_grad():
+        for m in model.layers:
+            product = m.weight @ product
     x = data.x_train.double()
     expected = torch.linalg.matrix_norm(product.double() @ x.T - data.a.double() @ x.T) ** 2
     assert float(dln_loss(model(data.x_train), data.y_train).detach()) == pytest.approx(float(expected), rel=1e-4)
