@@ -55,7 +55,7 @@ def test_in_place_relu_does_not_hide_negative_preactivations():
 def test_activation_probe_hook_and_cli_storage(tmp_path):
     model = small_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    probe = ActivationProbe(["0"], every=3)
+    probe = ActivationProbe(every=3, layers=["0"])
     loss_fn = probe.attach(model, opt, nn.functional.cross_entropy)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     for _ in range(4):

@@ -91,7 +91,7 @@ def test_ics_probe_hook_measures_every_k_steps():
     model = two_layer()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    probe = ICSProbe(["0", "1"], every=2)
+    probe = ICSProbe(every=2, layers=["0", "1"])
     loss_fn = probe.attach(model, opt, half_sq)
     for _ in range(5):
         opt.zero_grad()
