@@ -26,10 +26,14 @@ def _optional_positive_int(name: str, value) -> None:
 def validate_extras(config) -> None:
     _optional_positive_int("--ics-every", config.ics_every)
     _optional_positive_int("--activations-every", config.activations_every)
-    for option, spec in (("--ics-layers", config.ics_layers),
-                         ("--activation-layers", config.activation_layers)):
+    for option, spec, every, every_option in (
+            ("--ics-layers", config.ics_layers, config.ics_every, "--ics-every"),
+            ("--activation-layers", config.activation_layers, config.activations_every,
+             "--activations-every")):
         if spec is not None and (isinstance(spec, (str, bytes)) or len(spec) == 0):
             raise LandscapeError(f"{option} must be a non-empty list of layer names or indices")
+        if spec is not None and every is None:
+            raise LandscapeError(f"{option} is given but the probe is off: add {every_option} N")
     dln_data = config.dataset == DLN_DATASET
     for model in config.models:
         if (model in DLN_MODELS) != dln_data:

@@ -136,3 +136,10 @@ def test_cli_unknown_ics_layer_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     assert err.startswith("error: --ics-layers: unknown layer 'features.99'") and err.count("\n") == 1
+
+
+def test_ics_layers_without_ics_every_is_an_error(tmp_path, capsys):
+    out = tmp_path / "bad.h5"
+    assert main(["run", "--models", "vgg_a", "--dataset", "cifar10-mini", "--steps", "1",
+                 "--ics-layers", "5", "--out", str(out)]) == 2
+    assert "add --ics-every N" in capsys.readouterr().err and not out.exists()
