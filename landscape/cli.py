@@ -68,7 +68,8 @@ def cli():
 @click.option("--etas", default="0.5,1,2,4", show_default=True,
               help="Probe step sizes, as multiples of the run's learning rate.")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (torchvision, downloaded when online) or cifar10-mini (bundled).")
+              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled) or "
+                   "gaussian-linear (the deep linear network's data; --batch-size 1000).")
 @click.option("--data-root", default=None, help="Where CIFAR-10 lives [default: ~/.cache/landscape/data].")
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,
