@@ -68,7 +68,8 @@ def cli():
 @click.option("--etas", default="0.5,1,2,4", show_default=True,
               help="Probe step sizes, as multiples of the run's learning rate.")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (torchvision, downloaded when online) or cifar10-mini (bundled).")
+              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled) or "
+                   "gaussian-linear (the deep linear network's data; --batch-size 1000).")
 @click.option("--data-root", default=None, help="Where CIFAR-10 lives [default: ~/.cache/landscape/data].")
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,
@@ -77,19 +78,49 @@ def cli():
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", default="tf32", show_default=True,
               help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
+@click.option("--grid", default="auto", show_default=True,
+              help="batched: train all learning rates of a model as one vmapped model; "
+                   "sequential: one run after another; auto: batched on a GPU.")
 @click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--ics-every", type=int, default=None,
+              help="Steps between internal-covariate-shift probes [default: off].")
+@click.option("--ics-layers", default=None,
+              help="ICS layers: names or 1-based indices of conv/linear layers [default: k//2, k-1].")
+@click.option("--activations-every", type=int, default=None,
+              help="Steps between activation-distribution probes [default: off].")
+@click.option("--activation-layers", default=None,
+              help="Layers for --activations-every: names or 1-based indices [default: all].")
+@click.option("--config", "config_file", default=None,
+              help="Experiment file (experiments/*.toml); options given here override it.")
+@click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
-        dataset, data_root, augment, width, seed, device, precision, out, overwrite):
+        dataset, data_root, augment, width, seed, device, precision, grid, out, overwrite,
+        ics_every, ics_layers, activations_every, activation_layers, config_file, light):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     from .train import SweepConfig, run_sweep
 
-    config = SweepConfig(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
-                         epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
-                         weight_decay=weight_decay, probe_every=probe_every,
-                         etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
-                         augment=augment, width=width, seed=seed, device=device,
-                         precision=precision)
+    values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
+                  epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
+                  weight_decay=weight_decay, probe_every=probe_every,
+                  etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
+                  augment=augment, width=width, seed=seed, device=device, precision=precision,
+                  grid=grid, ics_every=ics_every,
+                  ics_layers=ics_layers and _name_list("--ics-layers", ics_layers),
+                  activations_every=activations_every,
+                  activation_layers=activation_layers and _name_list("--activation-layers",
+                                                                     activation_layers))
+    if config_file is not None:
+        from . import config as config_mod
+        ctx = click.get_current_context()
+        given = {name for name in ctx.params
+                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+        values = config_mod.merge(config_mod.load_experiment(config_file, light),
+                                  {**values, "out": out}, given)
+        out = values.pop("out")
+    elif light:
+        raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
+    config = SweepConfig(**values)
     config.validate()
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:

@@ -18,7 +18,7 @@ import torch
 
 from .errors import LandscapeError
 
-DATASETS = ("cifar10", "cifar10-mini")
+DATASETS = ("cifar10", "cifar10-mini", "gaussian-linear")  # the last: landscape.dln
 NUM_CLASSES = 10
 
 
@@ -113,6 +113,9 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData:
+    if name == "gaussian-linear":  # the deep linear network's data (not images)
+        from .dln import load_gaussian_linear
+        return load_gaussian_linear()
     if name == "cifar10":
         return load_cifar10(root)
     if name == "cifar10-mini":

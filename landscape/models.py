@@ -104,3 +104,8 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Modu
     if name not in MODELS:
         raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name].build(width=width, num_classes=num_classes)
+
+
+# More normalizers (noisy BN, lp-BN, layer/group norm) and the deep linear network register
+# themselves into NORMS and MODELS when imported.
+from . import dln, norms  # noqa: E402,F401

@@ -8,6 +8,8 @@ Layout (see README, "HDF5 schema")::
     /runs/<name>/probe/     step (n,), eta (k,), loss (n,k), grad_diff (n,k), beta (n,),
                             grad_norm (n,), loss_at_theta (n,)
     /runs/<name>/epochs/    epoch, train_loss, train_acc, test_loss, test_acc, seconds
+    /runs/<name>/<group>/   extra groups declared by instruments (``RunLog.declare``):
+                            ics/ and activations/ (see landscape/instruments.py)
 
 Rows are buffered in memory and appended to chunked, resizable datasets by ``flush()``,
 which opens the file, writes and closes it again: between flushes the file on disk is
@@ -64,6 +66,31 @@ class RunLog:
             "probe": {f: [] for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS},
         }
         self._attrs: dict[str, Any] = {}
+        self._extra: dict[str, tuple[dict, dict]] = {}  # group -> (fields, constants)
+
+    def declare(self, group: str, fields: dict[str, tuple[Any, tuple]],
+                constants: dict[str, Any] | None = None) -> None:
+        """An extra group of rows ``/runs/<name>/<group>/`` (e.g. a probe's records).
+
+        ``fields`` maps each row field to (dtype, trailing shape): a row of ``append`` holds
+        one value of that shape per field, stored as dataset (n,) + shape. ``constants`` are
+        written once (a list of str becomes a string dataset). The group and its empty
+        datasets are created at the next ``flush``.
+        """
+        if group in self._rows:
+            raise ValueError(f"run {self.name}: group {group!r} is already declared")
+        self._extra[group] = ({f: (np.dtype(d), tuple(shape)) for f, (d, shape) in fields.items()},
+                              dict(constants or {}))
+        self._rows[group] = {f: [] for f in fields}
+
+    def append(self, group: str, **row) -> None:
+        """One row of a ``declare``d group: every field, each a value of its declared shape."""
+        fields = self._extra[group][0]
+        if set(row) != set(fields):
+            raise ValueError(f"run {self.name}: group {group!r} rows have fields {sorted(fields)}, "
+                             f"got {sorted(row)}")
+        for f, (dtype, shape) in fields.items():
+            self._rows[group][f].append(np.asarray(row[f], dtype=dtype).reshape(shape))
 
     def add_steps(self, **columns) -> None:
         """Append steps: each of STEP_FIELDS as an equal-length 1-D array."""
@@ -91,6 +118,8 @@ class RunLog:
         if f"runs/{self.name}" not in root:
             self._create(root.create_group(f"runs/{self.name}"))
         run = root[f"runs/{self.name}"]
+        for group_name in self._extra.keys() - run.keys():
+            self._create_extra(run.create_group(group_name), group_name)
         run.attrs.update(self._attrs)
         for group_name, columns in self._rows.items():
             for f, values in columns.items():
@@ -99,6 +128,9 @@ class RunLog:
                     columns[f] = []
 
     def _array(self, group: str, field: str, values) -> np.ndarray:
+        if group in self._extra:
+            dtype, shape = self._extra[group][0][field]
+            return np.asarray(values, dtype=dtype).reshape((len(values),) + shape)
         dtype = np.int64 if field in INT_FIELDS else np.float64
         width = (len(self.eta),) if group == "probe" and field in PROBE_GRID_FIELDS else ()
         return np.asarray(values, dtype=dtype).reshape((len(values),) + width)
@@ -106,6 +138,8 @@ class RunLog:
     def _create(self, run: h5py.Group) -> None:
         """Every dataset exists from the start, empty, so readers see the full schema."""
         for group_name, columns in self._rows.items():
+            if group_name in self._extra:
+                continue  # created by _write
             group = run.create_group(group_name)
             for f in columns:
                 empty = self._array(group_name, f, [])
@@ -113,6 +147,18 @@ class RunLog:
                                      maxshape=(None,) + empty.shape[1:],
                                      chunks=(1024,) + empty.shape[1:])
         run["probe"].create_dataset("eta", data=self.eta)
+
+    def _create_extra(self, group: h5py.Group, group_name: str) -> None:
+        fields, constants = self._extra[group_name]
+        for f, (dtype, shape) in fields.items():
+            group.create_dataset(f, shape=(0,) + shape, dtype=dtype, maxshape=(None,) + shape,
+                                 chunks=(max(1, min(1024, 2 ** 16 // max(1, int(np.prod(shape))))),)
+                                 + shape)
+        for f, value in constants.items():
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                group.create_dataset(f, data=list(value), dtype=h5py.string_dtype())
+            else:
+                group.create_dataset(f, data=np.asarray(value))
 
 
 class SweepStore:

@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from . import tasks
+from .checks import validate_extras
 from .errors import LandscapeError
 from .models import MODELS, build_model
 from .grid import BatchedGrid, supports_batched
+from .instruments import build_instruments
 from .probes import GradientStats, LandscapeProbe, along_gradient
 from .store import RunLog, SweepStore
 
@@ -47,6 +50,11 @@ class SweepConfig:
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
     grid: str = "auto"  # batched (one vmapped model per learning-rate grid), sequential, auto
+    # Instruments (landscape.instruments); None = off. Layers: names or 1-based indices.
+    ics_every: int | None = None  # steps between internal-covariate-shift probes
+    ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
+    activations_every: int | None = None  # steps between activation-distribution probes
+    activation_layers: Sequence[str | int] | None = None  # default: every weight layer
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -94,6 +102,7 @@ class SweepConfig:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(data_mod.DATASETS)}")
         resolve_device(self.device)
+        validate_extras(self)  # instruments' settings, DLN model/dataset pairing
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -185,7 +194,7 @@ class SingleRun:
     """One run: the model, ``torch.optim.SGD``, and the probes attached as hooks."""
 
     def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
-                 on_probe: Callable[[int, object], None]):
+                 on_probe: Callable[[int, object], None], log: RunLog):
         torch.manual_seed(config.seed)  # same initial weights for every run of this model
         model = build_model(model_name, width=config.width, num_classes=data.num_classes)
         self.model = model.to(device)
@@ -193,11 +202,15 @@ class SingleRun:
             self.model = self.model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
         self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
                                     on_record=lambda r: on_probe(0, r), keep=False)
-        self.loss_fn = (self.probe.attach(self.model, self.optimizer, F.cross_entropy)
-                        if config.probe else F.cross_entropy)
+        self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
+                        if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)
+        self.instruments = build_instruments(config, self.model, log)  # ICS, activations
+        for instrument in self.instruments:
+            self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
         self.k = 1
 
     def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,21 +222,21 @@ class SingleRun:
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            return loss.detach().view(1), (out.argmax(1) == y).sum().view(1)
+            return loss.detach().view(1), self.task.correct(out, y).view(1)
 
     def pop_grad_rows(self) -> np.ndarray:
         return self.stats.pop()[:, None, :]  # (n, 1, 3)
 
     def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
-        loss, acc = evaluate(self.model, data)
+        loss, acc = self.task.evaluate(self.model)
         return np.array([loss]), np.array([acc])
 
     def freeze(self, k: int) -> None:
         """Run k diverged: nothing more to do for a single run (the loop stops)."""
 
     def close(self) -> None:
-        self.probe.detach()
-        self.stats.detach()
+        for hooks in [self.probe, self.stats, *self.instruments]:
+            hooks.detach()
 
 
 class GridRuns:
@@ -236,6 +249,7 @@ class GridRuns:
             return build_model(model_name, width=config.width,
                                num_classes=data.num_classes).to(device)
 
+        self.task = tasks.task_for(data)  # always classification: see _use_grid
         self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay)
         self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
         self._scratch = build()  # a real module that each probe loads one run's state into
@@ -301,7 +315,7 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
            flush: Callable[[], None], on_progress, label: str, run_index: int,
            runs_total: int, autocast) -> float:
     """Train the trainer's K runs to the end (or divergence); write rows; returns seconds."""
-    stream = data_mod.BatchStream(data, config.batch_size, config.seed, config.augment)
+    stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
     n_epochs = math.ceil(total_steps / stream.steps_per_epoch)
     # The host reads device values only every `sync_every` steps (divergence check, rows).
@@ -310,6 +324,7 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
     alive = [True] * len(runs)
     last_loss = None
     started = time.perf_counter()
+    flush()  # every group (the instruments' too) exists, empty, from the start
 
     def sync() -> None:
         """Move pending rows to the logs; a run whose loss is not finite stops there."""
@@ -364,6 +379,8 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
             test_loss, test_acc = trainer.evaluate(data)
             train_loss = (loss_sum / max(seen, 1)).cpu().numpy()
             train_acc = (correct.double() / max(seen, 1)).cpu().numpy()
+            if not trainer.task.has_accuracy:
+                train_acc = np.full(len(runs), math.nan)  # regression (the DLN)
             for k, run in enumerate(runs):
                 if alive[k]:
                     run.test_acc = float(test_acc[k])
@@ -392,8 +409,14 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
 
 
 def _use_grid(config: SweepConfig, model_name: str, data, device) -> bool:
-    """Batched grid when asked (or on a GPU with ``auto``) and the model supports vmap."""
+    """Batched grid when asked (or on a GPU with ``auto``) and the model supports vmap.
+
+    Runs with ICS or activation instruments, and non-image tasks (the DLN), go sequentially:
+    those hooks observe one ``nn.Module`` and one ``torch.optim`` optimizer.
+    """
     if len(config.lrs) < 2 or config.grid == "sequential":
+        return False
+    if config.ics_every or config.activations_every or not isinstance(data, data_mod.ImageData):
         return False
     if config.grid == "auto" and device.type != "cuda":
         return False  # on the CPU vmap's grouped convolutions are slower than separate runs
@@ -430,7 +453,8 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                     runs[k].log.add_probe(record)
 
                 trainer = (GridRuns(model_name, lrs, config, data, device, on_probe) if batched
-                           else SingleRun(model_name, lrs[0], config, data, device, on_probe))
+                           else SingleRun(model_name, lrs[0], config, data, device, on_probe,
+                                          runs[0].log))
                 label = runs[0].log.name if len(runs) == 1 else \
                     f"{model_name} x{len(runs)} lrs (batched)"
                 seconds = _train(trainer, runs, config, data, device,

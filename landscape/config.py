@@ -1,0 +1,117 @@
+"""Experiment files: ``landscape run --config experiments/<file>.toml [--light]``.
+
+A file (TOML, read with the standard library's ``tomllib``) has::
+
+    description = "Fig. 1: ..."       # what the experiment is (optional)
+    paper = "83% vs 80% ..."          # what the paper reports (optional)
+    [run]                             # the paper's setting: SweepConfig fields, plus `out`
+    models = ["vgg_a", "vgg_a_bn"]
+    lrs = [0.1, 0.5]
+    steps = 15000
+    [light]                           # overrides of [run] for a CPU, chosen with --light
+    width = 0.25
+    dataset = "cifar10-mini"
+    steps = 300
+
+Keys of ``[run]`` and ``[light]`` are the fields of ``train.SweepConfig`` (``batch_size``,
+``probe_every``, ``ics_layers``, ...) and ``out``; values are checked against the field's
+type (an integer is accepted where a float is expected). Options given on the command line
+override the file. Unknown keys, wrong types and unreadable files raise ``LandscapeError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import LandscapeError
+
+TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict}
+EXTRA_KEYS = {"out": str}  # run keys that are not SweepConfig fields
+
+
+def _field_types() -> dict[str, Any]:
+    from .train import SweepConfig
+    hints = typing.get_type_hints(SweepConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(SweepConfig)} | EXTRA_KEYS
+
+
+def _describe(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value, hint, where: str):
+    """``value`` as type ``hint`` (int, float, str, bool, X | None, Sequence[X]), or raise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        for option in options:
+            try:
+                return _convert(value, option, where)
+            except LandscapeError:
+                pass
+        raise LandscapeError(f"{where} must be {_describe(hint)}, got {value!r}")
+    if origin is not None and issubclass(origin, Sequence):
+        if not isinstance(value, list):
+            raise LandscapeError(f"{where} must be a list ({_describe(hint)}), got {value!r}")
+        (item,) = typing.get_args(hint)
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise LandscapeError(f"{where} must be {_describe(hint)}, got {value!r}")
+
+
+def _section(table: dict, where: str, types_: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for key, value in table.items():
+        if key not in types_:
+            raise LandscapeError(f"{where}: unknown key {key!r}; known keys: {', '.join(types_)}")
+        values[key] = _convert(value, types_[key], f"{where}.{key}")
+    return values
+
+
+def load_experiment(path: str | Path, light: bool = False) -> dict[str, Any]:
+    """The ``[run]`` values of an experiment file, updated by ``[light]`` when ``light``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise LandscapeError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise LandscapeError(f"--config {path} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LandscapeError(f"--config {path}: not valid TOML ({exc})") from None
+    for key, value in doc.items():
+        if key not in TOP_LEVEL:
+            raise LandscapeError(f"{path}: unknown key {key!r}; known keys: {', '.join(TOP_LEVEL)}")
+        if not isinstance(value, TOP_LEVEL[key]):
+            kind = "a table" if TOP_LEVEL[key] is dict else "a string"
+            raise LandscapeError(f"{path}: {key} must be {kind}, got {value!r}")
+    field_types = _field_types()
+    values = _section(doc.get("run", {}), f"{path} [run]", field_types)
+    light_values = _section(doc.get("light", {}), f"{path} [light]", field_types)
+    if light:
+        if "light" not in doc:
+            raise LandscapeError(f"--light: {path} has no [light] section")
+        values.update(light_values)
+    return values
+
+
+def merge(file_values: dict[str, Any], cli_values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """CLI defaults < the file < options given on the command line.
+
+    ``--epochs`` given on the command line also clears a ``steps`` set by the file (steps
+    override epochs), unless ``--steps`` is given too.
+    """
+    merged = {**cli_values, **file_values, **{k: cli_values[k] for k in given if k in cli_values}}
+    if "epochs" in given and "steps" not in given:
+        merged["steps"] = None
+    return merged

@@ -1,0 +1,121 @@
+"""Experiment files: every file parses, its light variant runs end to end; config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+
+from landscape import data as data_mod
+from landscape.cli import main
+from landscape.config import load_experiment, merge
+from landscape.errors import LandscapeError
+from landscape.train import SweepConfig, run_sweep
+import paper_util  # noqa: F401  (one torch thread)
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
+
+
+def test_there_is_one_file_per_figure():
+    names = {p.stem for p in EXPERIMENTS}
+    assert {"fig1_accuracy", "fig2_noisy_bn", "fig3_ics_vgg", "fig3_ics_dln",
+            "fig4_landscape_vgg", "fig5_lp", "dln_landscape", "seeds_grid"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_parses_in_both_variants(path):
+    for light in (False, True):
+        values = load_experiment(path, light)
+        assert values.pop("out").startswith("runs/")
+        SweepConfig(**values).validate()
+    paper, light = load_experiment(path), load_experiment(path, light=True)
+    assert paper["steps"] > light["steps"]
+    if paper["dataset"] == "cifar10":
+        assert light["dataset"] == "cifar10-mini" and light["width"] < 1
+
+
+@pytest.fixture(scope="module")
+def small_images():
+    full = data_mod.load_dataset("cifar10-mini")
+    return data_mod.ImageData(full.name, full.x_train[:128], full.y_train[:128],
+                              full.x_test[:64], full.y_test[:64], full.mean, full.std)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_light_variant_runs_a_few_steps_end_to_end(path, tmp_path, small_images):
+    values = load_experiment(path, light=True)
+    values.pop("out")
+    values.update(steps=2, probe_every=1, lrs=values["lrs"][:1], device="cpu")
+    for key in ("ics_every", "activations_every"):
+        if values.get(key):
+            values[key] = 1
+    data = None
+    if values["dataset"] != "gaussian-linear":
+        values.update(width=0.0625, batch_size=16)
+        data = small_images
+    out = tmp_path / "light.h5"
+    summaries = run_sweep(SweepConfig(**values), str(out), data=data)
+    assert [s.status for s in summaries] == ["completed"] * len(summaries)
+    with h5py.File(out) as f:
+        assert len(f["runs"]) == len(values["models"]) * len(values["lrs"])
+        for run in f["runs"].values():
+            assert run["steps/step"].shape == (2,) and run["probe/step"].shape == (2,)
+            for group, key in (("ics", "ics_every"), ("activations", "activations_every")):
+                assert (group in run) == bool(values.get(key))
+                if group in run:
+                    assert run[f"{group}/step"].shape == (2,)
+
+
+def write(tmp_path, text: str, name: str = "exp") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[run]\nmodels = ["vgg_a"]\nstep = 3\n', "unknown key 'step'"),
+    ('[run]\nsteps = "3"\n', "[run].steps must be"),
+    ('[run]\nlrs = 0.1\n', "[run].lrs must be a list"),
+    ('[run]\nlrs = [0.1, "x"]\n', "[run].lrs[1] must be float"),
+    ('[run]\naugment = 1\n', "[run].augment must be bool"),
+    ('[light]\nwidth = true\n', "[light].width must be float"),
+    ('title = "x"\n', "unknown key 'title'"),
+    ('run = 3\n', "run must be a table"),
+    ('[run\n', "not valid TOML"),
+])
+def test_bad_files_are_clear_errors(tmp_path, text, message):
+    with pytest.raises(LandscapeError) as info:
+        load_experiment(write(tmp_path, text), light=True)
+    assert message in str(info.value)
+
+
+def test_cli_config_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "x.h5"
+    cases = [(["--config", str(tmp_path / "missing.toml")], "no such file"),
+             (["--config", str(write(tmp_path, "[run]\nwidht = 0.5\n", "a"))], "unknown key 'widht'"),
+             (["--light"], "--light selects the light variant"),
+             (["--config", str(write(tmp_path, "[run]\nsteps = 2\n", "b")), "--light"],
+              "no [light] section")]
+    for args, message in cases:
+        assert main(["run", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_command_line_overrides_the_file_which_overrides_defaults(tmp_path):
+    out = tmp_path / "x.h5"
+    path = write(tmp_path, f'[run]\nmodels = ["vgg_a"]\nsteps = 50\nwidth = 0.0625\n'
+                           f'dataset = "cifar10-mini"\nprobe_every = 1\nout = "{tmp_path / "file.h5"}"\n'
+                           '[light]\nprobe_every = 2\nbatch_size = 64\n')
+    assert main(["run", "--config", str(path), "--light", "--steps", "2", "--lrs", "0.05",
+                 "--out", str(out)]) == 0
+    with h5py.File(out) as f:
+        config = json.loads(f.attrs["config"])
+        assert list(f["runs"]) == ["vgg_a-lr0.05-seed0"]
+    assert (config["steps"], config["lrs"], config["probe_every"], config["batch_size"],
+            config["width"], config["momentum"]) == (2, [0.05], 2, 64, 0.0625, 0.0)
+    # --epochs on the command line wins over the file's steps.
+    assert merge({"steps": 50}, {"epochs": 3, "steps": None}, {"epochs"})["steps"] is None
