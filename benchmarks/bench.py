@@ -111,6 +111,7 @@ def main():
     parser.add_argument("--width", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile training steps")
     args = parser.parse_args()
     device = resolve_device(args.device)
     width = args.width or (0.25 if args.suite == "cpu" else 1.0)
@@ -119,12 +120,14 @@ def main():
 
     base = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.05, 0.1, 0.15), epochs=args.epochs,
                        dataset="cifar10-mini", width=width, device=str(device), probe_every=100,
-                       precision=args.precision)
+                       precision=args.precision, compile=args.compile)
     timed_sweep(replace(base, models=base.models[:1], lrs=base.lrs[:1], epochs=1), data, device)  # warm-up
     no_probe = timed_sweep(replace(base, probe=False), data, device)
     default = timed_sweep(base, data, device)
     every_step = timed_sweep(replace(base, probe_every=1, epochs=1), data, device)
     no_probe_1 = timed_sweep(replace(base, probe=False, epochs=1), data, device)
+    other = "sequential" if base.grid != "sequential" and device.type == "cuda" else "batched"
+    other_grid = timed_sweep(replace(base, probe=False, grid=other), data, device)
 
     def row(name, r, overhead=float("nan"), speedup=float("nan")):
         rows.append((name, fmt(r["steps"] / r["seconds"]), fmt(r["images"] / r["seconds"], ".4g"),
@@ -134,6 +137,8 @@ def main():
     row(f"sweep, probe every 100 (4 eta)", default, default["seconds"] / no_probe["seconds"])
     row("sweep 1 ep, no probe", no_probe_1)
     row("sweep 1 ep, probe every step", every_step, every_step["seconds"] / no_probe_1["seconds"])
+    row(f"sweep, no probe, --grid {other} (speed-up: {other} / default)", other_grid, float("nan"),
+        other_grid["seconds"] / no_probe["seconds"])
 
     if args.suite == "cpu":
         ref = course_sweep(str(mini_path()), base.models, base.lrs, args.epochs, width)
@@ -152,8 +157,8 @@ def main():
           f"at {steps_per_s:.1f} steps/s")
 
     print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {width} "
-          f"| precision {args.precision}\n")
-    header = ("configuration", "steps/s", "images/s", "probe overhead", "speed-up vs reference",
+          f"| precision {args.precision} | grid {base.grid} | compile {args.compile}\n")
+    header = ("configuration", "run-steps/s", "images/s", "probe overhead", "speed-up",
               "peak MiB", "seconds")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -80,7 +80,9 @@ def cli():
               help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
 @click.option("--grid", default="auto", show_default=True,
               help="batched: train all learning rates of a model as one vmapped model; "
-                   "sequential: one run after another; auto: batched on a GPU.")
+                   "sequential: one run after another; auto: sequential (faster, measured).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training forward pass (probes stay eager).")
 @click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--ics-every", type=int, default=None,
@@ -95,7 +97,7 @@ def cli():
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
-        dataset, data_root, augment, width, seed, device, precision, grid, out, overwrite,
+        dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, config_file, light):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     from .train import SweepConfig, run_sweep
@@ -105,7 +107,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
                   weight_decay=weight_decay, probe_every=probe_every,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
                   augment=augment, width=width, seed=seed, device=device, precision=precision,
-                  grid=grid, ics_every=ics_every,
+                  grid=grid, compile=compile_, ics_every=ics_every,
                   ics_layers=ics_layers and _name_list("--ics-layers", ics_layers),
                   activations_every=activations_every,
                   activation_layers=activation_layers and _name_list("--activation-layers",

@@ -43,7 +43,7 @@ class BatchedGrid:
     """K copies of a model, one learning rate each, trained by one vmapped pass per step."""
 
     def __init__(self, build: Callable[[], nn.Module], lrs: Sequence[float], momentum: float = 0.0,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, compile: bool = False):
         models = [build() for _ in lrs]  # `build` must give the same initial weights each call
         self.k = len(models)
         self.template = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call
@@ -55,6 +55,7 @@ class BatchedGrid:
         self.momentum, self.weight_decay = momentum, weight_decay
         self._momentum_buffers: dict[str, torch.Tensor] = {}
         self.alive = torch.ones(self.k, dtype=torch.bool, device=first.device)  # False once diverged
+        self._train_forward = torch.compile(self.forward) if compile else self.forward
 
     # ------------------------------------------------------------------ forward / step
 
@@ -74,7 +75,7 @@ class BatchedGrid:
         and the gradients (stacked, before the update) for statistics and probes."""
         ctx = autocast() if autocast is not None else torch.autocast(x.device.type, enabled=False)
         with ctx:
-            out = _upcast(self.forward(x))
+            out = _upcast(self._train_forward(x))
         losses = F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none")
         losses = losses.view(self.k, -1).mean(1)
         # A diverged model's loss is left out, so its NaNs cannot reach the others' updates.

@@ -49,7 +49,8 @@ class SweepConfig:
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
-    grid: str = "auto"  # batched (one vmapped model per learning-rate grid), sequential, auto
+    grid: str = "auto"  # batched (one vmapped model per lr grid), sequential; auto = sequential
+    compile: bool = False  # torch.compile the training forward pass (probes stay eager)
     # Instruments (landscape.instruments); None = off. Layers: names or 1-based indices.
     ics_every: int | None = None  # steps between internal-covariate-shift probes
     ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
@@ -208,6 +209,8 @@ class SingleRun:
         self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)
+        # Compiled for training steps only; probes call the eager module through functional_call.
+        self.forward = torch.compile(self.model) if config.compile else self.model
         self.instruments = build_instruments(config, self.model, log)  # ICS, activations
         for instrument in self.instruments:
             self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
@@ -216,7 +219,7 @@ class SingleRun:
     def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
         with autocast():
-            out = self.model(x)
+            out = self.forward(x)
             loss = self.loss_fn(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,7 +253,8 @@ class GridRuns:
                                num_classes=data.num_classes).to(device)
 
         self.task = tasks.task_for(data)  # always classification: see _use_grid
-        self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay)
+        self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay,
+                                compile=config.compile)
         self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
         self._scratch = build()  # a real module that each probe loads one run's state into
         self._prev_grad = self._prev_theta = None
@@ -418,8 +422,10 @@ def _use_grid(config: SweepConfig, model_name: str, data, device) -> bool:
         return False
     if config.ics_every or config.activations_every or not isinstance(data, data_mod.ImageData):
         return False
-    if config.grid == "auto" and device.type != "cuda":
-        return False  # on the CPU vmap's grouped convolutions are slower than separate runs
+    if config.grid == "auto":
+        # Measured (benchmarks/RESULTS.md): vmap turns the K models' convolutions into grouped
+        # convolutions, slower than K separate runs on the CPU and on an H100 alike.
+        return False
     sample = data.normalize(data.x_train[:2])
     return supports_batched(build_model(model_name, width=config.width).to(device), sample)
 
