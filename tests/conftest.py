@@ -45,6 +45,31 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def instrumented_sweep(tmp_path_factory) -> Path:
+    """A real sweep with the ICS and activation instruments: both models at LR 0.1, 6 steps,
+    landscape, ICS (default layers #5 and #10) and activations (all 11 layers) every 3 steps."""
+    import torch
+
+    from landscape import data as data_mod
+    from landscape.train import SweepConfig, run_sweep
+
+    full = data_mod.load_dataset("cifar10-mini")
+    data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
+                              full.x_test[:128], full.y_test[:128], full.mean, full.std)
+    out = tmp_path_factory.mktemp("instrumented") / "instrumented-sweep.h5"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tiny_sweep
+    try:
+        run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.1,), steps=6, batch_size=16,
+                              probe_every=3, ics_every=3, activations_every=3,
+                              dataset="cifar10-mini", width=0.125, device="cpu"),
+                  str(out), command="pytest instrumented_sweep", data=data)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def probe_record(step: int, eta: np.ndarray, loss: np.ndarray, grad_diff: np.ndarray,
                  beta: float) -> SimpleNamespace:
     """What ``RunLog.add_probe`` reads from a ``probes.LandscapeRecord``."""
