@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -13,12 +11,7 @@ from landscape.report.layerstats import (bin_centres, hist_quantiles, layer_colu
 nan, inf = np.nan, np.inf
 EDGES = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
 
-
-@pytest.fixture(autouse=True)
-def no_runtime_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("no_runtime_warnings")  # conftest
 
 
 def test_layers_are_matched_by_index_across_runs():
