@@ -209,7 +209,8 @@ def plot(files, out, overwrite, smooth, title):
 def info(file):
     """Summarize a sweep file: runs, status, steps, probes, final accuracies."""
     from .read import read_sweep
-    from .report.summary import RUN_TABLE_HEADER, run_table_cells, summarize_run, text_table
+    from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells,
+                                 summarize_run, text_table)
 
     sweep = read_sweep(file)
     rows = [summarize_run(r) for r in sweep.runs]
@@ -218,7 +219,9 @@ def info(file):
     click.echo(f"{sweep.path}: landscape {sweep.landscape_version}, created {sweep.created}, "
                f"{len(rows)} runs" + (f" ({statuses})" if rows else ""))
     click.echo(f"command: {sweep.command or '-'}")
-    click.echo(text_table(RUN_TABLE_HEADER, [run_table_cells(r) for r in rows]))
+    extra_header, extra_cells = instrument_columns(rows)  # ICS / activation probe counts
+    click.echo(text_table(RUN_TABLE_HEADER + extra_header,
+                          [run_table_cells(r) + extra for r, extra in zip(rows, extra_cells)]))
 
 
 def main(argv=None) -> int:

@@ -68,6 +68,31 @@ class EpochSeries:
 
 
 @dataclass(frozen=True)
+class ICSSeries:
+    """Internal covariate shift (``/runs/<name>/ics``): n probed steps, L weight layers."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,) module names, e.g. "features.15"
+    layer_index: np.ndarray  # (L,) 1-based among the conv and linear layers
+    l2: np.ndarray  # (n, L): ||G - G'||_2
+    cosine: np.ndarray  # (n, L): cos(G, G')
+    grad_norm: np.ndarray  # (n, L): ||G||_2
+
+
+@dataclass(frozen=True)
+class ActivationSeries:
+    """Pre-activation distributions (``/runs/<name>/activations``): n steps, L layers, b bins."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,)
+    layer_index: np.ndarray  # (L,) 1-based among the conv and linear layers
+    bin_edges: np.ndarray  # (b + 1,)
+    mean: np.ndarray  # (n, L)
+    std: np.ndarray  # (n, L)
+    hist: np.ndarray  # (n, L, b): fractions, each row sums to 1
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run (model, learning rate, seed) of a sweep file."""
 
@@ -85,6 +110,8 @@ class RunData:
     probe: ProbeSeries
     epochs: EpochSeries
     attrs: dict[str, Any] = field(default_factory=dict)  # every attribute, as stored
+    ics: ICSSeries | None = None  # None when the run had no ICS probe
+    activations: ActivationSeries | None = None  # None when it had no activation probe
 
 
 @dataclass(frozen=True)
@@ -155,7 +182,45 @@ def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
         seconds=float(attrs.get("seconds", np.nan)),
         steps_completed=None if steps_completed is None else int(steps_completed),
         steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe),
-        epochs=EpochSeries(**epochs), attrs=attrs)
+        epochs=EpochSeries(**epochs), attrs=attrs, ics=_read_ics(group),
+        activations=_read_activations(group))
+
+
+def _layered(run: h5py.Group, group_name: str, row_fields: dict[str, tuple[int, ...]]) -> dict | None:
+    """A per-layer instrument group as arrays, or None when the run has no such group.
+
+    ``row_fields`` maps each per-step field to its shape after (n, L); a missing dataset, or
+    one whose shape does not fit the layers, reads as empty, and every per-step field is cut
+    to the rows all of them have (a flush may be half-way).
+    """
+    group = run.get(group_name)
+    if not isinstance(group, h5py.Group):
+        return None
+    node = group.get("layer")
+    layer = tuple(_text(v) for v in node[()]) if isinstance(node, h5py.Dataset) else ()
+    layer_index = _dataset(run, group_name, "layer_index", ndim=1).astype(np.int64)
+    if len(layer_index) != len(layer):
+        layer_index = np.arange(1, len(layer) + 1, dtype=np.int64)  # unknown: in order
+    rows = {"step": _dataset(run, group_name, "step", ndim=1).astype(np.int64)}
+    for name, trailing in row_fields.items():
+        shape = (len(layer),) + trailing
+        values = _dataset(run, group_name, name, ndim=1 + len(shape))
+        rows[name] = values if values.shape[1:] == shape else np.zeros((0,) + shape)
+    n = min(len(v) for v in rows.values())
+    return {"layer": layer, "layer_index": layer_index,
+            **{name: values[:n] for name, values in rows.items()}}
+
+
+def _read_ics(run: h5py.Group) -> ICSSeries | None:
+    columns = _layered(run, "ics", {"l2": (), "cosine": (), "grad_norm": ()})
+    return None if columns is None else ICSSeries(**columns)
+
+
+def _read_activations(run: h5py.Group) -> ActivationSeries | None:
+    edges = _dataset(run, "activations", "bin_edges", ndim=1)
+    columns = _layered(run, "activations",
+                       {"mean": (), "std": (), "hist": (max(len(edges) - 1, 0),)})
+    return None if columns is None else ActivationSeries(bin_edges=edges, **columns)
 
 
 def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:

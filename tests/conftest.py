@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,12 +16,11 @@ TINY_STEPS = 8
 TINY_PROBE_EVERY = 4
 
 
-@pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory) -> Path:
-    """A real sweep file: VGG-A and VGG-A+BN, two learning rates, 8 steps, probes every 4.
+def run_tiny_sweep(out: Path, command: str, **config) -> Path:
+    """Train ``SweepConfig(**config)`` on a slice of cifar10-mini at width 1/8, on the CPU.
 
-    Trained on a slice of cifar10-mini at width 1/8 so the whole session pays a few
-    seconds once. Tests must not modify it (copy it first).
+    One thread: on a busy 2-core machine torch's spinning worker threads made these tiny
+    steps ~70x slower (1.4 s instead of 0.02 s each).
     """
     import torch
 
@@ -30,19 +30,43 @@ def tiny_sweep(tmp_path_factory) -> Path:
     full = data_mod.load_dataset("cifar10-mini")
     data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
                               full.x_test[:128], full.y_test[:128], full.mean, full.std)
-    out = tmp_path_factory.mktemp("tiny") / "tiny-sweep.h5"
-    # One thread: on a busy 2-core machine torch's spinning worker threads made these tiny
-    # steps ~70x slower (1.4 s instead of 0.02 s each).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=TINY_LRS, steps=TINY_STEPS,
-                              batch_size=16, probe_every=TINY_PROBE_EVERY,
-                              dataset="cifar10-mini", width=0.125, device="cpu"),
-                  str(out), command="pytest tiny_sweep", data=data)
+        run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), batch_size=16, dataset="cifar10-mini",
+                              width=0.125, device="cpu", **config),
+                  str(out), command=command, data=data)
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """A real sweep file: VGG-A and VGG-A+BN, two learning rates, 8 steps, probes every 4.
+
+    Trained on a slice of cifar10-mini at width 1/8 so the whole session pays a few
+    seconds once. Tests must not modify it (copy it first).
+    """
+    return run_tiny_sweep(tmp_path_factory.mktemp("tiny") / "tiny-sweep.h5", "pytest tiny_sweep",
+                          lrs=TINY_LRS, steps=TINY_STEPS, probe_every=TINY_PROBE_EVERY)
+
+
+@pytest.fixture(scope="session")
+def instrumented_sweep(tmp_path_factory) -> Path:
+    """A real sweep with the ICS and activation instruments: both models at LR 0.1, 6 steps,
+    landscape, ICS (default layers #5 and #10) and activations (all 11 layers) every 3 steps."""
+    return run_tiny_sweep(tmp_path_factory.mktemp("instrumented") / "instrumented-sweep.h5",
+                          "pytest instrumented_sweep", lrs=(0.1,), steps=6, probe_every=3,
+                          ics_every=3, activations_every=3)
+
+
+@pytest.fixture
+def no_runtime_warnings():
+    """Turns RuntimeWarning into an error: all-NaN slices must be handled, not warned about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
 
 
 def probe_record(step: int, eta: np.ndarray, loss: np.ndarray, grad_diff: np.ndarray,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -13,13 +11,7 @@ from landscape.report.bands import (Band, align_runs, band_across_runs, band_ove
 
 nan, inf = np.nan, np.inf
 
-
-@pytest.fixture(autouse=True)
-def no_runtime_warnings():
-    """All-NaN slices must be handled, not warned about."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("no_runtime_warnings")  # conftest
 
 
 def test_masked_replaces_inf_and_nan_and_copies():

@@ -17,7 +17,7 @@ import pytest
 from landscape.cli import main
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-FIGURES = 6
+FIGURES = 8  # 1a, 1b, 2a, 2b, 3, 4, and 6 (ICS) and 7 (activations) of the instrumented sweep
 
 # Injected first in <head>: records every error, before plotly.js even loads.
 ERROR_TRAP = """<script>
@@ -40,6 +40,7 @@ window.addEventListener("load", () => setTimeout(() => {
     plots: div.querySelectorAll("g.scatterlayer").length,
     traces: div.querySelectorAll("g.trace").length,
     paths: [...div.querySelectorAll("g.trace path")].filter(p => (p.getAttribute("d") || "").length > 2).length,
+    heatmaps: div.querySelectorAll("g.heatmaplayer image").length,
   }));
   const probe = document.getElementById("fig-loss-probe");
   const before = probe.data.map(t => t.visible !== false);
@@ -67,9 +68,11 @@ def chromium(*args: str, user_data: Path, timeout: int = 120) -> subprocess.Comp
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary; .ci/run installs Debian's "
                                              "`chromium` (apt-get install -y chromium)")
-def test_report_draws_every_figure_in_chromium(tiny_sweep, diverged_sweep, tmp_path):
+def test_report_draws_every_figure_in_chromium(tiny_sweep, diverged_sweep, instrumented_sweep,
+                                               tmp_path):
     report = tmp_path / "report.html"
-    assert main(["plot", str(tiny_sweep), str(diverged_sweep), "-o", str(report)]) == 0
+    assert main(["plot", str(tiny_sweep), str(diverged_sweep), str(instrumented_sweep),
+                 "-o", str(report)]) == 0
     page = report.read_text(encoding="utf-8")
     instrumented = tmp_path / "instrumented.html"
     instrumented.write_text(page.replace("<head>", "<head>" + ERROR_TRAP, 1)
@@ -88,6 +91,10 @@ def test_report_draws_every_figure_in_chromium(tiny_sweep, diverged_sweep, tmp_p
         assert figure["plots"] >= 1 and figure["traces"] >= 1 and figure["paths"] >= 1, figure
     training = next(f for f in check["figures"] if f["id"] == "fig-training")
     assert training["plots"] == 4  # train/test accuracy and loss
+    ics = next(f for f in check["figures"] if f["id"] == "fig-ics")
+    assert ics["plots"] == 2 and ics["heatmaps"] == 0  # ||G - G'|| and cos(G, G')
+    activations = next(f for f in check["figures"] if f["id"] == "fig-activations")
+    assert activations["plots"] == 2 and activations["heatmaps"] == 1  # the selected run x layer
     # The learning-rate selector really switches what is shown.
     assert check["buttons"] >= 2 and check["before"] != check["after"] and any(check["after"])
 

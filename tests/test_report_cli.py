@@ -242,3 +242,87 @@ def test_reader_ignores_unknown_groups(tiny_sweep, tmp_path):
 def test_read_sweep_raises_landscape_error(tmp_path):
     with pytest.raises(LandscapeError, match="not an HDF5 file"):
         read_sweep(_text_file(tmp_path))
+
+
+# --- ICS (Fig. 3) and activation distributions (Fig. 1c/2) -----------------------------
+
+def test_read_sweep_reads_the_instrument_groups(instrumented_sweep, tiny_sweep):
+    for run in read_sweep(instrumented_sweep).runs:
+        ics, acts = run.ics, run.activations
+        assert ics.step.tolist() == [0, 3] and ics.layer_index.tolist() == [5, 10]
+        assert len(ics.layer) == 2 and all(isinstance(n, str) for n in ics.layer)
+        assert ics.l2.shape == ics.cosine.shape == ics.grad_norm.shape == (2, 2)
+        assert np.all(ics.l2 >= 0) and np.all(np.abs(ics.cosine) <= 1 + 1e-9)
+        assert acts.step.tolist() == [0, 3] and acts.layer_index.tolist() == list(range(1, 12))
+        assert acts.bin_edges.shape == (81,) and acts.hist.shape == (2, 11, 80)
+        assert acts.mean.shape == acts.std.shape == (2, 11)
+        assert np.allclose(acts.hist.sum(axis=-1), 1)
+    assert all(r.ics is None and r.activations is None for r in read_sweep(tiny_sweep).runs)
+
+
+def test_plot_adds_the_ics_and_activation_sections(instrumented_sweep, tiny_sweep, tmp_path,
+                                                   capsys):
+    report = tmp_path / "instrumented.html"
+    code, _, err = run_cli(capsys, "plot", instrumented_sweep, tiny_sweep, "-o", report)
+    assert code == 0, err
+    page = report.read_text(encoding="utf-8")
+    assert figure_divs(page)[-2:] == ["fig-ics", "fig-activations"]
+    assert len(figure_divs(page)) == FIGURES + 2
+    for text in ("Internal covariate shift (Fig. 3)", "G′", "cos(G, G′)", "ideal",
+                 "layer #5", "layer #10", "Activation distributions (Fig. 1c/2)", "before ReLU",
+                 "5%, 50% and 95% quantiles"):
+        assert text in page, text
+    assert len(page) < 8_000_000  # plotly.js (~4.7 MB) plus the figures
+
+    code, out, _ = run_cli(capsys, "info", instrumented_sweep)
+    header, *rows = out.splitlines()[2:]
+    assert header.split()[-2:] == ["ics", "acts"] and [r.split()[-2:] for r in rows] == [["2", "2"]] * 2
+
+
+def test_instrument_sections_are_omitted_without_probed_steps(tiny_sweep, tmp_path, capsys):
+    """Absent groups (the probe was off) and empty ones (n = 0) give no section."""
+    path = Path(shutil.copy(tiny_sweep, tmp_path / "empty-groups.h5"))
+    with h5py.File(path, "a") as f:
+        run = f["runs"][next(iter(f["runs"]))]
+        ics = run.create_group("ics")
+        ics.create_dataset("step", shape=(0,), dtype=np.int64)
+        ics.create_dataset("layer", data=["features.15"], dtype=h5py.string_dtype())
+        ics.create_dataset("layer_index", data=[5])
+        for name in ("l2", "cosine", "grad_norm"):
+            ics.create_dataset(name, shape=(0, 1), dtype=np.float64)
+    runs = read_sweep(path).runs
+    assert runs[0].ics.l2.shape == (0, 1) and runs[0].ics.layer == ("features.15",)
+    assert runs[0].activations is None and runs[1].ics is None
+    code, _, err = run_cli(capsys, "plot", path, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert len(figure_divs(page)) == FIGURES and "Internal covariate shift" not in page
+    assert "Activation distributions" not in page
+    assert "ics" not in run_cli(capsys, "info", tiny_sweep)[1].splitlines()[2].split()
+
+
+def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
+    from landscape.report import figures as fg
+    from landscape.report.build import activation_layers, ics_layers
+
+    runs = read_sweep(instrumented_sweep).runs
+    colors = fg.model_colors([r.model for r in runs])
+    layers = ics_layers(runs, colors)
+    assert [layer.title.split(" (")[0] for layer in layers] == ["layer #5", "layer #10"]
+    assert [line.color for line in layers[0].l2] == ["#1f77b4", "#d62728"]  # blue, red
+    fig = fg.ics_figure(layers, "ICS")
+    assert fig.layout.yaxis.type == "log"
+    layer_menu = fig.layout.updatemenus[0]
+    assert [b.label for b in layer_menu.buttons] == [layer.title for layer in layers]
+    first, second = (b.args[0]["visible"] for b in layer_menu.buttons)
+    assert any(first) and any(second) and not any(a and b for a, b in zip(first, second))
+
+    by_layer, maps = activation_layers(runs, colors)
+    assert sorted(by_layer) == list(range(1, 12)) and len(maps) == 2 * 11
+    assert all(m.z.shape == (len(m.y), 2) for m in maps)  # bins kept x probed steps
+    fig = fg.activation_figure(by_layer, maps, "acts")
+    assert len(fig.layout.updatemenus[0].buttons) == len(maps)
+    assert sum(t.type == "heatmap" and t.visible for t in fig.data) == 1
+
+    for empty in (fg.ics_figure([], "ICS"), fg.activation_figure({}, [], "acts")):
+        assert "no data" in empty.layout.annotations[-1].text

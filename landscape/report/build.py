@@ -24,6 +24,8 @@ from . import figures as fg
 from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_runs, masked,
                     nonfinite_x, value_before)
 from .html import Section, render_page, table_html
+from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
+                         occupied_bins, steps_per_map, subsample)
 from .summary import (RUN_TABLE_HEADER, library_versions, model_label, run_table_cells,
                       summarize_run)
 
@@ -116,6 +118,9 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                 "finite; their non-finite values are masked in every band and marked ✕.",
                 body=run_table_html(runs, labels) + provenance_html(sweeps)),
     ]
+    # The instrument figures only when some run recorded them.
+    sections += [s for s in (ics_section(runs, colors), activation_section(runs, colors))
+                 if s is not None]
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
              f"— {len(runs)} runs from {len(sweeps)} file(s). Blue: VGG-A; red: VGG-A+BN. "
              f"Bands are raw [min, max]"
@@ -246,17 +251,127 @@ def beta_series(runs: Sequence[RunData], labels: dict[int, str],
 
 def training_curves(runs: Sequence[RunData], labels: dict[int, str],
                     colors: dict[str, str]) -> list[fg.Curve]:
-    lr_order = sorted({r.lr for r in runs})
+    dash = _lr_dash(runs)
     curves = []
     for run in runs:
         e = run.epochs
         flag = f" (diverged @ step {run.diverged_step})" if run.diverged_step is not None else ""
         curves.append(fg.Curve(
             label=f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}{flag}",
-            color=colors[run.model], dash=fg.LR_DASHES[lr_order.index(run.lr) % len(fg.LR_DASHES)],
+            color=colors[run.model], dash=dash(run),
             epoch=e.epoch + 1, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
             train_loss=masked(e.train_loss), test_loss=masked(e.test_loss)))
     return curves
+
+
+QUANTILES = {"5%": 0.05, "50%": 0.5, "95%": 0.95}
+
+
+def _run_text(run: RunData) -> str:
+    return f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}"
+
+
+def _lr_dash(runs: Sequence[RunData]):
+    lr_order = sorted({r.lr for r in runs})
+    return lambda run: fg.LR_DASHES[lr_order.index(run.lr) % len(fg.LR_DASHES)]
+
+
+def _layer_title(index: int, names: set[str]) -> str:
+    return f"layer #{index}" + (f" ({', '.join(sorted(names))})" if names else "")
+
+
+def _probed(runs: Sequence[RunData], attr: str) -> list[RunData]:
+    """The runs with at least one probed step of instrument ``attr`` (ics, activations)."""
+    return [r for r in runs if getattr(r, attr) is not None and len(getattr(r, attr).step)
+            and len(getattr(r, attr).layer_index)]
+
+
+def ics_layers(runs: Sequence[RunData], colors: dict[str, str]) -> list[fg.LayerICS]:
+    """Fig. 3 per weight layer (matched by index across models): one line per run."""
+    runs = _probed(runs, "ics")
+    dash = _lr_dash(runs)
+    layers = []
+    for index in layer_indices([r.ics.layer_index for r in runs]):
+        l2, cosine, names = [], [], set()
+        for run in runs:
+            col = layer_column(run.ics.layer_index, index)
+            if col is None:
+                continue
+            names.add(run.ics.layer[col])
+            for out, values in ((l2, run.ics.l2), (cosine, run.ics.cosine)):
+                out.append(fg.Line(_run_text(run), colors[run.model], dash(run), run.ics.step,
+                                   masked(values[:, col])))
+        layers.append(fg.LayerICS(_layer_title(index, names), l2, cosine))
+    return layers
+
+
+def ics_section(runs: Sequence[RunData], colors: dict[str, str]) -> Section | None:
+    layers = ics_layers(runs, colors)
+    if not layers:
+        return None
+    return Section(
+        "ics", "6. Internal covariate shift (Fig. 3)",
+        "For weight layer i at a probed step t, on the step's minibatch B: G = ∇<sub>W<sub>i"
+        "</sub></sub>L(θ<sub>t</sub>; B), and G′ the same gradient after layers 1 … i−1 take "
+        "this step's update (the optimizer's real update, applied to the earlier layers only). "
+        "Top: ‖G − G′‖<sub>2</sub> (ideal 0, log y); bottom: cos(G, G′) (ideal 1). Layers are "
+        "numbered among the conv and linear layers (#5 is the same layer with and without BN); "
+        "the buttons switch layer. Colour: model; dash: learning rate.",
+        fg.ics_figure(layers, "Internal covariate shift (Fig. 3)<br><sup>G = ∇_{W_i} L(θ_t; B), "
+                              "G′ = the same after layers 1…i−1 take this step's update; "
+                              "ideal ‖G − G′‖₂ = 0, cos = 1</sup>"))
+
+
+def activation_layers(runs: Sequence[RunData], colors: dict[str, str],
+                      ) -> tuple[dict[int, fg.LayerActivations], list[fg.HeatMap]]:
+    """Per layer, every run's mean ± std band; per run and layer, a histogram heat map
+    over at most ``steps_per_map`` evenly spaced probed steps (keeps the page small)."""
+    runs = _probed(runs, "activations")
+    dash = _lr_dash(runs)
+    indices = layer_indices([r.activations.layer_index for r in runs])
+    bins = max((r.activations.hist.shape[-1] for r in runs), default=1)
+    keep = steps_per_map(sum(len(r.activations.layer_index) for r in runs), bins)
+    layers: dict[int, fg.LayerActivations] = {}
+    maps: list[fg.HeatMap] = []
+    for index in indices:
+        bands, means = [], []
+        for run in runs:
+            a = run.activations
+            col = layer_column(a.layer_index, index)
+            if col is None:
+                continue
+            text = _run_text(run)
+            bands.append(fg.BandSeries(f"{text} ± std", colors[run.model],
+                                       mean_std_band(a.step, a.mean[:, col], a.std[:, col])))
+            means.append(fg.Line(f"{text} mean", colors[run.model], dash(run), a.step,
+                                 masked(a.mean[:, col])))
+            rows = subsample(len(a.step), keep)
+            hist = a.hist[rows, col, :]
+            used = occupied_bins(hist)
+            quantiles = hist_quantiles(a.bin_edges, hist, list(QUANTILES.values()))
+            maps.append(fg.HeatMap(
+                f"{text} · {_layer_title(index, {a.layer[col]})}", index, a.step[rows],
+                bin_centres(a.bin_edges)[used], masked(hist[:, used].T),
+                {name: quantiles[:, i] for i, name in enumerate(QUANTILES)}))
+        layers[index] = fg.LayerActivations(bands, means)
+    return layers, maps
+
+
+def activation_section(runs: Sequence[RunData], colors: dict[str, str]) -> Section | None:
+    layers, maps = activation_layers(runs, colors)
+    if not maps:
+        return None
+    return Section(
+        "activations", "7. Activation distributions (Fig. 1c/2)",
+        "Each layer's pre-activation — the output of its normalization (BN, noisy BN, …; the "
+        "layer's own output without one), what the ReLU receives — over every sample, unit and "
+        "position of the probed step's minibatch, in train mode. Top: mean ± std per run; "
+        "bottom: the histogram of the selected run and layer over probed steps (fraction of "
+        "values per bin; values beyond the outer bin edges count in the outer bins), with its "
+        "5%, 50% and 95% quantiles. The dropdown picks run and layer.",
+        fg.activation_figure(layers, maps, "Activation distributions (Fig. 1c/2)<br><sup>"
+                                           "pre-activation (after normalization, before ReLU): "
+                                           "mean ± std per run; histogram over steps</sup>"))
 
 
 def run_table_html(runs: Sequence[RunData], labels: dict[int, str]) -> str:

@@ -217,3 +217,151 @@ def _no_data(fig: go.Figure) -> None:
     """An explicit note instead of an empty, unexplained panel."""
     fig.add_annotation(text="no data recorded yet", showarrow=False, xref="paper", yref="paper",
                        x=0.5, y=0.5, font=dict(size=16, color="gray"))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One run's curve in one panel (a layer's ICS or activation mean over steps)."""
+
+    label: str
+    color: str
+    dash: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerICS:
+    """Fig. 3 for one weight layer: per run, ||G - G'||_2 and cos(G, G') over steps."""
+
+    title: str  # e.g. "layer #5 (features.15)"
+    l2: Sequence[Line]
+    cosine: Sequence[Line]
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """One run and layer's histograms over probed steps: ``z`` is (bins, steps) fractions."""
+
+    label: str  # the selector's text, e.g. "VGG-A LR 0.1 · layer #5"
+    layer: int  # which ``LayerActivations`` its top panel shows
+    x: np.ndarray  # probed steps
+    y: np.ndarray  # bin centres
+    z: np.ndarray
+    quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (steps,)
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Per run, the band mean ± std of one layer's pre-activation over steps, and the mean."""
+
+    bands: Sequence[BandSeries]
+    means: Sequence[Line]
+
+
+def _line_trace(line: Line, showlegend: bool, **kwargs) -> go.Scatter:
+    return go.Scatter(x=line.x, y=line.y, mode="lines+markers", name=line.label,
+                      legendgroup=line.label, showlegend=showlegend, connectgaps=False,
+                      line=dict(color=line.color, dash=line.dash, width=1.8),
+                      marker=dict(size=4), **kwargs)
+
+
+def _selector(labels: Sequence[str], visible: Sequence[Sequence[bool]], kind: str) -> dict:
+    """A menu of ``labels``: option i shows the traces where ``visible[i]`` is True."""
+    buttons = [dict(label=label, method="update", args=[{"visible": list(v)}])
+               for label, v in zip(labels, visible)]
+    return dict(type=kind, direction="down" if kind == "dropdown" else "right", buttons=buttons,
+                active=0, x=0, xanchor="left", y=1.01, yanchor="bottom", showactive=True)
+
+
+def ics_figure(layers: Sequence[LayerICS], title: str) -> go.Figure:
+    """Fig. 3: ||G - G'||_2 (log y, top) and cos(G, G') (bottom) over steps; one layer
+    at a time (buttons), one line per run (colour: model, dash: learning rate)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("‖G − G′‖₂ (ideal 0)", "cos(G, G′) (ideal 1)"))
+    owner: list[int] = []
+    for i, layer in enumerate(layers):
+        for row, lines in ((1, layer.l2), (2, layer.cosine)):
+            for line in lines:
+                fig.add_trace(_line_trace(line, showlegend=row == 1, visible=i == 0),
+                              row=row, col=1)
+                owner.append(i)
+        xs = np.concatenate([np.asarray(l.x, float) for l in layer.cosine] or [np.zeros(0)])
+        if len(xs):  # the ideal cosine
+            fig.add_trace(go.Scatter(x=[xs.min(), xs.max()], y=[1, 1], mode="lines",
+                                     name="ideal cos = 1", showlegend=False, hoverinfo="skip",
+                                     visible=i == 0, line=dict(color="gray", dash="dot",
+                                                               width=1)), row=2, col=1)
+            owner.append(i)
+    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
+                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
+                      legend=dict(orientation="h", y=-0.1, x=0))
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    fig.update_yaxes(title_text="‖G − G′‖₂", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="cos(G, G′)", row=2, col=1)
+    menus = [_axis_toggle(log_y=True)]
+    if len(layers) > 1:
+        menus.insert(0, _selector([l.title for l in layers],
+                                  [[o == i for o in owner] for i in range(len(layers))],
+                                  "buttons"))
+    elif layers:
+        fig.layout.annotations[0].text = f"{layers[0].title}: ‖G − G′‖₂ (ideal 0)"
+    fig.update_layout(updatemenus=menus)
+    if not layers:
+        _no_data(fig)
+    return fig
+
+
+def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMap],
+                      title: str) -> go.Figure:
+    """Fig. 1c/2: per layer, mean ± std of the pre-activation over steps for every run (top);
+    the histogram over probed steps of one run and layer as a heat map (bottom). A dropdown
+    picks the run and layer; the top panel follows the layer."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.4, 0.6],
+                        subplot_titles=("mean ± std of the pre-activation, every run",
+                                        "histogram of the selected run (colour: fraction of "
+                                        "values per bin); lines: 5%, 50%, 95% quantiles"))
+    owner: list[tuple[str, int]] = []  # ("layer", index) or ("map", position)
+    for index, layer in layers.items():
+        for series, mean in zip(layer.bands, layer.means):
+            for trace in band_traces(series):
+                trace.showlegend = False
+                fig.add_trace(trace, row=1, col=1)
+                owner.append(("layer", index))
+            fig.add_trace(_line_trace(mean, showlegend=True), row=1, col=1)
+            owner.append(("layer", index))
+    for position, m in enumerate(maps):
+        fig.add_trace(go.Heatmap(x=m.x, y=m.y, z=np.round(m.z, 5), colorscale="Viridis",
+                                 zmin=0, name=m.label, showscale=True,
+                                 colorbar=dict(len=0.55, y=0.3, title="fraction"),
+                                 hovertemplate="step %{x}<br>value %{y:.3g}<br>fraction "
+                                               "%{z:.4f}<extra></extra>"), row=2, col=1)
+        owner.append(("map", position))
+        for name, values in m.quantiles.items():
+            fig.add_trace(go.Scatter(x=m.x, y=values, mode="lines", name=f"{name} quantile",
+                                     showlegend=False, line=dict(color="white", width=1,
+                                                                 dash="dot" if name != "50%"
+                                                                 else "solid"),
+                                     hovertemplate=f"{name} quantile: %{{y:.3g}}<extra></extra>"),
+                          row=2, col=1)
+            owner.append(("map", position))
+
+    def shown(position: int) -> list[bool]:
+        return [o == ("map", position) or o == ("layer", maps[position].layer) for o in owner]
+
+    for trace, visible in zip(fig.data, shown(0) if maps else [True] * len(owner)):
+        trace.visible = visible
+    fig.update_layout(title=_title(title), height=int(1.8 * FIGURE_HEIGHT),
+                      template="plotly_white", margin=dict(t=120, l=70, r=20, b=50),
+                      legend=dict(orientation="h", y=-0.08, x=0))
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    fig.update_yaxes(title_text="mean ± std", row=1, col=1)
+    fig.update_yaxes(title_text="pre-activation value", row=2, col=1)
+    if len(maps) > 1:
+        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
+                                                 [shown(p) for p in range(len(maps))],
+                                                 "dropdown")])
+    if not maps:
+        _no_data(fig)
+    return fig

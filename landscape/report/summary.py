@@ -42,6 +42,8 @@ class RunRow:
     final_test_acc: float
     median_beta: float  # of the probe's effective beta-smoothness
     seconds: float
+    ics_probes: int | None = None  # probed steps of the ICS instrument; None: it was off
+    activation_probes: int | None = None  # same for the activation instrument
 
     @property
     def status_text(self) -> str:
@@ -56,7 +58,10 @@ def summarize_run(run: RunData) -> RunRow:
                   epochs=len(run.epochs.epoch),
                   final_train_acc=last_finite(run.epochs.train_acc),
                   final_test_acc=last_finite(run.epochs.test_acc),
-                  median_beta=finite_median(run.probe.beta), seconds=run.seconds)
+                  median_beta=finite_median(run.probe.beta), seconds=run.seconds,
+                  ics_probes=None if run.ics is None else len(run.ics.step),
+                  activation_probes=None if run.activations is None
+                  else len(run.activations.step))
 
 
 RUN_TABLE_HEADER = ("run", "model", "norm", "lr", "seed", "status", "steps", "probes", "epochs",
@@ -69,6 +74,15 @@ def run_table_cells(row: RunRow) -> tuple[str, ...]:
             row.status_text, str(row.steps), str(row.probes), str(row.epochs),
             _number(row.final_train_acc, ".4f"), _number(row.final_test_acc, ".4f"),
             _number(row.median_beta, ".3g"), _number(row.seconds, ".1f"))
+
+
+def instrument_columns(rows: Sequence[RunRow]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Extra columns (header, cells per row) for the instruments some run had; '-' when off."""
+    columns = [(name, attr) for name, attr in (("ics", "ics_probes"), ("acts", "activation_probes"))
+               if any(getattr(r, attr) is not None for r in rows)]
+    cells = [tuple("-" if getattr(r, attr) is None else str(getattr(r, attr))
+                   for _, attr in columns) for r in rows]
+    return tuple(name for name, _ in columns), cells
 
 
 def _number(value: float, spec: str) -> str:
