@@ -54,7 +54,7 @@ def course_sweep(npz_path: str, models, lrs, epochs: int, width: float, batch_si
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                                       drop_last=True, num_workers=num_workers)
-            losses, grad_dists, prev = [], [], None
+            losses, grad_dists, accuracies, prev = [], [], [], None
             for _ in range(epochs):
                 model.train()
                 for x, y in train_loader:
@@ -75,4 +75,5 @@ def course_sweep(npz_path: str, models, lrs, epochs: int, width: float, batch_si
                                    DataLoader(test_set, batch_size=500)):
                         correct = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item()
                                       for x, y in loader)
+                        accuracies.append(correct / len(loader.dataset))
     return {"seconds": time.perf_counter() - started, "steps": steps}

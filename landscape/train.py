@@ -328,6 +328,8 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
     alive = [True] * len(runs)
     last_loss = None
     started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     flush()  # every group (the instruments' too) exists, empty, from the start
 
     def sync() -> None:
@@ -405,6 +407,8 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
         seconds = time.perf_counter() - started
         for run in runs:
             attrs = dict(status=run.status, steps_completed=run.steps, seconds=seconds)
+            if device.type == "cuda":  # of this run (or of the whole batched grid)
+                attrs["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             if run.diverged_step is not None:
                 attrs["diverged_step"] = run.diverged_step
             run.log.set_attrs(**attrs)
@@ -413,7 +417,7 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
 
 
 def _use_grid(config: SweepConfig, model_name: str, data, device) -> bool:
-    """Batched grid when asked (or on a GPU with ``auto``) and the model supports vmap.
+    """Batched grid when asked with ``--grid batched`` and the model supports vmap.
 
     Runs with ICS or activation instruments, and non-image tasks (the DLN), go sequentially:
     those hooks observe one ``nn.Module`` and one ``torch.optim`` optimizer.
