@@ -92,7 +92,7 @@ def test_glorot_init_and_shared_initial_weights():
     conv = next(m for m in plain.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 3)
     fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
     assert float(conv.weight.detach().var()) == pytest.approx(2 / (fan_in + fan_out), rel=0.1)
-    assert all(float(m.bias.abs().max()) == 0 for m in plain.modules()
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in plain.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
