@@ -305,18 +305,23 @@ class GradientStats:
     def observe(self) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
         g = torch.cat([t.reshape(-1).float() for t in grads])
-        theta = torch.cat([p.detach().reshape(-1).float() for p in self._params])
-        nan = torch.full((), float("nan"), device=g.device)
+        self.record(g, torch.cat([p.detach().reshape(-1).float() for p in self._params]))
+
+    @torch.no_grad()
+    def record(self, g: torch.Tensor, theta: torch.Tensor) -> None:
+        """One step from flat gradient and parameters: (P,) for one run, (K, P) for K runs."""
+        norm = torch.linalg.vector_norm(g, dim=-1)
         if self._prev_grad is None:
-            diff, beta = nan, nan
+            diff = beta = torch.full_like(norm, float("nan"))
         else:
-            diff = torch.linalg.vector_norm(g - self._prev_grad)
-            beta = diff / torch.linalg.vector_norm(theta - self._prev_theta)
-        self._rows.append(torch.stack([torch.linalg.vector_norm(g), diff, beta]))
+            diff = torch.linalg.vector_norm(g - self._prev_grad, dim=-1)
+            beta = diff / torch.linalg.vector_norm(theta - self._prev_theta, dim=-1)
+        self._rows.append(torch.stack([norm, diff, beta], -1))
         self._prev_grad, self._prev_theta = g, theta
 
     def pop(self) -> np.ndarray:
-        """(n, 3) float64 array of [grad_norm, grad_diff, beta_consecutive] since the last pop."""
+        """(n, 3) float64 array of [grad_norm, grad_diff, beta_consecutive] since the last pop
+        ((n, K, 3) when ``record`` was given K runs)."""
         if not self._rows:
             return np.zeros((0, 3))
         rows = torch.stack(self._rows).to("cpu", torch.float64).numpy()

@@ -257,8 +257,7 @@ class GridRuns:
                                 compile=config.compile)
         self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
         self._scratch = build()  # a real module that each probe loads one run's state into
-        self._prev_grad = self._prev_theta = None
-        self._rows: list[torch.Tensor] = []
+        self.stats = GradientStats()  # not attached: fed the stacked gradients of every run
 
     def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.probe and step % self.config.probe_every == 0:
@@ -271,26 +270,12 @@ class GridRuns:
                     self.on_probe(k, record)
         theta = self.grid.flat(self.grid.params)
         losses, correct, grads = self.grid.step(x, y, autocast)
-        self._observe(self.grid.flat(grads), theta)
+        self.stats.record(self.grid.flat(grads), theta)
         return losses, correct
 
-    @torch.no_grad()
-    def _observe(self, g: torch.Tensor, theta: torch.Tensor) -> None:
-        """GradientStats' three numbers, for every run of the grid at once."""
-        norm = torch.linalg.vector_norm(g, dim=1)
-        if self._prev_grad is None:
-            diff = beta = torch.full_like(norm, float("nan"))
-        else:
-            diff = torch.linalg.vector_norm(g - self._prev_grad, dim=1)
-            beta = diff / torch.linalg.vector_norm(theta - self._prev_theta, dim=1)
-        self._rows.append(torch.stack([norm, diff, beta], 1))
-        self._prev_grad, self._prev_theta = g, theta
-
     def pop_grad_rows(self) -> np.ndarray:
-        rows = torch.stack(self._rows).to("cpu", torch.float64).numpy() if self._rows \
-            else np.zeros((0, self.k, 3))
-        self._rows = []
-        return rows  # (n, K, 3)
+        rows = self.stats.pop()
+        return rows if len(rows) else np.zeros((0, self.k, 3))  # (n, K, 3)
 
     def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
         return self.grid.evaluate(data_mod.eval_batches(data))

@@ -96,3 +96,27 @@ def test_supports_batched():
             return self.lin(x) if float(self.lin.weight.sum()) > 0 else -self.lin(x)
 
     assert not supports_batched(DataDependent(), torch.randn(4, 4))
+
+
+def test_sweep_with_batched_grid_writes_what_sequential_runs_write(tmp_path):
+    """Through run_sweep: same schema, same first-step numbers (same init, same batch)."""
+    import h5py
+
+    from landscape.train import SweepConfig, run_sweep
+
+    files = {}
+    for mode in ("batched", "sequential"):
+        files[mode] = tmp_path / f"{mode}.h5"
+        run_sweep(SweepConfig(models=("vgg_a_bn",), lrs=(0.02, 0.05), steps=4, probe_every=2,
+                              dataset="cifar10-mini", width=0.125, device="cpu", grid=mode),
+                  files[mode])
+    with h5py.File(files["batched"], "r") as b, h5py.File(files["sequential"], "r") as s:
+        assert sorted(b["runs"]) == sorted(s["runs"])
+        for name in s["runs"]:
+            rb, rs = b["runs"][name], s["runs"][name]
+            assert rb.attrs["status"] == rs.attrs["status"] == "completed"
+            for path in ("steps/step", "probe/step", "probe/eta", "epochs/epoch"):
+                assert (rb[path][()] == rs[path][()]).all(), path
+            for path in ("steps/loss", "steps/grad_norm", "probe/beta", "probe/grad_norm"):
+                assert rb[path][0] == pytest.approx(rs[path][0], rel=1e-5), path
+            assert rb["probe/loss"].shape == rs["probe/loss"].shape == (2, 4)
