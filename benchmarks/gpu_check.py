@@ -1,14 +1,19 @@
-"""GPU correctness: the probe on CUDA (batched and sequential) against a float64 CPU reference.
+"""GPU correctness: the probe on CUDA against a float64 CPU reference; graphed sweeps vs eager.
 
     python benchmarks/gpu_check.py        # needs a CUDA GPU; prints relative errors
 
-Full-width VGG-A with and without BatchNorm on a real cifar10-mini batch of 128; the probe
-on the GPU measures in float32 (TF32 and autocast off) even while training settings enable
-TF32, and must leave parameters, BN buffers and the CUDA RNG state bit-identical.
+1. Full-width VGG-A with and without BatchNorm on a real cifar10-mini batch of 128; the probe
+   on the GPU measures in float32 (TF32 and autocast off) even while training settings enable
+   TF32, and must leave parameters, BN buffers and the CUDA RNG state bit-identical.
+2. ``run_sweep`` with ``--grid streams`` (CUDA graphs on concurrent streams) against
+   ``--grid sequential`` (eager runs), full width, float32 training: every stored number.
 """
 
 import copy
+import os
+import tempfile
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,7 @@ import torch.nn.functional as F
 from landscape.data import load_cifar10_mini
 from landscape.models import build_model
 from landscape.probes import along_gradient
+from landscape.train import SweepConfig, run_sweep
 
 
 def rel(a, b):
@@ -46,6 +52,34 @@ def main():
         untouched = all(torch.equal(a, b) for a, b in zip(before, after))
         untouched &= torch.equal(rng, torch.cuda.get_rng_state(dev))
         print(f"{name:9s} parameters, buffers and CUDA RNG unchanged: {untouched}")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    compare_streams_with_eager(data)
+
+
+def compare_streams_with_eager(data, steps: int = 60):
+    """Largest relative difference of every per-step and probe dataset, streams vs sequential."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for grid in ("streams", "sequential"):
+            files[grid] = os.path.join(tmp, f"{grid}.h5")
+            config = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.05, 0.1, 0.15), steps=steps,
+                                 probe_every=10, dataset="cifar10-mini", device="cuda",
+                                 precision="fp32", grid=grid)
+            run_sweep(config, files[grid], data=data)
+        with h5py.File(files["streams"], "r") as a, h5py.File(files["sequential"], "r") as b:
+            for name in b["runs"]:
+                ra, rb = a["runs"][name], b["runs"][name]
+                diffs = {}
+                for path in ("steps/loss", "steps/grad_norm", "steps/grad_diff", "probe/loss",
+                             "probe/grad_diff", "probe/beta", "epochs/test_loss"):
+                    x, y = ra[path][()], rb[path][()]
+                    ok = np.isfinite(y)
+                    diffs[path] = float(np.max(np.abs(x[ok] - y[ok]) / np.abs(y[ok]))) if ok.any() else 0.0
+                worst = max(diffs, key=diffs.get)
+                print(f"streams vs eager {name:22s} grid={ra.attrs['grid']}x{ra.attrs['grid_size']} "
+                      f"steps {len(ra['steps/step'])}/{len(rb['steps/step'])}  largest rel diff "
+                      f"{diffs[worst]:.1e} ({worst}); loss at step {steps - 1}: "
+                      f"{ra['steps/loss'][-1]:.6f} vs {rb['steps/loss'][-1]:.6f}")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, config_file, light):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
-    from .train import SweepConfig, run_sweep
+    from .train import SweepConfig, out_of_memory, run_sweep
 
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
@@ -139,6 +139,12 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         bar.close()
         click.echo(f"interrupted; partial results kept in {out_path}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # noqa: BLE001
+        bar.close()
+        if not out_of_memory(error):
+            raise
+        raise LandscapeError(f"out of {config.device} memory ({type(error).__name__}); runs so far "
+                             f"are kept in {out_path}; try a smaller --batch-size or --width") from None
     bar.close()
     click.echo(_summary_table(summaries))
     click.echo(f"wrote {out_path}")

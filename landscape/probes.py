@@ -170,20 +170,33 @@ def _as_float64(t: torch.Tensor) -> np.ndarray:
 
 def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                    targets: torch.Tensor, etas: Sequence[float],
-                   batched: bool | None = None) -> LandscapeRecord:
+                   batched: bool | None = None,
+                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
+                   ) -> LandscapeRecord:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient on a batch.
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
     BatchNorm uses the batch's statistics; the model, its ``.grad``, its buffers and the RNG
     are left exactly as they were. ``batched`` chooses how the points are evaluated
     (see ``evaluate_points``); the numbers agree to float rounding either way.
+
+    ``at_theta = (L(theta), g)``, when the caller already has them in full float32 (a training
+    step's loss and ``.grad`` on this very batch, one per trainable parameter in
+    ``named_parameters`` order), saves the probe its first forward/backward pass: the probe
+    then costs k gradient evaluations instead of k + 1.
     """
     params = trainable_parameters(model)
     if not params:
         raise ValueError("along_gradient: the model has no trainable parameters")
     device = next(iter(params.values())).device
     with no_trace(model, device):
-        loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
+        if at_theta is None:
+            loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
+        else:
+            loss0, g = at_theta[0].detach(), [t.detach() for t in at_theta[1]]
+            if len(g) != len(params) or any(a.shape != b.shape for a, b in zip(g, params.values())):
+                raise ValueError("along_gradient: at_theta's gradient does not match the "
+                                 "model's trainable parameters")
         eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
         if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
             raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
@@ -217,6 +230,11 @@ class LandscapeProbe:
     relative: bool = True  # etas are multiples of the optimizer's (first group's) learning rate
     on_record: Callable[[LandscapeRecord], None] | None = None
     keep: bool = True  # also append each record to ``records``
+    # Take g and L(theta) from the training step (``.grad`` and the loss) instead of computing
+    # them again: one gradient evaluation fewer per probe. Only when that step's loss and
+    # ``.grad`` are exactly L and its gradient in float32 on the batch: no autocast or TF32,
+    # no clipping, accumulation or extra gradient terms between backward() and step().
+    reuse_grad: bool = False
     records: list[LandscapeRecord] = field(default_factory=list)
     step: int = 0  # optimizer steps seen so far
 
@@ -224,7 +242,7 @@ class LandscapeProbe:
         if self.every < 1:
             raise ValueError(f"LandscapeProbe: every must be >= 1, got {self.every}")
         self._handles: list = []
-        self._inputs = self._targets = None
+        self._inputs = self._targets = self._loss = None
         self._measuring = False
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn) -> LossFn:
@@ -245,9 +263,10 @@ class LandscapeProbe:
                          optimizer.register_step_pre_hook(measure_before_step)]
 
         def loss_keeping_targets(outputs, targets):
+            loss = loss_fn(outputs, targets)
             if not self._measuring:
-                self._targets = targets
-            return loss_fn(outputs, targets)
+                self._targets, self._loss = targets, loss.detach()
+            return loss
 
         return loss_keeping_targets
 
@@ -263,9 +282,15 @@ class LandscapeProbe:
                                "loss_fn returned by attach())")
         lr = float(self._optimizer.param_groups[0]["lr"])
         etas = [e * lr for e in self.etas] if self.relative else list(self.etas)
+        at_theta = None
+        if self.reuse_grad:
+            params = [p for p in self._model.parameters() if p.requires_grad]
+            at_theta = (self._loss, [p.grad if p.grad is not None else torch.zeros_like(p)
+                                     for p in params])
         self._measuring = True
         try:
-            record = along_gradient(self._model, self._loss_fn, self._inputs, self._targets, etas)
+            record = along_gradient(self._model, self._loss_fn, self._inputs, self._targets, etas,
+                                    at_theta=at_theta)
         finally:
             self._measuring = False
         record.step, record.lr = self.step, lr
@@ -274,6 +299,16 @@ class LandscapeProbe:
         if self.on_record is not None:
             self.on_record(record)
         return record
+
+
+def gradient_step_stats(g: torch.Tensor, theta: torch.Tensor, prev_g: torch.Tensor,
+                        prev_theta: torch.Tensor) -> torch.Tensor:
+    """[||g_t||, ||g_t - g_{t-1}||, ||g_t - g_{t-1}|| / ||theta_t - theta_{t-1}||] over the last
+    axis of flat gradients and parameters: (3,) for (P,) inputs, (K, 3) for (K, P)."""
+    norm = torch.linalg.vector_norm(g, dim=-1)
+    diff = torch.linalg.vector_norm(g - prev_g, dim=-1)
+    beta = diff / torch.linalg.vector_norm(theta - prev_theta, dim=-1)
+    return torch.stack([norm, diff, beta], -1)
 
 
 class GradientStats:
@@ -310,13 +345,12 @@ class GradientStats:
     @torch.no_grad()
     def record(self, g: torch.Tensor, theta: torch.Tensor) -> None:
         """One step from flat gradient and parameters: (P,) for one run, (K, P) for K runs."""
-        norm = torch.linalg.vector_norm(g, dim=-1)
         if self._prev_grad is None:
-            diff = beta = torch.full_like(norm, float("nan"))
+            norm = torch.linalg.vector_norm(g, dim=-1)
+            row = torch.stack([norm, *[torch.full_like(norm, float("nan"))] * 2], -1)
         else:
-            diff = torch.linalg.vector_norm(g - self._prev_grad, dim=-1)
-            beta = diff / torch.linalg.vector_norm(theta - self._prev_theta, dim=-1)
-        self._rows.append(torch.stack([norm, diff, beta], -1))
+            row = gradient_step_stats(g, theta, self._prev_grad, self._prev_theta)
+        self._rows.append(row)
         self._prev_grad, self._prev_theta = g, theta
 
     def pop(self) -> np.ndarray:

@@ -102,7 +102,7 @@ class RunData:
     norm: str
     lr: float
     seed: int
-    status: str  # running | completed | diverged | interrupted
+    status: str  # running | completed | diverged | interrupted | failed
     diverged_step: int | None
     seconds: float  # NaN while running
     steps_completed: int | None

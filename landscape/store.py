@@ -35,7 +35,7 @@ EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "se
 PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
 PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
 INT_FIELDS = {"step", "epoch"}
-STATUSES = ("running", "completed", "diverged", "interrupted")
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
 
 def _json_default(obj):

@@ -22,6 +22,8 @@ from . import tasks
 from .checks import validate_extras
 from .errors import LandscapeError
 from .models import MODELS, build_model
+from .norms import is_stochastic
+from .graphs import WARMUP, StreamRuns, supports_graphs
 from .grid import BatchedGrid, supports_batched
 from .instruments import build_instruments
 from .probes import GradientStats, LandscapeProbe, along_gradient
@@ -49,7 +51,10 @@ class SweepConfig:
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
-    grid: str = "auto"  # batched (one vmapped model per lr grid), sequential; auto = sequential
+    # How the learning rates of one model train: streams (CUDA graphs on concurrent CUDA
+    # streams), batched (one vmapped model), sequential; auto = streams on a GPU where the
+    # model allows, else sequential.
+    grid: str = "auto"
     compile: bool = False  # torch.compile the training forward pass (probes stay eager)
     # Instruments (landscape.instruments); None = off. Layers: names or 1-based indices.
     ics_every: int | None = None  # steps between internal-covariate-shift probes
@@ -102,12 +107,14 @@ class SweepConfig:
         if self.dataset not in data_mod.DATASETS:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(data_mod.DATASETS)}")
-        resolve_device(self.device)
+        if resolve_device(self.device).type != "cuda" and self.grid == "streams":
+            raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
+                                 "(--device cuda); use --grid sequential or batched here")
         validate_extras(self)  # instruments' settings, DLN model/dataset pairing
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-GRID_MODES = ("auto", "batched", "sequential")
+GRID_MODES = ("auto", "streams", "batched", "sequential")
 
 
 @contextlib.contextmanager
@@ -121,7 +128,8 @@ def training_precision(precision: str, device: torch.device):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = fast
     try:
         if precision == "bf16" and device.type == "cuda":
-            yield lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+            # No weight cache: CUDA graphs cannot hold it (and each weight is cast once a step).
+            yield lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         else:
             yield contextlib.nullcontext
     finally:
@@ -204,8 +212,12 @@ class SingleRun:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
+        # The probe reuses the training step's loss and gradient when that step ran in exact
+        # float32 on the same deterministic function the probe measures (one pass fewer).
+        exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
         self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
-                                    on_record=lambda r: on_probe(0, r), keep=False)
+                                    on_record=lambda r: on_probe(0, r), keep=False,
+                                    reuse_grad=exact_step and not is_stochastic(self.model))
         self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)
@@ -381,10 +393,10 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
                                       seconds=time.perf_counter() - epoch_start)
                     run.log.set_attrs(steps_completed=run.steps)
             flush()
-    except KeyboardInterrupt:
+    except BaseException as error:  # the file says how the runs ended, then the error goes on
         for k, run in enumerate(runs):
             if alive[k]:
-                run.status = "interrupted"
+                run.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         raise
     finally:
         trainer.close()
@@ -401,22 +413,80 @@ def _train(trainer, runs: list[_RunState], config: SweepConfig, data, device,
     return seconds
 
 
-def _use_grid(config: SweepConfig, model_name: str, data, device) -> bool:
-    """Batched grid when asked with ``--grid batched`` and the model supports vmap.
+def _grid_mode(config: SweepConfig, model_name: str, data, device) -> str:
+    """How this model's learning rates train: ``streams``, ``batched`` or ``sequential``.
 
     Runs with ICS or activation instruments, and non-image tasks (the DLN), go sequentially:
-    those hooks observe one ``nn.Module`` and one ``torch.optim`` optimizer.
+    those hooks observe one eager ``nn.Module`` and one ``torch.optim`` optimizer. A model
+    that vmap (batched) or a CUDA graph (streams) cannot hold goes sequentially too.
     """
+    if config.grid in ("auto", "streams"):
+        return "streams" if supports_graphs(config, model_name, data, device) else "sequential"
     if len(config.lrs) < 2 or config.grid == "sequential":
-        return False
+        return "sequential"
     if config.ics_every or config.activations_every or not isinstance(data, data_mod.ImageData):
-        return False
-    if config.grid == "auto":
-        # Measured (benchmarks/RESULTS.md): vmap turns the K models' convolutions into grouped
-        # convolutions, slower than K separate runs on the CPU and on an H100 alike.
-        return False
+        return "sequential"
+    # Measured (benchmarks/RESULTS.md): vmap turns the K models' convolutions into grouped
+    # convolutions, slower than K separate runs on the CPU and on an H100 alike; so only on request.
     sample = data.normalize(data.x_train[:2])
-    return supports_batched(build_model(model_name, width=config.width).to(device), sample)
+    ok = supports_batched(build_model(model_name, width=config.width).to(device), sample)
+    return "batched" if ok else "sequential"
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A device allocation failure (CUDA's OutOfMemoryError, or the CPU allocator's)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def _free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _make_trainer(mode: str, model_name: str, lrs: list[float], config: SweepConfig, data,
+                  device, on_probe, log: RunLog | None, autocast):
+    if mode == "streams":
+        return StreamRuns(model_name, lrs, config, data, device, on_probe, autocast)
+    if len(lrs) > 1:
+        return GridRuns(model_name, lrs, config, data, device, on_probe)
+    return SingleRun(model_name, lrs[0], config, data, device, on_probe, log)
+
+
+def grid_chunks(mode: str, model_name: str, lrs: Sequence[float], config: SweepConfig, data,
+                device: torch.device) -> list[list[float]]:
+    """The learning rates split into groups (batched grids, or stream runs) that fit in memory.
+
+    A trial group of all K learning rates takes the first training steps (with a probe, and
+    for streams up to the recorded graph) on a real batch; when that runs out of memory, the
+    group is halved and tried again, down to single runs. Trial groups are thrown away:
+    training starts afresh.
+    """
+    lrs = list(lrs)
+    smallest = 1 if mode == "streams" else 2  # a batched grid of one is a sequential run
+    trial_steps = WARMUP + 1 if mode == "streams" else 1
+    size = len(lrs)
+    while size >= smallest:
+        try:
+            with training_precision(config.precision, device) as autocast:
+                trainer = _make_trainer(mode, model_name, lrs[:size], config, data, device,
+                                        lambda k, r: None, None, autocast)
+                batches = trainer.task.stream(config.batch_size, config.seed, config.augment).epoch()
+                for step, (x, y) in zip(range(trial_steps), batches):
+                    trainer.step(x, y, step, autocast)
+            del trainer, batches, x, y
+            _free_memory(device)
+            return [lrs[i:i + size] for i in range(0, len(lrs), size)]
+        except Exception as error:  # noqa: BLE001 - anything but running out of memory re-raises
+            if not out_of_memory(error):
+                raise
+        # Outside the except block: the traceback no longer holds the trial's tensors.
+        trainer = batches = x = y = None
+        _free_memory(device)
+        if size == smallest:
+            break
+        size = (size + 1) // 2 if size > 2 else 1
+    return [[lr] for lr in lrs]
 
 
 def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command: str = "",
@@ -438,20 +508,22 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     summaries: list[RunSummary] = []
     with training_precision(config.precision, device) as autocast:
         for model_name in config.models:
-            batched = _use_grid(config, model_name, data, device)
-            groups = [list(config.lrs)] if batched else [[lr] for lr in config.lrs]
+            mode = _grid_mode(config, model_name, data, device)
+            groups = ([[lr] for lr in config.lrs] if mode == "sequential"
+                      else grid_chunks(mode, model_name, config.lrs, config, data, device))
             for lrs in groups:
-                runs = [_RunState(_open_run(store, config, model_name, lr), lr) for lr in lrs]
+                run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
+                runs = [_RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs)), lr)
+                        for lr in lrs]
 
                 def on_probe(k, record, runs=runs):
                     runs[k].betas.append(record.beta)
                     runs[k].log.add_probe(record)
 
-                trainer = (GridRuns(model_name, lrs, config, data, device, on_probe) if batched
-                           else SingleRun(model_name, lrs[0], config, data, device, on_probe,
-                                          runs[0].log))
+                trainer = _make_trainer(run_mode, model_name, lrs, config, data, device,
+                                        on_probe, runs[0].log, autocast)
                 label = runs[0].log.name if len(runs) == 1 else \
-                    f"{model_name} x{len(runs)} lrs (batched)"
+                    f"{model_name} x{len(runs)} lrs ({run_mode})"
                 seconds = _train(trainer, runs, config, data, device,
                                  lambda runs=runs: store.flush(*(r.log for r in runs)),
                                  on_progress, label, len(summaries),
@@ -460,9 +532,12 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     return summaries
 
 
-def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float) -> RunLog:
+def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float,
+              grid: str, grid_size: int) -> RunLog:
+    """The run's log; ``grid``/``grid_size``: how it trained, and with how many runs at once."""
     eta = np.asarray(config.etas, dtype=np.float64) * lr
     return store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
+                     grid=grid, grid_size=grid_size,
                      norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
                      batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
                      weight_decay=config.weight_decay, width=config.width,

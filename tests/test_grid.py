@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +121,66 @@ def test_sweep_with_batched_grid_writes_what_sequential_runs_write(tmp_path):
             for path in ("steps/loss", "steps/grad_norm", "probe/beta", "probe/grad_norm"):
                 assert rb[path][0] == pytest.approx(rs[path][0], rel=1e-5), path
             assert rb["probe/loss"].shape == rs["probe/loss"].shape == (2, 4)
+
+
+def _short_of_memory_beyond(monkeypatch, k_max):
+    """GridRuns steps of more than k_max runs raise what CUDA raises when memory is short."""
+    from landscape import train
+
+    real_step = train.GridRuns.step
+
+    def step(self, *args, **kwargs):
+        if self.k > k_max:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (test: grid of {self.k} runs)")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.GridRuns, "step", step)
+
+
+def test_grid_that_does_not_fit_is_split(tmp_path, monkeypatch):
+    """5 learning rates, room for 2 at once: grids of 2, 2 and 1, with the numbers unchanged."""
+    import h5py
+
+    from landscape.train import SweepConfig, run_sweep
+
+    lrs = (0.01, 0.02, 0.03, 0.04, 0.05)
+    config = dict(models=("vgg_a",), lrs=lrs, steps=3, probe_every=2, dataset="cifar10-mini",
+                  width=0.0625, device="cpu")
+    run_sweep(SweepConfig(**config, grid="sequential"), tmp_path / "seq.h5")
+    _short_of_memory_beyond(monkeypatch, 2)
+    run_sweep(SweepConfig(**config, grid="batched"), tmp_path / "split.h5")
+    with h5py.File(tmp_path / "split.h5", "r") as f, h5py.File(tmp_path / "seq.h5", "r") as s:
+        shared = [int(f["runs"][f"vgg_a-lr{lr:g}-seed0"].attrs["grid_size"]) for lr in lrs]
+        assert shared == [2, 2, 2, 2, 1]
+        assert [f["runs"][f"vgg_a-lr{lr:g}-seed0"].attrs["grid"] for lr in lrs] == \
+            ["batched"] * 4 + ["sequential"]
+        for name in s["runs"]:
+            assert f["runs"][name].attrs["status"] == "completed"
+            np.testing.assert_allclose(f["runs"][name]["steps/loss"][()],
+                                       s["runs"][name]["steps/loss"][()], rtol=1e-4)
+            np.testing.assert_allclose(f["runs"][name]["probe/beta"][()],
+                                       s["runs"][name]["probe/beta"][()], rtol=1e-3)
+
+
+def test_out_of_memory_mid_sweep_is_one_line_and_keeps_the_file(tmp_path, monkeypatch, capsys):
+    import h5py
+
+    from landscape import train
+    from landscape.cli import main
+
+    real_step = train.SingleRun.step
+
+    def step(self, x, y, step, autocast):
+        if step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real_step(self, x, y, step, autocast)
+
+    monkeypatch.setattr(train.SingleRun, "step", step)
+    out = tmp_path / "oom.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--models", "vgg_a", "--width", "0.0625",
+                 "--steps", "4", "--device", "cpu", "--out", str(out)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress line: one error line
+    assert last.startswith("error: out of cpu memory") and str(out) in last
+    with h5py.File(out, "r") as f:
+        run = f["runs/vgg_a-lr0.1-seed0"]
+        assert run.attrs["status"] == "failed" and len(run["steps/step"]) == 2

@@ -213,6 +213,32 @@ def test_hook_probe_records_what_a_manual_call_gives():
         assert torch.equal(a, b)
 
 
+def test_reused_training_gradient_gives_the_same_record():
+    """reuse_grad takes g and L(theta) from the training step: same numbers, one pass fewer."""
+    batches = [small_batch(16, seed=s) for s in range(3)]
+    torch.manual_seed(4)
+    model = vgg_a(width=0.0625, norm="batch")
+    fresh, reused = LandscapeProbe(every=2), LandscapeProbe(every=2, reuse_grad=True)
+    train_steps(copy.deepcopy(model), 5, batches, probe=fresh)
+    train_steps(copy.deepcopy(model), 5, batches, probe=reused)
+    assert [r.step for r in reused.records] == [0, 2, 4]
+    for a, b in zip(fresh.records, reused.records):
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-6)
+        np.testing.assert_allclose(b.grad_diff, a.grad_diff, rtol=1e-5)
+        assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-6)
+        assert b.loss_at_theta == pytest.approx(a.loss_at_theta, rel=1e-6)
+        assert b.beta == pytest.approx(a.beta, rel=1e-5)
+
+
+def test_at_theta_must_match_the_parameters():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    with pytest.raises(ValueError, match="does not match"):
+        along_gradient(model, F.cross_entropy, x, y, [0.1],
+                       at_theta=(torch.tensor(1.0), [torch.zeros(2, 3)]))
+
+
 def test_hook_probe_works_for_other_optimizers_and_detaches():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))

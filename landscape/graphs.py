@@ -1,0 +1,167 @@
+"""Training steps as CUDA graphs, K runs at once on K CUDA streams.
+
+A full-width VGG-A step at batch 128 is about 150 small kernels; launched one by one from
+Python, an H100 waits on the launches, not on the arithmetic (benchmarks/RESULTS.md). Here a
+run's whole step -- forward, backward, the per-step gradient statistics, the SGD update -- is
+recorded once as a CUDA graph and then replayed with one launch. The K runs of a
+learning-rate grid (separate modules and ``torch.optim.SGD`` optimizers, same initial weights,
+same batches) replay on K streams, so that the GPU overlaps them.
+
+The replay is the eager step: the first ``WARMUP`` steps run eagerly (they create the SGD
+momentum buffers and let cuDNN pick its kernels), the graph is recorded from the very same
+function, and every step reads the batch from one static input buffer shared by the K runs.
+``benchmarks/gpu_check.py`` compares graphed runs with eager ones on a GPU.
+
+Only for what a graph can hold: CUDA, image classification, models without host-side
+randomness (not the noisy-BN family), no ICS or activation instruments (their hooks run
+Python at every forward), no ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import tasks
+from .models import build_model
+from .norms import is_stochastic
+from .probes import along_gradient, gradient_step_stats
+
+WARMUP = 3  # eager steps before the graph is recorded (the side-stream warm-up CUDA asks for)
+
+
+class CapturedStep:
+    """One run's training step on static inputs: eager for ``WARMUP`` calls, then a CUDA graph.
+
+    Each call returns a (5,) float tensor: loss, correct count, ||g||, ||g - g_prev||,
+    ||g - g_prev|| / ||theta - theta_prev|| (NaN for the last two at the first step).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, task,
+                 x: torch.Tensor, y: torch.Tensor, autocast):
+        self.model, self.optimizer, self.task, self.autocast = model, optimizer, task, autocast
+        self.x, self.y = x, y  # static buffers, refilled before every step
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        n = sum(p.numel() for p in self.params)
+        device = x.device
+        self.prev_grad = torch.zeros(n, device=device)
+        self.prev_theta = torch.zeros(n, device=device)
+        self.has_prev = torch.zeros((), dtype=torch.bool, device=device)
+        self.result = torch.zeros(5, device=device)
+        self.stream = torch.cuda.Stream(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def _body(self) -> None:
+        """The step itself: what the eager warm-up runs and what the graph records."""
+        with self.autocast():
+            out = self.model(self.x)
+            loss = self.task.loss_fn(out.float(), self.y)
+        loss.backward()
+        with torch.no_grad():
+            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                           for p in self.params])
+            theta = torch.cat([p.reshape(-1).float() for p in self.params])
+            stats = gradient_step_stats(g, theta, self.prev_grad, self.prev_theta)
+            stats[1:] = torch.where(self.has_prev, stats[1:], torch.full_like(stats[1:], float("nan")))
+            self.prev_grad.copy_(g)
+            self.prev_theta.copy_(theta)
+            self.has_prev.fill_(True)
+            correct = self.task.correct(out, self.y).float().view(1)
+            self.result.copy_(torch.cat([loss.detach().view(1), correct, stats]))
+        self.optimizer.step()
+
+    def launch(self) -> None:
+        """Queue this step on the run's own stream (after what the current stream queued)."""
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            if self.graph is None and self.calls < WARMUP:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._body()
+            else:
+                if self.graph is None:
+                    # Gradients are allocated inside the graph: each replay overwrites them.
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph, stream=self.stream):
+                        self._body()
+                self.graph.replay()  # recording ran nothing: this is the step
+        self.calls += 1
+
+    def join(self) -> torch.Tensor:
+        """Make the current stream wait for this step; a copy of its (5,) result."""
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return self.result.clone()
+
+
+def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
+    """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
+    from .data import ImageData
+
+    if device.type != "cuda" or config.compile or config.ics_every or config.activations_every:
+        return False
+    if not isinstance(data, ImageData):
+        return False
+    return not is_stochastic(build_model(model_name, width=0.0625))
+
+
+class StreamRuns:
+    """K runs of one model (one per learning rate) in lockstep, each step a CUDA graph on its
+    own stream. The trainer interface of ``train._train`` (like ``SingleRun``, ``GridRuns``)."""
+
+    def __init__(self, model_name: str, lrs: Sequence[float], config, data, device,
+                 on_probe: Callable[[int, object], None], autocast):
+        self.task = tasks.task_for(data)
+        self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
+        self.models, self.steps = [], []
+        self.x = torch.empty((config.batch_size, *data.x_train.shape[1:]), device=device)
+        self.y = torch.empty(config.batch_size, dtype=torch.int64, device=device)
+        for lr in self.lrs:
+            torch.manual_seed(config.seed)  # same initial weights as SingleRun
+            model = build_model(model_name, width=config.width, num_classes=data.num_classes)
+            model = model.to(device).to(memory_format=torch.channels_last)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                                        weight_decay=config.weight_decay)
+            self.models.append(model.train())
+            self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y, autocast))
+        self.alive = [True] * self.k
+        self._rows: list[torch.Tensor] = []
+
+    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.probe and step % self.config.probe_every == 0:
+            for k, model in enumerate(self.models):  # at theta_t, on this batch, before the update
+                if self.alive[k]:
+                    record = along_gradient(model, self.task.loss_fn, x, y,
+                                            [e * self.lrs[k] for e in self.config.etas])
+                    record.step, record.lr = step, self.lrs[k]
+                    self.on_probe(k, record)
+        self.x.copy_(x)
+        self.y.copy_(y)
+        live = [k for k in range(self.k) if self.alive[k]]
+        for k in live:
+            self.steps[k].launch()
+        rows = torch.full((self.k, 5), float("nan"), device=self.x.device)
+        for k in live:
+            rows[k] = self.steps[k].join()
+        self._rows.append(rows[:, 2:])
+        return rows[:, 0], rows[:, 1].round().long()
+
+    def pop_grad_rows(self) -> np.ndarray:
+        if not self._rows:
+            return np.zeros((0, self.k, 3))
+        rows = torch.stack(self._rows).to("cpu", torch.float64).numpy()  # (n, K, 3)
+        self._rows = []
+        return rows
+
+    def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
+        results = [self.task.evaluate(model) if self.alive[k] else (np.nan, np.nan)
+                   for k, model in enumerate(self.models)]
+        return np.array([r[0] for r in results]), np.array([r[1] for r in results])
+
+    def freeze(self, k: int) -> None:
+        self.alive[k] = False
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,72 @@
+"""CUDA-graph training on streams (``--grid streams``): equal to eager runs, only where it can be.
+
+The equality tests need a GPU and are skipped without one; ``benchmarks/gpu_check.py`` runs
+the same comparison at full width on a GPU machine.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from landscape.data import BatchStream, load_cifar10_mini
+from landscape.graphs import WARMUP, StreamRuns, supports_graphs
+from landscape.train import SweepConfig, training_precision
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_streams_need_a_gpu_and_a_graph_safe_model(capsys):
+    from landscape.cli import main
+
+    data = load_cifar10_mini()
+    cpu = torch.device("cpu")
+    assert not supports_graphs(SweepConfig(), "vgg_a", data, cpu)
+    if not torch.cuda.is_available():
+        assert main(["run", "--dataset", "cifar10-mini", "--grid", "streams", "--device", "cpu",
+                     "--out", "never.h5"]) == 2
+        err = capsys.readouterr().err
+        assert "--grid streams" in err and err.count("\n") == 1
+    else:
+        cuda = torch.device("cuda")
+        assert supports_graphs(SweepConfig(), "vgg_a_bn", data, cuda)
+        assert not supports_graphs(SweepConfig(), "vgg_a_noisy_bn", data, cuda)  # host-side noise
+        assert not supports_graphs(SweepConfig(ics_every=5), "vgg_a", data, cuda)  # Python hooks
+        assert not supports_graphs(SweepConfig(compile=True), "vgg_a", data, cuda)
+
+
+@gpu
+@pytest.mark.parametrize("model_name", ["vgg_a", "vgg_a_bn"])
+def test_graphed_streams_equal_eager_sgd_runs(model_name):
+    """Two learning rates on two streams, 3 eager warm-up steps then graph replays, against
+    plain eager torch.optim.SGD runs in float32: losses, gradient statistics, weights."""
+    from landscape.models import build_model
+    from landscape.probes import GradientStats
+
+    device = torch.device("cuda")
+    data = load_cifar10_mini().to(device)
+    lrs, steps = (0.02, 0.05), WARMUP + 6
+    config = SweepConfig(models=(model_name,), lrs=lrs, width=0.25, momentum=0.9, batch_size=64,
+                         weight_decay=5e-4, probe=False, dataset="cifar10-mini",
+                         precision="fp32", device="cuda")
+    batches = list(zip(range(steps), BatchStream(data, 64, 0, False).epoch()))
+    with training_precision("fp32", device) as autocast:
+        runs = StreamRuns(model_name, lrs, config, data, device, lambda k, r: None, autocast)
+        losses = torch.stack([runs.step(x, y, i, autocast)[0] for i, (x, y) in batches])
+        rows = runs.pop_grad_rows()
+    for k, lr in enumerate(lrs):
+        torch.manual_seed(0)
+        model = build_model(model_name, width=0.25).to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        stats = GradientStats().attach(opt)
+        eager = []
+        for _, (x, y) in batches:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            eager.append(float(loss))
+        np.testing.assert_allclose(losses[:, k].cpu().numpy(), eager, rtol=1e-4)
+        np.testing.assert_allclose(rows[:, k], stats.pop(), rtol=1e-3)
+        for a, b in zip(runs.models[k].parameters(), model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
