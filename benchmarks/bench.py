@@ -58,7 +58,7 @@ def timed_sweep(config: SweepConfig, data, device) -> dict:
     steps = sum(s.steps for s in summaries)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"seconds": seconds, "steps": steps, "images": steps * config.batch_size,
-            "peak_mib": peak}
+            "peak_mib": peak, "run_steps": [s.steps for s in summaries]}
 
 
 def probe_vs_step(model_name: str, width: float, device, batch_size: int = 128, repeat: int = 10,
@@ -174,10 +174,21 @@ def main():
           f"{pv['probe_batched'] * 1e3:.2f} ms ({pv['probe_batched'] / pv['step']:.2f} steps), "
           f"sequential {pv['probe_sequential'] * 1e3:.2f} ms "
           f"({pv['probe_sequential'] / pv['step']:.2f} steps)")
-    steps_per_s = no_probe["steps"] / no_probe["seconds"]
-    print(f"projected Fig. 4 grid ({FIG4_STEPS} steps, probe every 100): "
-          f"{FIG4_STEPS / steps_per_s * default['seconds'] / no_probe['seconds'] / 60:.1f} min "
-          f"at {steps_per_s:.1f} steps/s")
+    # Projection from marginal costs measured here, so that what a short sweep pays once (model
+    # builds, graph recording, warm-up) is not charged to every step of the long grid:
+    # seconds per run-step = the difference of the E-epoch and 1-epoch sweeps per extra step;
+    # seconds per probe = the with-probe sweep minus the no-probe one, per probe it took.
+    per_step = (no_probe["seconds"] - no_probe_1["seconds"]) / (no_probe["steps"] - no_probe_1["steps"])
+    # (from the probe-every-step sweep: its probes are steady-state ones, whereas a short
+    # probe-every-100 sweep's few probes are mostly first ones, which record CUDA graphs)
+    per_probe = (every_step["seconds"] - no_probe_1["seconds"]) / every_step["steps"]
+    print(f"steady-state probe overhead at every 100 steps: 1 + probe / (100 steps) = "
+          f"{1 + per_probe / (100 * per_step):.3f}")
+    fig4 = FIG4_STEPS * per_step + FIG4_STEPS / 100 * per_probe
+    print(f"projected Fig. 4 grid ({FIG4_STEPS} run-steps, probe every 100): {fig4 / 60:.1f} min "
+          f"= training {FIG4_STEPS * per_step / 60:.1f} min ({1 / per_step:.0f} run-steps/s "
+          f"marginal) + {FIG4_STEPS // 100} probes {FIG4_STEPS / 100 * per_probe / 60:.1f} min "
+          f"({per_probe * 1e3:.1f} ms a probe in the sweep)")
 
     print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {width} "
           f"| precision {args.precision} | grid {base.grid} | compile {args.compile}\n")

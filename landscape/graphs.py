@@ -27,7 +27,7 @@ import torch
 from . import tasks
 from .models import build_model
 from .norms import is_stochastic
-from .probes import along_gradient, gradient_step_stats
+from .probes import gradient_step_stats, no_trace, probe_tensors, record_from
 
 WARMUP = 3  # eager steps before the graph is recorded (the side-stream warm-up CUDA asks for)
 
@@ -96,6 +96,41 @@ class CapturedStep:
         return self.result.clone()
 
 
+class CapturedProbe:
+    """``along_gradient`` on a run's static batch as a CUDA graph on the run's stream.
+
+    The first call runs eagerly (the warm-up), later calls replay the graph; both measure in
+    float32 with the model's live parameters (a graph reads them where they are, and SGD
+    updates them in place) and BN on batch statistics, leaving the model as it was.
+    ``launch`` returns the (device) tensors of the record; ``record_from`` turns them into a
+    ``LandscapeRecord`` once they are needed on the host.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor,
+                 etas: Sequence[float], stream: torch.cuda.Stream):
+        self.model, self.loss_fn, self.x, self.y, self.stream = model, loss_fn, x, y, stream
+        self.etas = torch.tensor(list(etas), dtype=torch.float32, device=x.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: tuple[torch.Tensor, ...] | None = None
+
+    def _body(self) -> tuple[torch.Tensor, ...]:
+        return probe_tensors(self.model, self.loss_fn, self.x, self.y, self.etas)
+
+    def launch(self) -> tuple[torch.Tensor, ...]:
+        """Queue the probe on the run's stream (after the current stream); its tensors."""
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream), no_trace(self.model, self.x.device):
+            if self.outputs is None:  # warm-up: an eager probe, whose numbers are kept
+                self.outputs = self._body()
+                return (self.etas, *self.outputs)
+            if self.graph is None:
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=self.stream):
+                    self.outputs = self._body()
+            self.graph.replay()
+            return (self.etas, *(t.clone() for t in self.outputs))
+
+
 def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
     """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
     from .data import ImageData
@@ -126,21 +161,23 @@ class StreamRuns:
                                         weight_decay=config.weight_decay)
             self.models.append(model.train())
             self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y, autocast))
+        # Each run's probe goes on its run's stream, before that run's step: at theta_t, on
+        # this step's batch, and concurrently with the other runs' probes and steps.
+        self.probes = [CapturedProbe(model, self.task.loss_fn, self.x, self.y,
+                                     [e * lr for e in config.etas], step.stream)
+                       for model, lr, step in zip(self.models, self.lrs, self.steps)]
         self.alive = [True] * self.k
         self._rows: list[torch.Tensor] = []
+        self._pending_probes: list[tuple[int, int, tuple[torch.Tensor, ...]]] = []
 
     def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.probe and step % self.config.probe_every == 0:
-            for k, model in enumerate(self.models):  # at theta_t, on this batch, before the update
-                if self.alive[k]:
-                    record = along_gradient(model, self.task.loss_fn, x, y,
-                                            [e * self.lrs[k] for e in self.config.etas])
-                    record.step, record.lr = step, self.lrs[k]
-                    self.on_probe(k, record)
         self.x.copy_(x)
         self.y.copy_(y)
+        probing = self.config.probe and step % self.config.probe_every == 0
         live = [k for k in range(self.k) if self.alive[k]]
         for k in live:
+            if probing:
+                self._pending_probes.append((k, step, self.probes[k].launch()))
             self.steps[k].launch()
         rows = torch.full((self.k, 5), float("nan"), device=self.x.device)
         for k in live:
@@ -148,7 +185,16 @@ class StreamRuns:
         self._rows.append(rows[:, 2:])
         return rows[:, 0], rows[:, 1].round().long()
 
+    def _deliver_probes(self) -> None:
+        """Hand the probes' records over (the host reads them here, not at every step)."""
+        for k, step, tensors in self._pending_probes:
+            record = record_from(*tensors)
+            record.step, record.lr = step, self.lrs[k]
+            self.on_probe(k, record)
+        self._pending_probes = []
+
     def pop_grad_rows(self) -> np.ndarray:
+        self._deliver_probes()  # the loop's host sync: records of the steps it is logging
         if not self._rows:
             return np.zeros((0, self.k, 3))
         rows = torch.stack(self._rows).to("cpu", torch.float64).numpy()  # (n, K, 3)
@@ -164,4 +210,4 @@ class StreamRuns:
         self.alive[k] = False
 
     def close(self) -> None:
-        pass
+        self._deliver_probes()

@@ -201,8 +201,24 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
         if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
             raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
         losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, eta_t, batched)
-        g_norm = _global_norm(g)
-    eta_np, diff_np, g_norm_f = _as_float64(eta_t), _as_float64(diffs), float(g_norm)
+        return record_from(eta_t, loss0, losses, diffs, _global_norm(g))
+
+
+def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+                  etas: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``along_gradient``'s arithmetic alone, on device tensors, with no host synchronization
+    (so that it can be recorded as a CUDA graph): L(theta), loss (k,), grad_diff (k,), ||g||.
+    Call it inside ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes."""
+    params = trainable_parameters(model)
+    loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
+    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, batched=False)
+    return loss0, losses, diffs, _global_norm(g)
+
+
+def record_from(etas: torch.Tensor, loss0: torch.Tensor, losses: torch.Tensor,
+                diffs: torch.Tensor, g_norm: torch.Tensor) -> LandscapeRecord:
+    """The typed record (float64 on the host) from a probe's device tensors."""
+    eta_np, diff_np, g_norm_f = _as_float64(etas), _as_float64(diffs), float(g_norm)
     beta = float(np.max(diff_np / (eta_np * g_norm_f))) if g_norm_f > 0 else math.nan
     return LandscapeRecord(eta=eta_np, loss=_as_float64(losses), grad_diff=diff_np, beta=beta,
                            grad_norm=g_norm_f, loss_at_theta=float(loss0))
