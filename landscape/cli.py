@@ -79,8 +79,9 @@ def cli():
 @click.option("--precision", default="tf32", show_default=True,
               help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
 @click.option("--grid", default="auto", show_default=True,
-              help="batched: train all learning rates of a model as one vmapped model; "
-                   "sequential: one run after another; auto: sequential (faster, measured).")
+              help="streams (GPU): each run a CUDA graph, runs on concurrent streams; batched: "
+                   "all learning rates as one vmapped model; sequential: one eager run after "
+                   "another; auto: streams on a GPU where the model allows, else sequential.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training forward pass (probes stay eager).")
 @click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
