@@ -153,12 +153,10 @@ class StreamRuns:
         self.models, self.steps = [], []
         self.x = torch.empty((config.batch_size, *data.x_train.shape[1:]), device=device)
         self.y = torch.empty(config.batch_size, dtype=torch.int64, device=device)
+        from .train import build_run  # train imports this module
+
         for lr in self.lrs:
-            torch.manual_seed(config.seed)  # same initial weights as SingleRun
-            model = build_model(model_name, width=config.width, num_classes=data.num_classes)
-            model = model.to(device).to(memory_format=torch.channels_last)
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
-                                        weight_decay=config.weight_decay)
+            model, optimizer = build_run(model_name, lr, config, data.num_classes, device)
             self.models.append(model.train())
             self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y, autocast))
         # Each run's probe goes on its run's stream, before that run's step: at theta_t, on

@@ -189,29 +189,32 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     if not params:
         raise ValueError("along_gradient: the model has no trainable parameters")
     device = next(iter(params.values())).device
+    if at_theta is not None and (len(at_theta[1]) != len(params) or any(
+            a.shape != b.shape for a, b in zip(at_theta[1], params.values()))):
+        raise ValueError("along_gradient: at_theta's gradient does not match the model's "
+                         "trainable parameters")
+    eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
+    if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
+        raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
     with no_trace(model, device):
-        if at_theta is None:
-            loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
-        else:
-            loss0, g = at_theta[0].detach(), [t.detach() for t in at_theta[1]]
-            if len(g) != len(params) or any(a.shape != b.shape for a, b in zip(g, params.values())):
-                raise ValueError("along_gradient: at_theta's gradient does not match the "
-                                 "model's trainable parameters")
-        eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
-        if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
-            raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
-        losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, eta_t, batched)
-        return record_from(eta_t, loss0, losses, diffs, _global_norm(g))
+        tensors = probe_tensors(model, loss_fn, inputs, targets, eta_t, batched, at_theta)
+    return record_from(eta_t, *tensors)
 
 
 def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                  etas: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``along_gradient``'s arithmetic alone, on device tensors, with no host synchronization
-    (so that it can be recorded as a CUDA graph): L(theta), loss (k,), grad_diff (k,), ||g||.
-    Call it inside ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes."""
+                  etas: torch.Tensor, batched: bool | None = False,
+                  at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
+                  ) -> tuple[torch.Tensor, ...]:
+    """``along_gradient``'s arithmetic alone, on device tensors: L(theta), loss (k,),
+    grad_diff (k,), ||g||. With ``batched=False`` it makes no host synchronization, so that it
+    can be recorded as a CUDA graph. Call it inside ``no_trace(model, device)``; ``etas`` is a
+    (k,) tensor of step sizes."""
     params = trainable_parameters(model)
-    loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
-    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, batched=False)
+    if at_theta is None:
+        loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
+    else:
+        loss0, g = at_theta[0].detach(), [t.detach() for t in at_theta[1]]
+    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, batched)
     return loss0, losses, diffs, _global_norm(g)
 
 

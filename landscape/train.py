@@ -194,6 +194,18 @@ def evaluate(model: torch.nn.Module, data: data_mod.ImageData) -> tuple[float, f
     return float(total_loss) / n, float(correct) / n
 
 
+def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
+              device: torch.device) -> tuple[torch.nn.Module, torch.optim.SGD]:
+    """A run's model (the same initial weights for every run of this model) and its SGD."""
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, width=config.width, num_classes=num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return model, optimizer
+
+
 # ----------------------------------------------------------------------------- trainers
 # A trainer advances K runs of one model (K = 1, or a whole learning-rate grid) by one step
 # on a shared minibatch; the loop in `_train` is the same for both.
@@ -204,13 +216,7 @@ class SingleRun:
 
     def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
                  on_probe: Callable[[int, object], None], log: RunLog):
-        torch.manual_seed(config.seed)  # same initial weights for every run of this model
-        model = build_model(model_name, width=config.width, num_classes=data.num_classes)
-        self.model = model.to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.model, self.optimizer = build_run(model_name, lr, config, data.num_classes, device)
         self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
         # The probe reuses the training step's loss and gradient when that step ran in exact
         # float32 on the same deterministic function the probe measures (one pass fewer).
@@ -454,7 +460,7 @@ def _make_trainer(mode: str, model_name: str, lrs: list[float], config: SweepCon
 
 
 def grid_chunks(mode: str, model_name: str, lrs: Sequence[float], config: SweepConfig, data,
-                device: torch.device) -> list[list[float]]:
+                device: torch.device, autocast) -> list[list[float]]:
     """The learning rates split into groups (batched grids, or stream runs) that fit in memory.
 
     A trial group of all K learning rates takes the first training steps (with a probe, and
@@ -468,12 +474,11 @@ def grid_chunks(mode: str, model_name: str, lrs: Sequence[float], config: SweepC
     size = len(lrs)
     while size >= smallest:
         try:
-            with training_precision(config.precision, device) as autocast:
-                trainer = _make_trainer(mode, model_name, lrs[:size], config, data, device,
-                                        lambda k, r: None, None, autocast)
-                batches = trainer.task.stream(config.batch_size, config.seed, config.augment).epoch()
-                for step, (x, y) in zip(range(trial_steps), batches):
-                    trainer.step(x, y, step, autocast)
+            trainer = _make_trainer(mode, model_name, lrs[:size], config, data, device,
+                                    lambda k, r: None, None, autocast)
+            batches = trainer.task.stream(config.batch_size, config.seed, config.augment).epoch()
+            for step, (x, y) in zip(range(trial_steps), batches):
+                trainer.step(x, y, step, autocast)
             del trainer, batches, x, y
             _free_memory(device)
             return [lrs[i:i + size] for i in range(0, len(lrs), size)]
@@ -510,7 +515,8 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
         for model_name in config.models:
             mode = _grid_mode(config, model_name, data, device)
             groups = ([[lr] for lr in config.lrs] if mode == "sequential"
-                      else grid_chunks(mode, model_name, config.lrs, config, data, device))
+                      else grid_chunks(mode, model_name, config.lrs, config, data, device,
+                                       autocast))
             for lrs in groups:
                 run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
                 runs = [_RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs)), lr)
