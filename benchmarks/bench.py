@@ -108,8 +108,8 @@ def probe_vs_step(model_name: str, width: float, device, batch_size: int = 128, 
                 captured.join()
 
             t_graphed = median_time(graphed)
-        t_batched = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, batched=True))
-        t_seq = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, batched=False))
+        t_batched = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, points="vmap"))
+        t_seq = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, points="sequential"))
     return {"step": t_step, "graphed_step": t_graphed, "probe_batched": t_batched,
             "probe_sequential": t_seq}
 

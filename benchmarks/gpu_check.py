@@ -43,9 +43,9 @@ def main():
         xg, yg = x.to(dev).contiguous(memory_format=torch.channels_last), y.to(dev)
         before = [t.clone() for t in list(gpu.parameters()) + list(gpu.buffers())]
         rng = torch.cuda.get_rng_state(dev)
-        for batched in (True, False):
-            rec = along_gradient(gpu, F.cross_entropy, xg, yg, etas, batched=batched)
-            print(f"{name:9s} batched={batched!s:5s} loss rel err {rel(rec.loss, ref.loss):.2e}  "
+        for points in ("vmap", "streams", "sequential"):
+            rec = along_gradient(gpu, F.cross_entropy, xg, yg, etas, points=points)
+            print(f"{name:9s} points={points:10s} loss rel err {rel(rec.loss, ref.loss):.2e}  "
                   f"grad_diff rel err {rel(rec.grad_diff, ref.grad_diff):.2e}  "
                   f"beta {rec.beta:.4f} vs float64 {ref.beta:.4f}")
         after = list(gpu.parameters()) + list(gpu.buffers())

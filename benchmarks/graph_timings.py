@@ -7,8 +7,6 @@ Full-width VGG-A+BN, a real cifar10-mini batch of 128, the classes ``--grid stre
 whatever the training precision, so its time is the same in every row.
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -19,18 +17,9 @@ from landscape.probes import along_gradient
 from landscape.tasks import ClassificationTask
 from landscape.train import training_precision
 
+from gpu_timing import ms_per_call  # this folder (scripts here run as benchmarks/NAME.py)
+
 ETAS = (0.05, 0.1, 0.2, 0.4)
-
-
-def ms_per_call(fn, n: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - started) / n * 1e3
 
 
 def main():
@@ -60,7 +49,7 @@ def main():
 
             t_step = ms_per_call(graphed_step, 50)
             t_eager = ms_per_call(lambda: along_gradient(model, F.cross_entropy, x, y, ETAS,
-                                                         batched=False), 10)
+                                                         points="sequential"), 10)
             t_probe = ms_per_call(graphed_probe, 10)
         print(f"| {precision} | {t_step:.2f} ms | {t_eager:.1f} ms | {t_probe:.1f} ms | "
               f"{t_probe / t_step:.1f} |")

@@ -14,7 +14,8 @@ function, and every step reads the batch from one static input buffer shared by 
 
 Only for what a graph can hold: CUDA, image classification, models without host-side
 randomness (not the noisy-BN family), no ICS or activation instruments (their hooks run
-Python at every forward), no ``torch.compile``.
+Python at every forward), no ``torch.compile`` in sweeps (``CapturedStep`` can record a
+compiled forward: ``benchmarks/compile_steps.py``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class CapturedStep:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, task,
-                 x: torch.Tensor, y: torch.Tensor, autocast):
+                 x: torch.Tensor, y: torch.Tensor, autocast, forward: Callable | None = None):
         self.model, self.optimizer, self.task, self.autocast = model, optimizer, task, autocast
+        self.forward = forward or model  # e.g. torch.compile(model): compiled by the warm-up
         self.x, self.y = x, y  # static buffers, refilled before every step
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         n = sum(p.numel() for p in self.params)
@@ -57,7 +59,7 @@ class CapturedStep:
     def _body(self) -> None:
         """The step itself: what the eager warm-up runs and what the graph records."""
         with self.autocast():
-            out = self.model(self.x)
+            out = self.forward(self.x)
             loss = self.task.loss_fn(out.float(), self.y)
         loss.backward()
         with torch.no_grad():
@@ -114,7 +116,8 @@ class CapturedProbe:
         self.outputs: tuple[torch.Tensor, ...] | None = None
 
     def _body(self) -> tuple[torch.Tensor, ...]:
-        return probe_tensors(self.model, self.loss_fn, self.x, self.y, self.etas)
+        # Each eta point on its own stream: branches of the graph that run concurrently.
+        return probe_tensors(self.model, self.loss_fn, self.x, self.y, self.etas, "streams")
 
     def launch(self) -> tuple[torch.Tensor, ...]:
         """Queue the probe on the run's stream (after the current stream); its tensors."""

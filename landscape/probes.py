@@ -115,37 +115,73 @@ def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
+POINT_MODES = ("auto", "sequential", "vmap", "streams")
+
+
 def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                     targets: torch.Tensor, params: dict[str, torch.Tensor],
-                    grad: Sequence[torch.Tensor], etas: torch.Tensor, batched: bool | None = None
+                    grad: Sequence[torch.Tensor], etas: torch.Tensor, points: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and ||grad L(theta - eta g) - g|| at every eta: the one place the points are evaluated.
 
-    Returns two (k,) tensors on the parameters' device. ``batched=True`` evaluates all k points
-    in one ``torch.func.vmap`` pass over stacked perturbed parameters; ``False`` one after the
-    other; ``None`` (default) batches on GPUs (where one wide pass beats k narrow ones) and goes
-    sequentially on the CPU (where vmap's grouped convolutions are slower: see benchmarks/),
-    falling back to sequential for models that vmap cannot trace.
+    Returns two (k,) tensors on the parameters' device. ``points`` says how the k points run:
+    ``sequential`` one after another; ``vmap`` in one ``torch.func.vmap`` pass over stacked
+    perturbed parameters; ``streams`` each on its own CUDA stream, concurrently (on the CPU:
+    sequential). None of them synchronizes with the host, so each can be recorded in a CUDA
+    graph. ``auto`` (default) is what measured fastest (benchmarks/): on the CPU, sequential
+    (vmap's grouped convolutions are slower there); on a GPU eagerly, vmap (fewer launches),
+    falling back to sequential for models vmap cannot trace. Recorded in a CUDA graph, where
+    launches cost nothing, streams is the fastest (``graphs.CapturedProbe``).
     """
-    if batched is None and inputs.device.type != "cuda":
-        batched = False
-    if batched is None:
+    if points not in POINT_MODES:
+        raise ValueError(f"points must be one of {', '.join(POINT_MODES)}, got {points!r}")
+    if points == "auto" and inputs.device.type != "cuda":
+        points = "sequential"
+    if points == "auto":
         try:
-            return _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas)
+            return _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas)
         except (RuntimeError, NotImplementedError):
-            batched = False
-    if batched:
-        return _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas)
-    losses, diffs = [], []
-    for eta in etas:
-        moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
-        loss, grad_there = loss_and_grad(model, loss_fn, inputs, targets, moved)
-        losses.append(loss)
-        diffs.append(_global_norm([a - b for a, b in zip(grad_there, grad)]))
-    return torch.stack(losses), torch.stack(diffs)
+            points = "sequential"
+    if points == "streams" and inputs.device.type == "cuda":
+        return _evaluate_points_on_streams(model, loss_fn, inputs, targets, params, grad, etas)
+    if points == "vmap":
+        return _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas)
+    evaluated = [_evaluate_point(model, loss_fn, inputs, targets, params, grad, eta)
+                 for eta in etas]
+    return torch.stack([e[0] for e in evaluated]), torch.stack([e[1] for e in evaluated])
 
 
-def _evaluate_points_batched(model, loss_fn, inputs, targets, params, grad, etas):
+def _evaluate_point(model, loss_fn, inputs, targets, params, grad, eta):
+    moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
+    loss, grad_there = loss_and_grad(model, loss_fn, inputs, targets, moved)
+    return loss, _global_norm([a - b for a, b in zip(grad_there, grad)])
+
+
+_SIDE_STREAMS: dict[torch.device, list] = {}
+
+
+def _evaluate_points_on_streams(model, loss_fn, inputs, targets, params, grad, etas):
+    """Each eta point's forward/backward on its own CUDA stream: k narrow passes that each
+    leave the GPU partly idle overlap (and, recorded in a CUDA graph, become parallel branches)."""
+    device = inputs.device
+    main = torch.cuda.current_stream(device)
+    streams = _SIDE_STREAMS.setdefault(device, [])
+    streams.extend(torch.cuda.Stream(device) for _ in range(len(etas) - len(streams)))
+    evaluated = []
+    for i, stream in enumerate(streams[:len(etas)]):
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            evaluated.append(_evaluate_point(model, loss_fn, inputs, targets, params, grad,
+                                             etas[i]))
+    for stream in streams[:len(etas)]:
+        main.wait_stream(stream)
+    for loss, diff in evaluated:  # made on side streams, read and freed on this one
+        loss.record_stream(main)
+        diff.record_stream(main)
+    return torch.stack([e[0] for e in evaluated]), torch.stack([e[1] for e in evaluated])
+
+
+def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
     """All eta points in one vmapped forward/backward; BN buffers are per-point clones."""
     k = len(etas)
     # vmap supports only the default memory format: channels-last tensors become contiguous.
@@ -170,21 +206,25 @@ def _as_float64(t: torch.Tensor) -> np.ndarray:
 
 def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
                    targets: torch.Tensor, etas: Sequence[float],
-                   batched: bool | None = None,
+                   points: str = "auto",
                    at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
                    ) -> LandscapeRecord:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient on a batch.
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
     BatchNorm uses the batch's statistics; the model, its ``.grad``, its buffers and the RNG
-    are left exactly as they were. ``batched`` chooses how the points are evaluated
-    (see ``evaluate_points``); the numbers agree to float rounding either way.
+    are left exactly as they were. ``points`` chooses how the eta points are evaluated
+    (sequential, vmap, streams or auto: see ``evaluate_points``); the numbers agree to float
+    rounding whichever it is.
 
     ``at_theta = (L(theta), g)``, when the caller already has them in full float32 (a training
     step's loss and ``.grad`` on this very batch, one per trainable parameter in
     ``named_parameters`` order), saves the probe its first forward/backward pass: the probe
     then costs k gradient evaluations instead of k + 1.
     """
+    if points not in POINT_MODES:
+        raise ValueError(f"along_gradient: points must be one of {', '.join(POINT_MODES)}, "
+                         f"got {points!r}")
     params = trainable_parameters(model)
     if not params:
         raise ValueError("along_gradient: the model has no trainable parameters")
@@ -197,24 +237,24 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
         raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
     with no_trace(model, device):
-        tensors = probe_tensors(model, loss_fn, inputs, targets, eta_t, batched, at_theta)
+        tensors = probe_tensors(model, loss_fn, inputs, targets, eta_t, points, at_theta)
     return record_from(eta_t, *tensors)
 
 
 def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                  etas: torch.Tensor, batched: bool | None = False,
+                  etas: torch.Tensor, points: str = "auto",
                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
                   ) -> tuple[torch.Tensor, ...]:
     """``along_gradient``'s arithmetic alone, on device tensors: L(theta), loss (k,),
-    grad_diff (k,), ||g||. With ``batched=False`` it makes no host synchronization, so that it
-    can be recorded as a CUDA graph. Call it inside ``no_trace(model, device)``; ``etas`` is a
+    grad_diff (k,), ||g||. It makes no host synchronization, so that it can be recorded as a
+    CUDA graph. Call it inside ``no_trace(model, device)``; ``etas`` is a
     (k,) tensor of step sizes."""
     params = trainable_parameters(model)
     if at_theta is None:
         loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
     else:
         loss0, g = at_theta[0].detach(), [t.detach() for t in at_theta[1]]
-    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, batched)
+    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, points)
     return loss0, losses, diffs, _global_norm(g)
 
 

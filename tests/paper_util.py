@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 # Tiny models: a second thread only adds synchronization, and on a busy 2-core machine that
 # costs 10-50x (measured: 20 s vs 0.4 s for one ICS probe of a width-1/16 VGG).
 torch.set_num_threads(1)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:

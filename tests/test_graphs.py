@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from landscape.data import BatchStream, load_cifar10_mini
 from landscape.graphs import WARMUP, StreamRuns, supports_graphs
 from landscape.train import SweepConfig, training_precision
+from paper_util import gpu
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture
@@ -110,3 +110,4 @@ def test_sweep_on_streams_writes_what_eager_runs_write(tmp_path, deterministic_c
             # computes it: float32 rounding apart, which g(theta - eta g) - g amplifies.
             for path in ("probe/grad_diff", "probe/beta"):
                 np.testing.assert_allclose(ra[path][()], rb[path][()], rtol=2e-3, err_msg=path)
+
