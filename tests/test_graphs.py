@@ -15,7 +15,6 @@ from landscape.train import SweepConfig, training_precision
 from paper_util import gpu
 
 
-
 @pytest.fixture
 def deterministic_cudnn():
     """cuDNN's default backward kernels add in a varying order, so that two eager runs of the
@@ -110,4 +109,3 @@ def test_sweep_on_streams_writes_what_eager_runs_write(tmp_path, deterministic_c
             # computes it: float32 rounding apart, which g(theta - eta g) - g amplifies.
             for path in ("probe/grad_diff", "probe/beta"):
                 np.testing.assert_allclose(ra[path][()], rb[path][()], rtol=2e-3, err_msg=path)
-
