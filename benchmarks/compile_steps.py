@@ -1,6 +1,10 @@
 """Graphed training steps with and without torch.compile, K runs on K streams (experiment).
 
     python benchmarks/compile_steps.py     # needs a CUDA GPU
+
+Timings only. That a recorded compiled step computes the eager step is not yet shown on a GPU
+(``--compile`` sweeps run eagerly, without graphs; benchmarks/RESULTS.md, Round 4), so these
+rows are not counted as a speed-up of the sweep.
 """
 
 import time

@@ -19,7 +19,10 @@ import time
 
 import torch
 
+from landscape import train
 from landscape.data import ImageData, load_cifar10_mini
+from landscape.graphs import StreamRuns
+from landscape.store import SweepStore
 from landscape.train import SweepConfig, run_sweep
 
 LRS = (0.05, 0.075, 0.1, 0.125, 0.15)  # the experiment file's range, 5 points
@@ -32,6 +35,40 @@ def tiled(data: ImageData, n_train: int, n_test: int) -> ImageData:
 
     return ImageData(f"{data.name} tiled", repeat(data.x_train, n_train), repeat(data.y_train, n_train),
                      repeat(data.x_test, n_test), repeat(data.y_test, n_test), data.mean, data.std)
+
+
+def time_phases() -> dict[str, float]:
+    """Wall seconds spent in the sweep's phases (the GPU drained at each phase's edges).
+
+    The wrapped functions are the sweep's own; what is left of the total is the training loop
+    proper: steps and probes, which run asynchronously and are not told apart here.
+    """
+    phases: dict[str, float] = {}
+    running: list[str] = []  # a phase inside another (the trial builds runs) counts once
+
+    def wrap(owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            if running:
+                return inner(*args, **kwargs)
+            running.append(label)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                torch.cuda.synchronize()
+                phases[label] = phases.get(label, 0.0) + time.perf_counter() - started
+                running.pop()
+
+        setattr(owner, name, timed)
+
+    wrap(train, "grid_chunks", "memory trial (grid_chunks)")
+    wrap(train, "_make_trainer", "building the runs")
+    wrap(StreamRuns, "evaluate", "test evaluations")
+    wrap(SweepStore, "flush", "HDF5 flushes")
+    return phases
 
 
 def main():
@@ -47,6 +84,7 @@ def main():
     config = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=LRS, epochs=args.epochs,
                          dataset="cifar10", device="cuda", precision=args.precision,
                          compile=args.compile, probe=not args.no_probe, probe_every=100)
+    phases = time_phases()
     with tempfile.TemporaryDirectory() as tmp:
         torch.cuda.synchronize()
         started = time.perf_counter()
@@ -69,6 +107,10 @@ def main():
           f"{run_steps * config.batch_size / seconds:.3g} images/s; "
           f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB; "
           f"HDF5 {size_mib:.1f} MiB")
+    print("\n| phase | seconds |\n|---|---|")
+    for label, phase_seconds in phases.items():
+        print(f"| {label} | {phase_seconds:.1f} |")
+    print(f"| the rest: training steps, probes, loop | {seconds - sum(phases.values()):.1f} |")
 
 
 if __name__ == "__main__":

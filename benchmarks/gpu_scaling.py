@@ -40,9 +40,26 @@ def graphed(body):
     return graph.replay
 
 
-def fresh_model(device):
+def fresh_model(device, name="vgg_a_bn"):
     torch.manual_seed(0)
-    return build_model("vgg_a_bn").to(device).to(memory_format=torch.channels_last)
+    return build_model(name).to(device).to(memory_format=torch.channels_last)
+
+
+def stream_round(k, task, x, y, autocast, device, name="vgg_a_bn"):
+    """K runs' ``CapturedStep``s and a function that steps them all once on K streams."""
+    steps = []
+    for i in range(k):
+        m = fresh_model(device, name)
+        steps.append(CapturedStep(m, torch.optim.SGD(m.parameters(), lr=0.01 * (i + 1)), task,
+                                  x, y, autocast))
+
+    def round_():
+        for s in steps:
+            s.launch()
+        for s in steps:
+            s.join()
+
+    return steps, round_
 
 
 def main():
@@ -70,18 +87,7 @@ def main():
     for precision in ("tf32", "bf16"):
         with training_precision(precision, device) as autocast:
             for k in (1, 3, 5, 10):
-                steps = []
-                for i in range(k):
-                    m = fresh_model(device)
-                    opt = torch.optim.SGD(m.parameters(), lr=0.01 * (i + 1))
-                    steps.append(CapturedStep(m, opt, task, x, y, autocast))
-
-                def round_():
-                    for s in steps:
-                        s.launch()
-                    for s in steps:
-                        s.join()
-
+                _, round_ = stream_round(k, task, x, y, autocast, device)
                 t = ms_per_call(round_, 30)
                 print(f"| {precision} | {k} | {t:.2f} | {t / k:.2f} |")
 

@@ -43,7 +43,8 @@ class CapturedStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, task,
                  x: torch.Tensor, y: torch.Tensor, autocast, forward: Callable | None = None):
         self.model, self.optimizer, self.task, self.autocast = model, optimizer, task, autocast
-        self.forward = forward or model  # e.g. torch.compile(model): compiled by the warm-up
+        # e.g. torch.compile(model), compiled by the warm-up (`or` would ask it for its len())
+        self.forward = model if forward is None else forward
         self.x, self.y = x, y  # static buffers, refilled before every step
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         n = sum(p.numel() for p in self.params)
