@@ -1,6 +1,6 @@
 """The paper's Fig. 4 grid end to end on one GPU: 2 models x 5 learning rates x 20 epochs.
 
-    python benchmarks/fig4_grid.py [--precision tf32|bf16] [--compile] [--epochs 20]
+    python benchmarks/fig4_grid.py [--precision tf32|bf16] [--epochs 20] [--no-probe]
 
 Full CIFAR-10 cannot be downloaded on the GPU machines, so the real cifar10-mini images are
 tiled to CIFAR-10's sizes (50,000 training images: 390 steps of 128 an epoch; 10,000 test
@@ -74,7 +74,6 @@ def time_phases() -> dict[str, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args()
@@ -83,7 +82,7 @@ def main():
     data = tiled(load_cifar10_mini(), 50_000, 10_000).to(device)
     config = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=LRS, epochs=args.epochs,
                          dataset="cifar10", device="cuda", precision=args.precision,
-                         compile=args.compile, probe=not args.no_probe, probe_every=100)
+                         probe=not args.no_probe, probe_every=100)
     phases = time_phases()
     with tempfile.TemporaryDirectory() as tmp:
         torch.cuda.synchronize()
@@ -95,7 +94,7 @@ def main():
     run_steps = sum(s.steps for s in summaries)
     probes = sum(-(-s.steps // 100) for s in summaries) if config.probe else 0
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; "
-          f"precision {args.precision}{', compile' if args.compile else ''}, "
+          f"precision {args.precision}, "
           f"{'no probes' if args.no_probe else 'probe every 100 (4 eta)'}\n")
     print("| run | status | steps | test acc | median beta | group seconds |")
     print("|---|---|---|---|---|---|")

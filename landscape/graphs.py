@@ -14,8 +14,8 @@ function, and every step reads the batch from one static input buffer shared by 
 
 Only for what a graph can hold: CUDA, image classification, models without host-side
 randomness (not the noisy-BN family), no ICS or activation instruments (their hooks run
-Python at every forward), no ``torch.compile`` in sweeps (``CapturedStep`` can record a
-compiled forward: ``benchmarks/compile_steps.py``).
+Python at every forward), no ``torch.compile`` (``CapturedStep`` can record a compiled forward,
+for ``benchmarks/compile_steps.py``; its gradients were measured wrong on an H100).
 """
 
 from __future__ import annotations

@@ -212,3 +212,16 @@ def test_compiled_step_computes_the_eager_step():
         run.close()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_compile_is_refused_on_a_gpu(monkeypatch, tmp_path, capsys):
+    """On a GPU --compile's gradients were measured wrong (benchmarks/RESULTS.md, Round 4):
+    one line, exit 2, nothing written. A GPU is pretended: validation is all that runs."""
+    from landscape import train
+
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
+    out = tmp_path / "never.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--compile", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--compile is CPU-only" in err and err.count("\n") == 1
+    assert not out.exists()
