@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_course import course_sweep  # noqa: E402
 
 from landscape.data import load_cifar10_mini, mini_path  # noqa: E402
+from landscape.errors import LandscapeError  # noqa: E402
 from landscape.models import build_model  # noqa: E402
 from landscape.probes import along_gradient  # noqa: E402
 from landscape.train import SweepConfig, resolve_device, run_sweep, training_precision  # noqa: E402
@@ -201,4 +202,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LandscapeError as error:  # a bad setting (no GPU, --compile on a GPU): one line
+        sys.exit(f"bench.py: {error}")

@@ -83,7 +83,7 @@ def cli():
                    "all learning rates as one vmapped model; sequential: one eager run after "
                    "another; auto: streams on a GPU where the model allows, else sequential.")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the training forward pass (probes stay eager).")
+              help="torch.compile the training forward pass (CPU only; probes stay eager).")
 @click.option("--out", default=None, help="HDF5 file to write [default: runs/sweep-<time>.h5].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--ics-every", type=int, default=None,
