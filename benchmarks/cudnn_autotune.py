@@ -11,12 +11,14 @@ a 10,000-image test evaluation (batches of 1,000) with and without bf16 autocast
 import torch
 import torch.nn.functional as F
 
-from landscape.data import ImageData, load_cifar10_mini
+from landscape.data import load_cifar10_mini
 from landscape.probes import loss_and_grad, no_trace, probe_tensors, trainable_parameters
 from landscape.tasks import ClassificationTask
 from landscape.train import evaluate, training_precision
 
-from gpu_scaling import ETAS, fresh_model, graphed, stream_round  # this folder (scripts here run as benchmarks/NAME.py)
+# This folder's scripts (they run as benchmarks/NAME.py):
+from fig4_grid import tiled
+from gpu_scaling import ETAS, fresh_model, graphed, stream_round
 from gpu_timing import ms_per_call
 
 
@@ -39,27 +41,24 @@ def rows(name, data, x, y, device, benchmark):
     for precision in ("tf32", "bf16"):
         with training_precision(precision, device) as autocast:
             steps, round_ = stream_round(5, task, x, y, autocast, device, name)
-            out.append((f"{precision} step, K = 5 streams (per run-step)", ms_per_call(round_, 30) / 5))
+            out.append((f"{precision} step, K = 5 streams (per run-step)",
+                        ms_per_call(round_, 30) / 5))
             out.append((f"test evaluation (10,000 images), {precision}",
                         ms_per_call(lambda: evaluate(steps[0].model, data), 3)))
             if precision == "bf16":
                 def bf16_eval():
                     with autocast():
                         evaluate(steps[0].model, data)
-                out.append(("test evaluation (10,000 images), bf16 autocast", ms_per_call(bf16_eval, 3)))
+                out.append(("test evaluation (10,000 images), bf16 autocast",
+                            ms_per_call(bf16_eval, 3)))
     return out
-
-
-def tiled_test(data: ImageData, n: int) -> ImageData:
-    reps = -(-n // len(data.y_test))
-    return ImageData(data.name, data.x_train, data.y_train, data.x_test.repeat(reps, 1, 1, 1)[:n],
-                     data.y_test.repeat(reps)[:n], data.mean, data.std)
 
 
 def main():
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     device = torch.device("cuda")
-    data = tiled_test(load_cifar10_mini(), 10_000).to(device)
+    mini = load_cifar10_mini()
+    data = tiled(mini, len(mini.y_train), 10_000).to(device)  # CIFAR-10's 10,000 test images
     x, y = data.normalize(data.x_train[:128]).clone(), data.y_train[:128].clone()
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}\n")
     print("| model | what | heuristic ms | autotuned ms | ratio |\n|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 import warnings
 from types import SimpleNamespace
@@ -22,23 +23,36 @@ def run_tiny_sweep(out: Path, command: str, **config) -> Path:
     One thread: on a busy 2-core machine torch's spinning worker threads made these tiny
     steps ~70x slower (1.4 s instead of 0.02 s each).
     """
-    import torch
-
     from landscape import data as data_mod
     from landscape.train import SweepConfig, run_sweep
 
     full = data_mod.load_dataset("cifar10-mini")
     data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
                               full.x_test[:128], full.y_test[:128], full.mean, full.std)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_cpu_thread():
         run_sweep(SweepConfig(models=("vgg_a", "vgg_a_bn"), batch_size=16, dataset="cifar10-mini",
                               width=0.125, device="cpu", **config),
                   str(out), command=command, data=data)
+    return out
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """torch on one CPU thread, restored after (tiny steps; see ``run_tiny_sweep``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return out
+
+
+@pytest.fixture(name="one_cpu_thread")
+def one_cpu_thread_fixture():
+    with one_cpu_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -173,13 +173,13 @@ def test_missing_cifar10_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_compiled_step_computes_the_eager_step():
+def test_compiled_step_computes_the_eager_step(one_cpu_thread):
     """--compile (sequential runs): at each step, the compiled training step's loss and
     gradient equal the eager module's at the same weights, on the same batch.
 
     Checked step by step rather than along a whole run: at batch 16 two float32 runs whose
-    kernels round differently (inductor fuses the pointwise ops) drift apart chaotically, by about 1%
-    in the loss by the 4th step (measured), so only the step itself can be compared.
+    kernels round differently (inductor fuses the pointwise ops) drift apart chaotically, by
+    about 1% in the loss by the 4th step (measured), so only the step itself can be compared.
     """
     import contextlib
     import copy
@@ -194,24 +194,19 @@ def test_compiled_step_computes_the_eager_step():
                               full.x_test[:64], full.y_test[:64], full.mean, full.std)
     config = SweepConfig(models=("vgg_a_bn",), lrs=(0.05,), batch_size=16, width=0.125,
                          device="cpu", compile=True, probe=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = SingleRun("vgg_a_bn", 0.05, config, data, torch.device("cpu"),
-                        on_probe=lambda k, r: None, log=None)
-        batches = data_mod.BatchStream(data, 16, seed=0).epoch()
-        for step, (x, y) in zip(range(4), batches):
-            eager = copy.deepcopy(run.model)  # same weights and BN buffers, not compiled
-            eager_loss = F.cross_entropy(eager(x), y)
-            eager_loss.backward()
-            loss, _ = run.step(x, y, step, contextlib.nullcontext)
-            assert float(loss) == pytest.approx(eager_loss.item(), rel=1e-5)
-            g = torch.cat([p.grad.reshape(-1) for p in run.model.parameters()])
-            g_eager = torch.cat([p.grad.reshape(-1) for p in eager.parameters()])
-            assert float((g - g_eager).norm() / g_eager.norm()) < 1e-5, step
-        run.close()
-    finally:
-        torch.set_num_threads(threads)
+    run = SingleRun("vgg_a_bn", 0.05, config, data, torch.device("cpu"),
+                    on_probe=lambda k, r: None, log=None)
+    batches = data_mod.BatchStream(data, 16, seed=0).epoch()
+    for step, (x, y) in zip(range(4), batches):
+        eager = copy.deepcopy(run.model)  # same weights and BN buffers, not compiled
+        eager_loss = F.cross_entropy(eager(x), y)
+        eager_loss.backward()
+        loss, _ = run.step(x, y, step, contextlib.nullcontext)
+        assert float(loss) == pytest.approx(eager_loss.item(), rel=1e-5)
+        g = torch.cat([p.grad.reshape(-1) for p in run.model.parameters()])
+        g_eager = torch.cat([p.grad.reshape(-1) for p in eager.parameters()])
+        assert float((g - g_eager).norm() / g_eager.norm()) < 1e-5, step
+    run.close()
 
 
 def test_compile_is_refused_on_a_gpu(monkeypatch, tmp_path, capsys):
