@@ -308,6 +308,28 @@ def test_batched_points_equal_sequential(norm, points, device):
     assert all(torch.equal(a, b) for a, b in zip(before, [*model.parameters(), *model.buffers()]))
 
 
+def test_probe_measures_in_float32_under_the_training_autocast():
+    """Training may run in bf16 autocast with TF32 on; the probe switches both off for itself,
+    so it returns the float32 numbers, and the caller's settings are back afterwards."""
+    torch.manual_seed(2)
+    model = vgg_a(width=0.125, norm="batch")
+    x, y = small_batch(16, seed=5)
+    etas = [0.05, 0.1, 0.2, 0.4]
+    plain = along_gradient(model, F.cross_entropy, x, y, etas)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = along_gradient(model, F.cross_entropy, x, y, etas)
+            assert torch.is_autocast_enabled("cpu")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    np.testing.assert_allclose(inside.loss, plain.loss, rtol=1e-6)
+    np.testing.assert_allclose(inside.grad_diff, plain.grad_diff, rtol=1e-6)
+    assert inside.beta == pytest.approx(plain.beta, rel=1e-6)
+
+
 def test_unknown_points_mode_is_refused():
     model = vgg_a(width=0.125)
     x, y = small_batch(8, seed=0)
