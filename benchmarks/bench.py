@@ -98,8 +98,8 @@ def probe_vs_step(model_name: str, width: float, device, batch_size: int = 128, 
         t_step = median_time(step)
         t_graphed = float("nan")
         if device.type == "cuda":  # the step as --grid streams runs it: one CUDA graph replay
-            from landscape.graphs import CapturedStep
-            from landscape.tasks import ClassificationTask
+            from landscape.train.streams import CapturedStep
+            from landscape.train.tasks import ClassificationTask
 
             captured = CapturedStep(model, opt, ClassificationTask(data), x.clone(), y.clone(),
                                     autocast)

@@ -13,9 +13,9 @@ import time
 import torch
 
 from landscape.data import load_cifar10_mini
-from landscape.graphs import WARMUP, CapturedStep
+from landscape.train.streams import WARMUP, CapturedStep
 from landscape.models import build_model
-from landscape.tasks import ClassificationTask
+from landscape.train.tasks import ClassificationTask
 from landscape.train import training_precision
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from landscape.data import load_cifar10_mini
 from landscape.probes import loss_and_grad, no_trace, probe_tensors, trainable_parameters
-from landscape.tasks import ClassificationTask
+from landscape.train.tasks import ClassificationTask
 from landscape.train import evaluate, training_precision
 
 # This folder's scripts (they run as benchmarks/NAME.py):

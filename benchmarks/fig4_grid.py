@@ -21,7 +21,7 @@ import torch
 
 from landscape import train
 from landscape.data import ImageData, load_cifar10_mini
-from landscape.graphs import StreamRuns
+from landscape.train.streams import StreamRuns
 from landscape.store import SweepStore
 from landscape.train import SweepConfig, run_sweep
 

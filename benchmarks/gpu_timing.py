@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from landscape.graphs import WARMUP
+from landscape.train.streams import WARMUP
 
 
 def ms_per_call(fn, n: int) -> float:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from landscape.data import load_cifar10_mini
-from landscape.graphs import CapturedProbe, CapturedStep
+from landscape.train.streams import CapturedProbe, CapturedStep
 from landscape.models import build_model
 from landscape.probes import along_gradient
-from landscape.tasks import ClassificationTask
+from landscape.train.tasks import ClassificationTask
 from landscape.train import training_precision
 
 from gpu_timing import ms_per_call  # this folder (scripts here run as benchmarks/NAME.py)

@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from landscape.data import load_cifar10_mini
 from landscape.models import build_model
-from landscape.tasks import ClassificationTask
+from landscape.train.tasks import ClassificationTask
 from landscape.train import training_precision
 
 

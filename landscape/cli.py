@@ -8,11 +8,17 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
 
 from .errors import LandscapeError
+from .report.build import default_report_path, write_report
+from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
+                             text_table)
+from .store import read_sweep
+from .train import SweepConfig, load_experiment, merge, out_of_memory, run_sweep
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -43,7 +49,6 @@ def _name_list(option: str, text: str) -> tuple[str, ...]:
 
 
 def _default_out() -> Path:
-    from datetime import datetime
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"sweep-{stamp}.h5"
 
@@ -101,8 +106,6 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, config_file, light):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
-    from .train import SweepConfig, out_of_memory, run_sweep
-
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
                   weight_decay=weight_decay, probe_every=probe_every,
@@ -114,11 +117,10 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
                   activation_layers=activation_layers and _name_list("--activation-layers",
                                                                      activation_layers))
     if config_file is not None:
-        from . import config as config_mod
         ctx = click.get_current_context()
         given = {name for name in ctx.params
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-        values = config_mod.merge(config_mod.load_experiment(config_file, light),
+        values = merge(load_experiment(config_file, light),
                                   {**values, "out": out}, given)
         out = values.pop("out")
     elif light:
@@ -131,7 +133,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     if out_path.is_dir():
         raise LandscapeError(f"--out {out_path} is a directory")
 
-    bar = _ProgressBar()
+    bar = _SweepProgress()
     try:
         summaries = run_sweep(config, str(out_path), overwrite=overwrite,
                               command=shlex.join(["landscape"] + sys.argv[1:]),
@@ -151,31 +153,38 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     click.echo(f"wrote {out_path}")
 
 
-class _ProgressBar:
-    """One status line over the sweep: run k/n, epoch, step, loss, overall percentage."""
+class _SweepProgress:
+    """``click.progressbar`` over the whole sweep's steps, fed by ``run_sweep``'s progress calls.
+
+    On a terminal: one redrawn line (bar, percentage, run, epoch, step, loss). Without one,
+    click prints only the label, so the label names the run: one line per run start.
+    """
 
     def __init__(self):
-        self.stream = sys.stderr
-        self.tty = self.stream.isatty()
-        self._last_run = None
+        self.bar = None
 
     def update(self, p) -> None:
-        done = (p.run_index * p.steps_total + p.step) / (p.runs_total * p.steps_total)
+        if self.bar is None:
+            self.bar = click.progressbar(length=p.runs_total * p.steps_total, file=sys.stderr,
+                                         item_show_func=self._describe, show_eta=True, width=24)
+            self.bar.__enter__()
+        label = f"run {p.run_index + 1}/{p.runs_total} {p.run}"
+        if label != self.bar.label:
+            self.bar.label = label
+            self.bar.render_progress()
+        self.bar.update(p.run_index * p.steps_total + p.step - self.bar.pos, current_item=p)
+
+    @staticmethod
+    def _describe(p) -> str | None:
+        if p is None:
+            return None
         loss = "" if p.loss is None else f" loss {p.loss:.4f}"
-        line = (f"[{done:6.1%}] run {p.run_index + 1}/{p.runs_total} {p.run} "
-                f"epoch {p.epoch + 1} step {p.step}/{p.steps_total}{loss}")
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100)[:120])
-            self.stream.flush()
-        elif p.run != self._last_run or p.step == p.steps_total:
-            # Without a terminal, one line per run start and end keeps logs readable.
-            self.stream.write(line + "\n")
-        self._last_run = p.run
+        return f"epoch {p.epoch + 1} step {p.step}/{p.steps_total}{loss}"
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def _summary_table(summaries) -> str:
@@ -204,8 +213,6 @@ def _summary_table(summaries) -> str:
 @click.option("--title", default=None, help="Page title [default: the input file names].")
 def plot(files, out, overwrite, smooth, title):
     """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
-    from .report.build import default_report_path, write_report
-
     out_path = Path(out) if out else default_report_path(files[0])
     written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title)
     click.echo(f"wrote {written}")
@@ -215,10 +222,6 @@ def plot(files, out, overwrite, smooth, title):
 @click.argument("file", type=click.Path(dir_okay=True))
 def info(file):
     """Summarize a sweep file: runs, status, steps, probes, final accuracies."""
-    from .read import read_sweep
-    from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells,
-                                 summarize_run, text_table)
-
     sweep = read_sweep(file)
     rows = [summarize_run(r) for r in sweep.runs]
     statuses = ", ".join(f"{sum(r.status == s for r in rows)} {s}"

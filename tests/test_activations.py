@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.activations import DEFAULT_BIN_EDGES, activation_stats
+from landscape.probes.activations import DEFAULT_BIN_EDGES, activation_stats
 from landscape.cli import main
-from landscape.instruments import ActivationProbe
-from landscape.layers import resolve_layers
+from landscape.probes.hooks import ActivationProbe
+from landscape.models.layers import resolve_layers
 from landscape.models import build_model
 from paper_util import assert_no_trace, snapshot
 

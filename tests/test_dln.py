@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from landscape.cli import main
-from landscape.dln import DeepLinear, dln_loss, load_gaussian_linear
+from landscape.data.gaussian import load_gaussian_linear
+from landscape.models.dln import DeepLinear
+from landscape.train.tasks import dln_loss
 from landscape.models import build_model
 from landscape.probes import along_gradient
 from paper_util import assert_no_trace, snapshot

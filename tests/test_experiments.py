@@ -10,7 +10,7 @@ import pytest
 
 from landscape import data as data_mod
 from landscape.cli import main
-from landscape.config import load_experiment, merge
+from landscape.train.experiment import load_experiment, merge
 from landscape.errors import LandscapeError
 from landscape.train import SweepConfig, run_sweep
 import paper_util  # noqa: F401  (one torch thread)

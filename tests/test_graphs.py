@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from landscape.data import BatchStream, load_cifar10_mini
-from landscape.graphs import WARMUP, StreamRuns, supports_graphs
+from landscape.train.streams import WARMUP, StreamRuns, supports_graphs
 from landscape.train import SweepConfig, training_precision
 from paper_util import gpu
 
@@ -122,9 +122,9 @@ def test_recorded_compiled_step_computes_the_eager_step(deterministic_cudnn):
     compiled and eager runs drift apart chaotically (benchmarks/RESULTS.md, Round 4)."""
     import copy
 
-    from landscape.graphs import CapturedStep
+    from landscape.train.streams import CapturedStep
     from landscape.models import build_model
-    from landscape.tasks import ClassificationTask
+    from landscape.train.tasks import ClassificationTask
 
     device = torch.device("cuda")
     data = load_cifar10_mini().to(device)

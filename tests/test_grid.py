@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from landscape.data import BatchStream, load_cifar10_mini
-from landscape.grid import BatchedGrid, supports_batched
+from landscape.train.batched import BatchedGrid, supports_batched
 from landscape.models import vgg_a
 
 
@@ -168,14 +168,14 @@ def test_out_of_memory_mid_sweep_is_one_line_and_keeps_the_file(tmp_path, monkey
     from landscape import train
     from landscape.cli import main
 
-    real_step = train.SingleRun.step
+    real_step = train.SequentialRun.step
 
     def step(self, x, y, step, autocast):
         if step == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
         return real_step(self, x, y, step, autocast)
 
-    monkeypatch.setattr(train.SingleRun, "step", step)
+    monkeypatch.setattr(train.SequentialRun, "step", step)
     out = tmp_path / "oom.h5"
     assert main(["run", "--dataset", "cifar10-mini", "--models", "vgg_a", "--width", "0.0625",
                  "--steps", "4", "--device", "cpu", "--out", str(out)]) == 2

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.cli import main
-from landscape.ics import internal_covariate_shift, optimizer_update
-from landscape.instruments import ICSProbe
-from landscape.layers import default_ics_layers, resolve_layers, weight_layers
+from landscape.probes.ics import internal_covariate_shift, optimizer_update
+from landscape.probes.hooks import ICSProbe
+from landscape.models.layers import default_ics_layers, resolve_layers, weight_layers
 from landscape.models import build_model
 from landscape.errors import LandscapeError
 from paper_util import assert_no_trace, snapshot, tiny_step

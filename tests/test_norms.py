@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.models import MODELS, build_model
-from landscape.norms import (NOISE_DEFAULTS, LpBatchNorm, NoiseInjection, draw_noise, group_count,
+from landscape.models.norms import (NOISE_DEFAULTS, LpBatchNorm, NoiseInjection, draw_noise, group_count,
                              seed_noise)
 from landscape.probes import along_gradient
 from paper_util import assert_no_trace, snapshot

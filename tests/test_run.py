@@ -187,14 +187,14 @@ def test_compiled_step_computes_the_eager_step(one_cpu_thread):
     import torch.nn.functional as F
 
     from landscape import data as data_mod
-    from landscape.train import SingleRun
+    from landscape.train import SequentialRun
 
     full = data_mod.load_dataset("cifar10-mini")
     data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
                               full.x_test[:64], full.y_test[:64], full.mean, full.std)
     config = SweepConfig(models=("vgg_a_bn",), lrs=(0.05,), batch_size=16, width=0.125,
                          device="cpu", compile=True, probe=False)
-    run = SingleRun("vgg_a_bn", 0.05, config, data, torch.device("cpu"),
+    run = SequentialRun("vgg_a_bn", 0.05, config, data, torch.device("cpu"),
                     on_probe=lambda k, r: None, log=None)
     batches = data_mod.BatchStream(data, 16, seed=0).epoch()
     for step, (x, y) in zip(range(4), batches):
@@ -212,9 +212,9 @@ def test_compiled_step_computes_the_eager_step(one_cpu_thread):
 def test_compile_is_refused_on_a_gpu(monkeypatch, tmp_path, capsys):
     """On a GPU --compile's gradients were measured wrong (benchmarks/RESULTS.md, Round 4):
     one line, exit 2, nothing written. A GPU is pretended: validation is all that runs."""
-    from landscape import train
+    from landscape.train import config
 
-    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(config, "resolve_device", lambda name: torch.device("cuda"))
     out = tmp_path / "never.h5"
     assert main(["run", "--dataset", "cifar10-mini", "--compile", "--out", str(out)]) == 2
     err = capsys.readouterr().err

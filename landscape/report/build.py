@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import LandscapeError
-from ..read import RunData, SweepFile, read_sweep
+from ..store import RunData, SweepFile, read_sweep
 from . import figures as fg
 from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_runs, masked,
                     nonfinite_x, value_before)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Sequence
 
-from ..read import RunData
+from ..store import RunData
 from .bands import finite_median, last_finite
 
 # How the paper names the two networks; models registered later show under their own name.

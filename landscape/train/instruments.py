@@ -1,12 +1,9 @@
-"""Instruments: probes attached to a training loop from outside, writing to a run's HDF5 group.
+"""Instruments of a sweep: the probes ``SweepConfig`` asks for, bound to a run's log.
 
-An instrument has ``attach(model, optimizer, loss_fn) -> loss_fn`` and ``detach()``: it is a
-``probes.LandscapeProbe`` (same hooks: a forward pre-hook keeps the latest training inputs,
-the returned loss keeps the targets, and an optimizer step pre-hook measures every ``every``
-steps, after ``backward()`` and before the update) that measures something else. ``train_run`` attaches those that ``build_instruments``
-makes from the ``SweepConfig``; each declares its group in the run's ``RunLog``.
-
-HDF5 groups (n probed steps, L layers, b histogram bins; float64 unless said)::
+``build_instruments(config, model, log)`` makes the ICS and activation probes (hooks of
+``landscape.probes``) that ``--ics-every`` / ``--activations-every`` enable, declares their
+groups in the run's log and appends each record there. HDF5 groups (n probed steps, L
+layers, b histogram bins; float64 unless said)::
 
     /runs/<name>/ics/          step (n,) int64, layer (L,) str, layer_index (L,) int64 (1-based),
                                l2 (n, L) = ||G - G'||, cosine (n, L) = cos(G, G'), grad_norm (n, L) = ||G||
@@ -16,62 +13,13 @@ HDF5 groups (n probed steps, L layers, b histogram bins; float64 unless said)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
-from .activations import DEFAULT_BIN_EDGES, activation_stats
-from .ics import internal_covariate_shift
-from .layers import default_ics_layers, resolve_layers, weight_layers
-from .probes import LandscapeProbe
-
-
-@dataclass
-class StepInstrument(LandscapeProbe):
-    """``LandscapeProbe``'s hooks (latest inputs and targets, every-``every``-steps schedule,
-    ``attach``/``detach``) with another measurement: ``measure_batch(inputs, targets)``."""
-
-    def measure(self):
-        if self._inputs is None or self._targets is None:
-            raise RuntimeError(f"{type(self).__name__}: no training batch seen yet")
-        self._measuring = True  # the probe's own forward passes are not training batches
-        try:
-            record = self.measure_batch(self._inputs, self._targets)
-        finally:
-            self._measuring = False
-        record.step = self.step
-        if self.keep:
-            self.records.append(record)
-        if self.on_record is not None:
-            self.on_record(record)
-        return record
-
-    def measure_batch(self, inputs, targets):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-@dataclass
-class ICSProbe(StepInstrument):
-    """``ics.internal_covariate_shift`` of ``layers`` (weight-layer names) every ``every`` steps."""
-
-    layers: Sequence[str] = ()
-
-    def measure_batch(self, inputs, targets):
-        return internal_covariate_shift(self._model, self._loss_fn, inputs, targets,
-                                        self._optimizer, list(self.layers))
-
-
-@dataclass
-class ActivationProbe(StepInstrument):
-    """``activations.activation_stats`` of ``layers`` every ``every`` steps."""
-
-    layers: Sequence[str] = ()
-    bin_edges: Sequence[float] = tuple(DEFAULT_BIN_EDGES)
-
-    def measure_batch(self, inputs, targets):
-        return activation_stats(self._model, inputs, list(self.layers), self.bin_edges)
+from ..models import default_ics_layers, resolve_layers, weight_layers
+from ..probes import DEFAULT_BIN_EDGES, ActivationProbe, ICSProbe, StepInstrument
 
 
 def _layer_constants(model: nn.Module, layers: Sequence[str]) -> dict:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .layers import preactivation_module
-from .probes import _buffer_clones, no_trace, trainable_parameters
+from ..models.layers import preactivation_module
+from .context import buffer_clones, no_trace, trainable_parameters
 
 DEFAULT_BIN_EDGES = np.linspace(-10.0, 10.0, 81)  # 80 bins of width 0.25
 
@@ -63,7 +63,7 @@ def activation_stats(model: nn.Module, inputs: torch.Tensor, layers: Sequence[st
         for layer, m in modules.items()]
     try:
         with no_trace(model, device), torch.no_grad():
-            functional_call(model, (params, _buffer_clones(model)), (inputs,))
+            functional_call(model, (params, buffer_clones(model)), (inputs,))
     finally:
         for h in handles:
             h.remove()

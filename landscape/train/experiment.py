@@ -13,7 +13,7 @@ A file (TOML, read with the standard library's ``tomllib``) has::
     dataset = "cifar10-mini"
     steps = 300
 
-Keys of ``[run]`` and ``[light]`` are the fields of ``train.SweepConfig`` (``batch_size``,
+Keys of ``[run]`` and ``[light]`` are the fields of ``train.config.SweepConfig`` (``batch_size``,
 ``probe_every``, ``ics_layers``, ...) and ``out``; values are checked against the field's
 type (an integer is accepted where a float is expected). Options given on the command line
 override the file. Unknown keys, wrong types and unreadable files raise ``LandscapeError``.
@@ -29,14 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import LandscapeError
+from ..errors import LandscapeError
+from .config import SweepConfig
 
 TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict}
 EXTRA_KEYS = {"out": str}  # run keys that are not SweepConfig fields
 
 
 def _field_types() -> dict[str, Any]:
-    from .train import SweepConfig
     hints = typing.get_type_hints(SweepConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(SweepConfig)} | EXTRA_KEYS
 

@@ -9,7 +9,7 @@ Layout (see README, "HDF5 schema")::
                             grad_norm (n,), loss_at_theta (n,)
     /runs/<name>/epochs/    epoch, train_loss, train_acc, test_loss, test_acc, seconds
     /runs/<name>/<group>/   extra groups declared by instruments (``RunLog.declare``):
-                            ics/ and activations/ (see landscape/instruments.py)
+                            ics/ and activations/ (see landscape/train/instruments.py)
 
 Rows are buffered in memory and appended to chunked, resizable datasets by ``flush()``,
 which opens the file, writes and closes it again: between flushes the file on disk is
@@ -28,15 +28,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import LandscapeError
-
-STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
-EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
-PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
-INT_FIELDS = {"step", "epoch"}
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-
+from ..errors import LandscapeError
+from ..version import __version__
+from .schema import (EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS, SCHEMA_VERSION,
+                     STATUSES, STEP_FIELDS)
 
 def _json_default(obj):
     if isinstance(obj, (np.integer, np.floating)):
@@ -173,13 +168,12 @@ class SweepStore:
         if self.path.exists() and self.path.is_dir():
             raise LandscapeError(f"--out {self.path} is a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from . import __version__
         with h5py.File(self.path, "w") as f:
             f.attrs["landscape_version"] = __version__
             f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.attrs["command"] = command
             f.attrs["config"] = json.dumps(config, default=_json_default, sort_keys=True)
-            f.attrs["schema"] = 1
+            f.attrs["schema"] = SCHEMA_VERSION
             f.create_group("runs")
         self.runs: dict[str, RunLog] = {}
 

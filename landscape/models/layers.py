@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .errors import LandscapeError
+from ..errors import LandscapeError
 
 WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
 # Siblings that end a layer's block: the next weight layer, a nonlinearity, pooling, reshaping.

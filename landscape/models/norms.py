@@ -1,14 +1,14 @@
-"""Normalizers of Santurkar et al. beyond BatchNorm, registered into ``models.NORMS``/``MODELS``.
+"""Normalizers, registered into ``landscape.models.NORMS`` where they are defined.
 
-| model               | norm          | after each hidden conv / linear layer                    |
-|---------------------|---------------|----------------------------------------------------------|
-| ``vgg_a_noisy_bn``  | ``noisy_batch`` | BatchNorm (with affine), then ``NoiseInjection`` (Alg. 1) |
-| ``vgg_a_noise``     | ``noise``     | ``NoiseInjection`` only (the same noise, no BN)          |
-| ``vgg_a_l1``        | ``l1``        | ``LpBatchNorm(p=1)``                                     |
-| ``vgg_a_l2``        | ``l2``        | ``LpBatchNorm(p=2)``                                     |
-| ``vgg_a_linf``      | ``linf``      | ``LpBatchNorm(p=inf)``                                   |
-| ``vgg_a_ln``        | ``layer``     | LayerNorm (``GroupNorm(1, c)`` after convs); not in the paper |
-| ``vgg_a_gn``        | ``group``     | GroupNorm, G = gcd(c, min(32, c // 2)) groups; not in the paper |
+| norm            | after each hidden conv / linear layer                              |
+|-----------------|--------------------------------------------------------------------|
+| ``none``        | nothing (``nn.Identity``)                                          |
+| ``batch``       | BatchNorm (``nn.BatchNorm2d`` / ``nn.BatchNorm1d``, affine)        |
+| ``noisy_batch`` | BatchNorm, then ``NoiseInjection`` (Algorithm 1)                   |
+| ``noise``       | ``NoiseInjection`` only (the same noise, no BN)                    |
+| ``l1``, ``l2``, ``linf`` | ``LpBatchNorm(p=1, 2, inf)``                              |
+| ``layer``       | LayerNorm (``GroupNorm(1, c)`` after convs); not in the paper      |
+| ``group``       | GroupNorm, G = gcd(c, min(32, c // 2)) groups; not in the paper    |
 
 **Noise (Algorithm 1).** For activations a of shape (N, C) or (N, C, H, W), at every training
 forward pass and for each layer: per unit c, mu_c ~ U(-n_mu, n_mu) and sigma_c ~ U(1, n_sigma);
@@ -18,7 +18,7 @@ Defaults n_mu = 0.5, n_sigma = 1.25, r_mu = r_sigma = 0.1. Nothing happens in ev
 
 Reproducibility and "no trace": each noise layer keeps a buffer ``noise_key = [seed, draws]``.
 A training forward seeds a fresh generator with (seed, draws) and increments ``draws``; the
-seed is ``torch.initial_seed() * 1000 + layer index``, i.e. the run's ``--seed`` (train_run
+seed is ``torch.initial_seed() * 1000 + layer index``, i.e. the run's ``--seed`` (a run
 seeds torch right before building the model) -- the global RNG is never consumed, so the
 initial weights equal those of the model without noise. Because the key is a buffer, probes
 (which run on clones of the buffers) see the same noise draw at every point they evaluate
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import MODELS, NORMS, ModelSpec, Norm, vgg_a
+from .registry import Norm, register_norm
 
 
 @dataclass(frozen=True)
@@ -157,26 +157,13 @@ def _noisy(bn):
     return lambda c: nn.Sequential(bn(c), NoiseInjection(c))
 
 
-NEW_NORMS: dict[str, Norm] = {
-    "noisy_batch": Norm(conv=_noisy(nn.BatchNorm2d), linear=_noisy(nn.BatchNorm1d)),
-    "noise": Norm(conv=lambda c: NoiseInjection(c), linear=lambda c: NoiseInjection(c)),
-    "l1": Norm(conv=lambda c: LpBatchNorm(c, 1), linear=lambda c: LpBatchNorm(c, 1)),
-    "l2": Norm(conv=lambda c: LpBatchNorm(c, 2), linear=lambda c: LpBatchNorm(c, 2)),
-    "linf": Norm(conv=lambda c: LpBatchNorm(c, math.inf), linear=lambda c: LpBatchNorm(c, math.inf)),
-    "layer": Norm(conv=lambda c: nn.GroupNorm(1, c), linear=nn.LayerNorm),
-    "group": Norm(conv=lambda c: nn.GroupNorm(group_count(c), c),
-                  linear=lambda c: nn.GroupNorm(group_count(c), c)),
-}
-NEW_MODELS = {"vgg_a_noisy_bn": "noisy_batch", "vgg_a_noise": "noise", "vgg_a_l1": "l1",
-              "vgg_a_l2": "l2", "vgg_a_linf": "linf", "vgg_a_ln": "layer", "vgg_a_gn": "group"}
-
-
-def _builder(norm: str):
-    def build(width: float = 1.0, num_classes: int = 10) -> nn.Module:
-        return seed_noise(vgg_a(width, num_classes, norm), torch.initial_seed())
-    return build
-
-
-NORMS.update(NEW_NORMS)
-for _name, _norm in NEW_MODELS.items():
-    MODELS[_name] = ModelSpec(_builder(_norm), _norm)
+register_norm("none", Norm(conv=lambda c: nn.Identity(), linear=lambda c: nn.Identity()))
+register_norm("batch", Norm(conv=nn.BatchNorm2d, linear=nn.BatchNorm1d))
+register_norm("noisy_batch", Norm(conv=_noisy(nn.BatchNorm2d), linear=_noisy(nn.BatchNorm1d)))
+register_norm("noise", Norm(conv=NoiseInjection, linear=NoiseInjection))
+for _name, _p in (("l1", 1), ("l2", 2), ("linf", math.inf)):
+    register_norm(_name, Norm(conv=lambda c, p=_p: LpBatchNorm(c, p),
+                              linear=lambda c, p=_p: LpBatchNorm(c, p)))
+register_norm("layer", Norm(conv=lambda c: nn.GroupNorm(1, c), linear=nn.LayerNorm))
+register_norm("group", Norm(conv=lambda c: nn.GroupNorm(group_count(c), c),
+                            linear=lambda c: nn.GroupNorm(group_count(c), c)))

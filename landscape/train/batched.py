@@ -23,6 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from ..data import eval_batches
+from ..models import build_model
+from ..probes import GradientStats, along_gradient
+from . import tasks
+from .config import SweepConfig
+
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 logits (autocast) to float32 for the loss; float32 and float64 unchanged."""
@@ -133,3 +139,48 @@ class BatchedGrid:
             correct += (out.argmax(-1) == y.unsqueeze(0)).sum(1)
             n += len(y)
         return (total / n).cpu().numpy(), (correct.double() / n).cpu().numpy()
+
+
+class GridRuns:
+    """All learning rates of one model as one ``BatchedGrid``; probes on per-run copies."""
+
+    def __init__(self, model_name: str, lrs, config: SweepConfig, data, device,
+                 on_probe: Callable[[int, object], None]):
+        def build():
+            torch.manual_seed(config.seed)  # same initial weights as SequentialRun
+            return build_model(model_name, width=config.width,
+                               num_classes=data.num_classes).to(device)
+
+        self.task = tasks.task_for(data)  # always classification: see sweep.grid_mode
+        self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay,
+                                compile=config.compile)
+        self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
+        self._scratch = build()  # a real module that each probe loads one run's state into
+        self.stats = GradientStats()  # not attached: fed the stacked gradients of every run
+
+    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.probe and step % self.config.probe_every == 0:
+            for k in range(self.k):  # at theta_t, on this step's batch, before the update
+                if bool(self.grid.alive[k]):
+                    model = self.grid.model_at(k, into=self._scratch)
+                    record = along_gradient(model, F.cross_entropy, x, y,
+                                            [e * self.lrs[k] for e in self.config.etas])
+                    record.step, record.lr = step, self.lrs[k]
+                    self.on_probe(k, record)
+        theta = self.grid.flat(self.grid.params)
+        losses, correct, grads = self.grid.step(x, y, autocast)
+        self.stats.record(self.grid.flat(grads), theta)
+        return losses, correct
+
+    def pop_grad_rows(self) -> np.ndarray:
+        rows = self.stats.pop()
+        return rows if len(rows) else np.zeros((0, self.k, 3))  # (n, K, 3)
+
+    def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
+        return self.grid.evaluate(eval_batches(data))
+
+    def freeze(self, k: int) -> None:
+        self.grid.alive[k] = False
+
+    def close(self) -> None:
+        pass

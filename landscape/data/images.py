@@ -1,4 +1,4 @@
-"""Data: CIFAR-10 (or the bundled real subset) as uint8 tensors that live on the device.
+"""Images: CIFAR-10 (or the bundled real subset) as uint8 tensors that live on the device.
 
 Following airbench, a dataset is one uint8 tensor on the training device; minibatches are
 index gathers, normalization and augmentation are batched tensor math, and the order of the
@@ -16,9 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import LandscapeError
+from ..errors import LandscapeError
 
-DATASETS = ("cifar10", "cifar10-mini", "gaussian-linear")  # the last: landscape.dln
 NUM_CLASSES = 10
 
 
@@ -110,17 +109,6 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -
     to_nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731  (N,H,W,C) -> (N,C,H,W)
     return _from_arrays("cifar10", to_nchw(train.data), train.targets,
                         to_nchw(test.data), test.targets)
-
-
-def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData:
-    if name == "gaussian-linear":  # the deep linear network's data (not images)
-        from .dln import load_gaussian_linear
-        return load_gaussian_linear()
-    if name == "cifar10":
-        return load_cifar10(root)
-    if name == "cifar10-mini":
-        return load_cifar10_mini()
-    raise LandscapeError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

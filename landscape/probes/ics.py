@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .probes import LossFn, loss_and_grad, no_trace, trainable_parameters
+from .context import LossFn, loss_and_grad, no_trace, trainable_parameters
 
 
 @dataclass

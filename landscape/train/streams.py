@@ -25,10 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data import ImageData
+from ..models import build_model, is_stochastic
+from ..probes import gradient_step_stats, no_trace, probe_tensors, record_from
 from . import tasks
-from .models import build_model
-from .norms import is_stochastic
-from .probes import gradient_step_stats, no_trace, probe_tensors, record_from
+from .sequential import build_run
 
 WARMUP = 3  # eager steps before the graph is recorded (the side-stream warm-up CUDA asks for)
 
@@ -137,8 +138,6 @@ class CapturedProbe:
 
 def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
     """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
-    from .data import ImageData
-
     if device.type != "cuda" or config.compile or config.ics_every or config.activations_every:
         return False
     if not isinstance(data, ImageData):
@@ -148,7 +147,7 @@ def supports_graphs(config, model_name: str, data, device: torch.device) -> bool
 
 class StreamRuns:
     """K runs of one model (one per learning rate) in lockstep, each step a CUDA graph on its
-    own stream. The trainer interface of ``train._train`` (like ``SingleRun``, ``GridRuns``)."""
+    own stream. The trainer interface of ``loop.train_runs`` (like ``SequentialRun``, ``GridRuns``)."""
 
     def __init__(self, model_name: str, lrs: Sequence[float], config, data, device,
                  on_probe: Callable[[int, object], None], autocast):
@@ -157,8 +156,6 @@ class StreamRuns:
         self.models, self.steps = [], []
         self.x = torch.empty((config.batch_size, *data.x_train.shape[1:]), device=device)
         self.y = torch.empty(config.batch_size, dtype=torch.int64, device=device)
-        from .train import build_run  # train imports this module
-
         for lr in self.lrs:
             model, optimizer = build_run(model_name, lr, config, data.num_classes, device)
             self.models.append(model.train())

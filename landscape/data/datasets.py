@@ -1,0 +1,21 @@
+"""Datasets by name: what ``--dataset`` accepts."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import LandscapeError
+from .gaussian import DATASET as GAUSSIAN_LINEAR, GaussianLinearData, load_gaussian_linear
+from .images import ImageData, load_cifar10, load_cifar10_mini
+
+DATASETS = ("cifar10", "cifar10-mini", GAUSSIAN_LINEAR)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData | GaussianLinearData:
+    if name == GAUSSIAN_LINEAR:  # the deep linear network's data (not images)
+        return load_gaussian_linear()
+    if name == "cifar10":
+        return load_cifar10(root)
+    if name == "cifar10-mini":
+        return load_cifar10_mini()
+    raise LandscapeError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -1,0 +1,17 @@
+"""Models: the registry, VGG-A with every normalizer, the deep linear network, layer naming.
+
+Importing this package imports every module that registers a model or a normalizer, so
+``MODELS`` and ``NORMS`` are complete whatever was imported first.
+"""
+
+from . import norms, vgg, dln  # noqa: F401,I001  (each registers its own; this order lists VGG first)
+from .dln import DLN_MODELS, DeepLinear
+from .layers import default_ics_layers, preactivation_module, resolve_layers, weight_layers
+from .norms import LpBatchNorm, NoiseInjection, is_stochastic, seed_noise
+from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, glorot_init_
+from .vgg import VGG, vgg_a
+
+__all__ = ["MODELS", "NORMS", "ModelSpec", "Norm", "build_model", "glorot_init_", "VGG", "vgg_a",
+           "DeepLinear", "DLN_MODELS", "NoiseInjection", "LpBatchNorm", "is_stochastic",
+           "seed_noise", "weight_layers", "resolve_layers", "default_ics_layers",
+           "preactivation_module"]

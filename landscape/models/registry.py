@@ -1,0 +1,78 @@
+"""The model and normalizer registries: names a sweep, a config file or the CLI can give.
+
+``MODELS`` maps a model name to a ``ModelSpec`` (a builder ``(width, num_classes) ->
+nn.Module`` and the name of its normalization); ``NORMS`` maps a normalization name to a
+``Norm``: factories for the layer placed after each convolution (``conv``) and each hidden
+linear layer (``linear``). Each model and normalizer is registered by the module that defines
+it (``register_model`` / ``register_norm``); ``landscape.models`` imports every such module,
+so the registries are complete whenever ``landscape.models`` is importable, whatever was
+imported first, and a builder looks a normalizer up only when it is called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import LandscapeError
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Factories for the normalization after a convolution and after a hidden linear layer."""
+
+    conv: Callable[[int], nn.Module]
+    linear: Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and which normalization it uses."""
+
+    build: Callable[..., nn.Module]
+    norm: str
+
+
+MODELS: dict[str, ModelSpec] = {}
+NORMS: dict[str, Norm] = {}
+
+
+def register_model(name: str, spec: ModelSpec) -> ModelSpec:
+    """Add ``name`` to ``MODELS``; a name registered twice is a programming error."""
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    MODELS[name] = spec
+    return spec
+
+
+def register_norm(name: str, norm: Norm) -> Norm:
+    """Add ``name`` to ``NORMS``; a name registered twice is a programming error."""
+    if name in NORMS:
+        raise ValueError(f"normalization {name!r} is registered twice")
+    NORMS[name] = norm
+    return norm
+
+
+def norm_named(name: str) -> Norm:
+    if name not in NORMS:
+        raise LandscapeError(f"unknown normalization {name!r}; choose from {', '.join(NORMS)}")
+    return NORMS[name]
+
+
+def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """Build a registered model by name (see ``MODELS``)."""
+    if name not in MODELS:
+        raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name].build(width=width, num_classes=num_classes)
+
+
+def glorot_init_(model: nn.Module) -> nn.Module:
+    """Glorot (Xavier) uniform weights and zero biases for every conv and linear layer."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model

@@ -1,0 +1,84 @@
+"""VGG-A for 32x32 inputs, with the normalization layer as a builder parameter.
+
+Registered models (``landscape.models.MODELS``), each VGG-A with a normalizer of
+``landscape.models.norms`` after every hidden conv and linear layer:
+
+| model              | norm          |      | model        | norm    |
+|--------------------|---------------|------|--------------|---------|
+| ``vgg_a``          | ``none``      |      | ``vgg_a_l1`` | ``l1``  |
+| ``vgg_a_bn``       | ``batch``     |      | ``vgg_a_l2`` | ``l2``  |
+| ``vgg_a_noisy_bn`` | ``noisy_batch`` |    | ``vgg_a_linf`` | ``linf`` |
+| ``vgg_a_noise``    | ``noise``     |      | ``vgg_a_ln`` | ``layer`` |
+|                    |               |      | ``vgg_a_gn`` | ``group`` |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .norms import seed_noise
+from .registry import ModelSpec, Norm, glorot_init_, norm_named, register_model
+
+# Convolution widths of VGG-A (Simonyan & Zisserman's configuration "A"); "M" = 2x2 max-pool.
+VGG_A_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG_A_HIDDEN = (512, 512)  # classifier 512 -> 512 -> 512 -> classes
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class VGG(nn.Module):
+    """A VGG network: ``features`` (conv blocks) then ``classifier`` (MLP)."""
+
+    def __init__(self, config, hidden, norm: Norm, width: float = 1.0, num_classes: int = 10,
+                 in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = _scaled(item, width)
+            layers += [nn.Conv2d(channels, out, 3, padding=1), norm.conv(out), nn.ReLU(inplace=True)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.Flatten()]
+        for h in hidden:
+            out = _scaled(h, width)
+            head += [nn.Linear(channels, out), norm.linear(out), nn.ReLU(inplace=True)]
+            channels = out
+        head.append(nn.Linear(channels, num_classes))
+        self.classifier = nn.Sequential(*head)
+        glorot_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none") -> VGG:
+    """VGG-A (8 conv + 3 linear layers) for 32x32 images, with ``norm`` after each hidden layer.
+
+    Noise layers (noisy BN) are seeded from ``torch.initial_seed()`` -- the run's ``--seed``,
+    since a run seeds torch right before building its model -- without drawing from the global
+    RNG, so the initial weights are those of the same model without noise.
+    """
+    model = VGG(VGG_A_CONFIG, VGG_A_HIDDEN, norm_named(norm), width=width, num_classes=num_classes)
+    return seed_noise(model, torch.initial_seed())
+
+
+VGG_A_VARIANTS = {"vgg_a": "none", "vgg_a_bn": "batch", "vgg_a_noisy_bn": "noisy_batch",
+                  "vgg_a_noise": "noise", "vgg_a_l1": "l1", "vgg_a_l2": "l2", "vgg_a_linf": "linf",
+                  "vgg_a_ln": "layer", "vgg_a_gn": "group"}
+
+
+def _builder(norm: str):
+    def build(width: float = 1.0, num_classes: int = 10) -> nn.Module:
+        return vgg_a(width, num_classes, norm)
+    return build
+
+
+for _name, _norm in VGG_A_VARIANTS.items():
+    register_model(_name, ModelSpec(_builder(_norm), _norm))

@@ -1,0 +1,23 @@
+"""Probes: measurements of the optimization landscape that take a model and a batch.
+
+Each measurement is a function returning a typed record and leaving no trace (``context``):
+``along_gradient`` (``landscape``: loss, gradient predictiveness, effective beta along the
+gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``).
+``hooks`` attaches them to any training loop from outside; ``gradients`` records the
+per-step consecutive-gradient statistics. Probes know nothing of files, plots or the CLI.
+"""
+
+from .activations import DEFAULT_BIN_EDGES, ActivationRecord, activation_stats
+from .context import LossFn, buffer_clones, loss_and_grad, no_trace, trainable_parameters
+from .gradients import GradientStats, gradient_step_stats
+from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
+from .ics import ICSRecord, internal_covariate_shift, optimizer_update
+from .landscape import (POINT_MODES, LandscapeRecord, along_gradient, evaluate_points,
+                        probe_tensors, record_from)
+
+__all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensors", "record_from",
+           "POINT_MODES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
+           "StepInstrument", "ICSProbe", "ActivationProbe", "internal_covariate_shift",
+           "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
+           "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",
+           "buffer_clones"]

@@ -1,0 +1,15 @@
+"""Store: one HDF5 file per sweep -- its schema, its writer and its reader.
+
+``write``: ``SweepStore`` / ``RunLog`` buffer rows and append them at each flush, so the file
+is readable while a sweep runs. ``read``: ``read_sweep`` copies a file into typed numpy
+dataclasses. ``schema``: the field names both agree on. The room needs numpy and h5py, never
+torch: the training side writes through it, the report reads through it.
+"""
+
+from .read import (ActivationSeries, EpochSeries, ICSSeries, ProbeSeries, RunData, StepSeries,
+                   SweepFile, read_sweep)
+from .schema import STATUSES
+from .write import RunLog, SweepStore
+
+__all__ = ["SweepStore", "RunLog", "read_sweep", "SweepFile", "RunData", "StepSeries",
+           "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES"]

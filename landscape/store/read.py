@@ -1,0 +1,255 @@
+"""Read a sweep's HDF5 file (see ``write.py`` for the layout) into typed, in-memory arrays.
+
+The reader never blocks a running ``landscape run``: it opens the file read-only with
+HDF5 file locking off, copies everything it needs and closes it at once. The writer opens,
+appends and closes the file at each flush, so between flushes the file is consistent;
+a read that lands in the middle of a flush is retried, and columns that a flush has
+resized but not filled yet are cut to the rows every column of the group has.
+
+Anything that is not a landscape sweep (a text file, another tool's HDF5 file, a
+truncated file) raises ``LandscapeError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import LandscapeError
+from .schema import EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS, STEP_FIELDS
+
+# A read that fails while a writer is mid-flush succeeds a moment later; a corrupt file
+# fails every time. These pauses (seconds) bound how long a bad file delays the error.
+RETRY_PAUSES = (0.05, 0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class StepSeries:
+    """Per training step (n,): the minibatch loss and consecutive-gradient statistics."""
+
+    step: np.ndarray
+    epoch: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    grad_diff: np.ndarray  # ||g_t - g_{t-1}||, different minibatches
+    beta_consecutive: np.ndarray
+
+
+@dataclass(frozen=True)
+class ProbeSeries:
+    """The landscape probe along the gradient: n probed steps, k step sizes eta."""
+
+    step: np.ndarray  # (n,)
+    eta: np.ndarray  # (k,), absolute step sizes
+    loss: np.ndarray  # (n, k): L(theta - eta g)
+    grad_diff: np.ndarray  # (n, k): ||grad L(theta - eta g) - g||
+    beta: np.ndarray  # (n,): effective beta-smoothness
+    grad_norm: np.ndarray  # (n,): ||g||
+    loss_at_theta: np.ndarray  # (n,): L(theta)
+
+
+@dataclass(frozen=True)
+class EpochSeries:
+    """Per epoch: training averages over the epoch's minibatches and the test set."""
+
+    epoch: np.ndarray
+    train_loss: np.ndarray
+    train_acc: np.ndarray
+    test_loss: np.ndarray
+    test_acc: np.ndarray
+    seconds: np.ndarray
+
+
+@dataclass(frozen=True)
+class ICSSeries:
+    """Internal covariate shift (``/runs/<name>/ics``): n probed steps, L weight layers."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,) module names, e.g. "features.15"
+    layer_index: np.ndarray  # (L,) 1-based among the conv and linear layers
+    l2: np.ndarray  # (n, L): ||G - G'||_2
+    cosine: np.ndarray  # (n, L): cos(G, G')
+    grad_norm: np.ndarray  # (n, L): ||G||_2
+
+
+@dataclass(frozen=True)
+class ActivationSeries:
+    """Pre-activation distributions (``/runs/<name>/activations``): n steps, L layers, b bins."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,)
+    layer_index: np.ndarray  # (L,) 1-based among the conv and linear layers
+    bin_edges: np.ndarray  # (b + 1,)
+    mean: np.ndarray  # (n, L)
+    std: np.ndarray  # (n, L)
+    hist: np.ndarray  # (n, L, b): fractions, each row sums to 1
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run (model, learning rate, seed) of a sweep file."""
+
+    name: str
+    source: Path  # the file it was read from
+    model: str
+    norm: str
+    lr: float
+    seed: int
+    status: str  # running | completed | diverged | interrupted | failed
+    diverged_step: int | None
+    seconds: float  # NaN while running
+    steps_completed: int | None
+    steps: StepSeries
+    probe: ProbeSeries
+    epochs: EpochSeries
+    attrs: dict[str, Any] = field(default_factory=dict)  # every attribute, as stored
+    ics: ICSSeries | None = None  # None when the run had no ICS probe
+    activations: ActivationSeries | None = None  # None when it had no activation probe
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A sweep file: its provenance and its runs, in the order they were written."""
+
+    path: Path
+    landscape_version: str
+    created: str
+    command: str
+    config: dict[str, Any]
+    runs: list[RunData]
+
+
+def read_sweep(path: str | os.PathLike) -> SweepFile:
+    """Read a landscape sweep file; ``LandscapeError`` (one line) when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise LandscapeError(f"{path}: no such file")
+    if path.is_dir():
+        raise LandscapeError(f"{path} is a directory, not a landscape HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise LandscapeError(f"{path} is not an HDF5 file (expected a landscape sweep .h5)")
+    for pause in RETRY_PAUSES + (None,):
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                return _read_open_file(path, f)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            if pause is None:
+                reason = " ".join(str(e).split()) or type(e).__name__
+                raise LandscapeError(
+                    f"{path}: unreadable or truncated HDF5 file ({reason})") from None
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
+    if "landscape_version" not in f.attrs or not isinstance(f.get("runs"), h5py.Group):
+        raise LandscapeError(f"{path} is an HDF5 file but not a landscape sweep "
+                             "(no landscape_version attribute and /runs group)")
+    try:
+        config = json.loads(_text(f.attrs.get("config", "{}")))
+    except json.JSONDecodeError:
+        config = {}
+    runs = [_read_run(path, name, group) for name, group in f["runs"].items()
+            if isinstance(group, h5py.Group)]
+    return SweepFile(path=path, landscape_version=_text(f.attrs["landscape_version"]),
+                     created=_text(f.attrs.get("created", "")),
+                     command=_text(f.attrs.get("command", "")), config=config, runs=runs)
+
+
+def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
+    attrs = {key: _plain(value) for key, value in group.attrs.items()}
+    steps = _columns(group, "steps", STEP_FIELDS)
+    epochs = _columns(group, "epochs", EPOCH_FIELDS)
+    probe = _columns(group, "probe", PROBE_ROW_FIELDS + PROBE_GRID_FIELDS)
+    eta = _dataset(group, "probe", "eta", ndim=1)
+    if len(eta):
+        for grid_field in PROBE_GRID_FIELDS:  # (n, k) even when no row has been written yet
+            probe[grid_field] = probe[grid_field].reshape(-1, len(eta))
+    diverged_step = attrs.get("diverged_step")
+    steps_completed = attrs.get("steps_completed")
+    return RunData(
+        name=name, source=path, model=str(attrs.get("model", "?")),
+        norm=str(attrs.get("norm", "?")), lr=float(attrs.get("lr", np.nan)),
+        seed=int(attrs.get("seed", 0)), status=str(attrs.get("status", "running")),
+        diverged_step=None if diverged_step is None else int(diverged_step),
+        seconds=float(attrs.get("seconds", np.nan)),
+        steps_completed=None if steps_completed is None else int(steps_completed),
+        steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe),
+        epochs=EpochSeries(**epochs), attrs=attrs, ics=_read_ics(group),
+        activations=_read_activations(group))
+
+
+def _layered(run: h5py.Group, group_name: str, row_fields: dict[str, tuple[int, ...]]) -> dict | None:
+    """A per-layer instrument group as arrays, or None when the run has no such group.
+
+    ``row_fields`` maps each per-step field to its shape after (n, L); a missing dataset, or
+    one whose shape does not fit the layers, reads as empty, and every per-step field is cut
+    to the rows all of them have (a flush may be half-way).
+    """
+    group = run.get(group_name)
+    if not isinstance(group, h5py.Group):
+        return None
+    node = group.get("layer")
+    layer = tuple(_text(v) for v in node[()]) if isinstance(node, h5py.Dataset) else ()
+    layer_index = _dataset(run, group_name, "layer_index", ndim=1).astype(np.int64)
+    if len(layer_index) != len(layer):
+        layer_index = np.arange(1, len(layer) + 1, dtype=np.int64)  # unknown: in order
+    rows = {"step": _dataset(run, group_name, "step", ndim=1).astype(np.int64)}
+    for name, trailing in row_fields.items():
+        shape = (len(layer),) + trailing
+        values = _dataset(run, group_name, name, ndim=1 + len(shape))
+        rows[name] = values if values.shape[1:] == shape else np.zeros((0,) + shape)
+    n = min(len(v) for v in rows.values())
+    return {"layer": layer, "layer_index": layer_index,
+            **{name: values[:n] for name, values in rows.items()}}
+
+
+def _read_ics(run: h5py.Group) -> ICSSeries | None:
+    columns = _layered(run, "ics", {"l2": (), "cosine": (), "grad_norm": ()})
+    return None if columns is None else ICSSeries(**columns)
+
+
+def _read_activations(run: h5py.Group) -> ActivationSeries | None:
+    edges = _dataset(run, "activations", "bin_edges", ndim=1)
+    columns = _layered(run, "activations",
+                       {"mean": (), "std": (), "hist": (max(len(edges) - 1, 0),)})
+    return None if columns is None else ActivationSeries(bin_edges=edges, **columns)
+
+
+def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The group's columns cut to their common length (a flush may be half-way)."""
+    columns = {f: _dataset(run, group_name, f, ndim=2 if f in PROBE_GRID_FIELDS else 1)
+               for f in fields}
+    rows = min(len(c) for c in columns.values())
+    return {f: c[:rows] for f, c in columns.items()}
+
+
+def _dataset(run: h5py.Group, group_name: str, name: str, ndim: int) -> np.ndarray:
+    """A column as a numpy array; a missing one (older or partial file) reads as empty."""
+    dtype = np.int64 if name in INT_FIELDS else np.float64
+    node = run.get(f"{group_name}/{name}")
+    if not isinstance(node, h5py.Dataset):
+        return np.zeros((0,) * ndim, dtype=dtype)
+    return np.asarray(node[()], dtype=dtype)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _plain(value):
+    """HDF5 attribute -> plain Python value (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,13 @@
+"""The file's schema in one place: the groups every run has, their fields, the run statuses.
+
+Groups that instruments add (``ics/``, ``activations/``) are declared at run time through
+``RunLog.declare``. The README's "HDF5 schema" section documents every field.
+"""
+
+SCHEMA_VERSION = 1
+STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
+EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
+PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
+INT_FIELDS = {"step", "epoch"}
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")

@@ -1,0 +1,26 @@
+"""Train: a sweep's settings, the training loop, and the ways a learning-rate grid runs.
+
+``config`` (``SweepConfig`` and its validation), ``experiment`` (TOML experiment files),
+``device`` (device, TF32/bf16, out of memory), ``tasks`` (what a dataset needs of the loop),
+``instruments`` (the probes a sweep attaches, bound to a run's log), the three trainers --
+``sequential`` (one eager run, probes as hooks), ``batched`` (the grid as one vmapped model),
+``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``) and
+``sweep`` (``run_sweep``: every model at every learning rate, one HDF5 file).
+"""
+
+from .batched import BatchedGrid, GridRuns, supports_batched
+from .config import GRID_MODES, PRECISIONS, SweepConfig
+from .device import out_of_memory, resolve_device, training_precision
+from .experiment import load_experiment, merge
+from .loop import Progress, RunSummary, train_runs
+from .sequential import SequentialRun, build_run
+from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns, supports_graphs
+from .sweep import grid_chunks, grid_mode, run_name, run_sweep
+from .tasks import ClassificationTask, RegressionTask, dln_loss, evaluate, task_for
+
+__all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "PRECISIONS",
+           "resolve_device", "training_precision", "out_of_memory", "load_experiment", "merge",
+           "train_runs", "SequentialRun", "build_run", "BatchedGrid", "GridRuns",
+           "supports_batched", "WARMUP", "CapturedStep", "CapturedProbe", "StreamRuns",
+           "supports_graphs", "grid_chunks", "grid_mode", "run_name", "ClassificationTask",
+           "RegressionTask", "dln_loss", "evaluate", "task_for"]

@@ -1,0 +1,76 @@
+"""One run trained eagerly: a model, ``torch.optim.SGD``, and the probes attached as hooks."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..models import build_model, is_stochastic
+from ..probes import GradientStats, LandscapeProbe
+from ..store import RunLog
+from . import tasks
+from .config import SweepConfig
+from .instruments import build_instruments
+
+
+def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
+              device: torch.device) -> tuple[torch.nn.Module, torch.optim.SGD]:
+    """A run's model (the same initial weights for every run of this model) and its SGD."""
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, width=config.width, num_classes=num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return model, optimizer
+
+
+class SequentialRun:
+    """One run: the model, ``torch.optim.SGD``, and the probes attached as hooks."""
+
+    def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
+                 on_probe: Callable[[int, object], None], log: RunLog):
+        self.model, self.optimizer = build_run(model_name, lr, config, data.num_classes, device)
+        self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
+        # The probe reuses the training step's loss and gradient when that step ran in exact
+        # float32 on the same deterministic function the probe measures (one pass fewer).
+        exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
+        self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
+                                    on_record=lambda r: on_probe(0, r), keep=False,
+                                    reuse_grad=exact_step and not is_stochastic(self.model))
+        self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
+                        if config.probe else self.task.loss_fn)
+        self.stats = GradientStats().attach(self.optimizer)
+        # Compiled for training steps only; probes call the eager module through functional_call.
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.instruments = build_instruments(config, self.model, log)  # ICS, activations
+        for instrument in self.instruments:
+            self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
+        self.k = 1
+
+    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.train()
+        with autocast():
+            out = self.forward(x)
+            loss = self.loss_fn(out.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            return loss.detach().view(1), self.task.correct(out, y).view(1)
+
+    def pop_grad_rows(self) -> np.ndarray:
+        return self.stats.pop()[:, None, :]  # (n, 1, 3)
+
+    def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
+        loss, acc = self.task.evaluate(self.model)
+        return np.array([loss]), np.array([acc])
+
+    def freeze(self, k: int) -> None:
+        """Run k diverged: nothing more to do for a single run (the loop stops)."""
+
+    def close(self) -> None:
+        for hooks in [self.probe, self.stats, *self.instruments]:
+            hooks.detach()

@@ -1,0 +1,109 @@
+"""What the training loop needs to know about a dataset: its stream, loss, accuracy, evaluation.
+
+``task_for(data)`` returns a ``ClassificationTask`` for an ``ImageData`` (cross-entropy,
+minibatches from ``BatchStream``, accuracy) and a ``RegressionTask`` for the deep linear
+network's ``GaussianLinearData`` (the paper's ||W_25 ... W_1 X - A X||^2, full-batch gradient
+descent, no accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import BatchStream, FullBatchStream, GaussianLinearData, ImageData, eval_batches
+from ..data.gaussian import DATASET as GAUSSIAN_LINEAR, STEPS_PER_EPOCH
+from ..errors import LandscapeError
+
+
+class Task(Protocol):
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    has_accuracy: bool
+
+    def stream(self, batch_size: int, seed: int, augment: bool): ...
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]: ...
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: ImageData) -> tuple[float, float]:
+    """Test loss and accuracy in eval mode (BatchNorm on running statistics)."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=data.y_test.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.y_test.device, dtype=torch.int64)
+    for x, y in eval_batches(data):
+        out = model(x)
+        total_loss += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(data.y_test)
+    return float(total_loss) / n, float(correct) / n
+
+
+class ClassificationTask:
+    """Image classification: cross-entropy on ``BatchStream`` minibatches, test accuracy."""
+
+    has_accuracy = True
+    loss_fn = staticmethod(F.cross_entropy)
+
+    def __init__(self, data: ImageData):
+        self.data = data
+
+    def stream(self, batch_size: int, seed: int, augment: bool) -> BatchStream:
+        return BatchStream(self.data, batch_size, seed, augment)
+
+    def correct(self, outputs, targets):
+        return (outputs.argmax(1) == targets).sum()
+
+    def evaluate(self, model):
+        return evaluate(model, self.data)
+
+
+def dln_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """||outputs - targets||_F^2: summed over output dimensions and samples.
+
+    The paper's DLN loss. With this sum, its learning rate 1e-6 trains the network in 10,000
+    steps; a mean over samples would need a 1,000x larger rate.
+    """
+    return (outputs - targets).pow(2).sum()
+
+
+class RegressionTask:
+    """Full-batch gradient descent on ``dln_loss``; no accuracy (train_acc, test_acc are NaN)."""
+
+    has_accuracy = False
+    loss_fn = staticmethod(dln_loss)
+
+    def __init__(self, data: GaussianLinearData):
+        self.data = data
+
+    def stream(self, batch_size: int, seed: int, augment: bool) -> FullBatchStream:
+        n = len(self.data.y_train)
+        if batch_size < n:
+            raise LandscapeError(f"{GAUSSIAN_LINEAR} trains by full-batch gradient descent on {n} "
+                                 f"samples: pass --batch-size {n} (got {batch_size})")
+        if augment:
+            raise LandscapeError(f"--augment does not apply to {GAUSSIAN_LINEAR}")
+        return FullBatchStream(self.data.x_train, self.data.y_train, STEPS_PER_EPOCH)
+
+    def correct(self, outputs, targets):
+        return torch.zeros((), dtype=torch.int64, device=outputs.device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        was_training = model.training
+        model.eval()
+        loss = float(dln_loss(model(self.data.x_test), self.data.y_test))
+        model.train(was_training)
+        return loss, math.nan
+
+
+def task_for(data: ImageData | GaussianLinearData) -> Task:
+    return RegressionTask(data) if isinstance(data, GaussianLinearData) else ClassificationTask(data)
