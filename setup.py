@@ -19,6 +19,9 @@ setup(
         "h5py>=3.5",
         "click>=8.0",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        # import-linter checks the declared layering (.importlinter, tests/test_architecture.py)
+        "test": ["pytest", "import-linter>=2.1"],
+    },
     entry_points={"console_scripts": ["landscape=landscape.cli:main"]},
 )

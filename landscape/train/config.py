@@ -51,7 +51,7 @@ class SweepConfig:
     # model allows, else sequential.
     grid: str = "auto"
     compile: bool = False  # torch.compile the training forward pass (CPU only; probes stay eager)
-    # Instruments (landscape.instruments); None = off. Layers: names or 1-based indices.
+    # Instruments (train/instruments.py); None = off. Layers: names or 1-based indices.
     ics_every: int | None = None  # steps between internal-covariate-shift probes
     ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
     activations_every: int | None = None  # steps between activation-distribution probes
