@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import LandscapeError
+from .errors import LandscapeError, os_reason
 from .report.build import default_report_path, write_report
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
@@ -215,7 +215,9 @@ def plot(files, out, overwrite, smooth, title):
     """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
     out_path = Path(out) if out else default_report_path(files[0])
     written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title)
-    click.echo(f"wrote {written}")
+    moved = "" if out or written.parent == Path(files[0]).parent else \
+        f" (the folder of {files[0]} is not writable)"
+    click.echo(f"wrote {written}{moved}")
 
 
 @cli.command()
@@ -248,6 +250,10 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except LandscapeError as e:
         click.echo(f"error: {e}", err=True)
+        return EXIT_USAGE
+    except OSError as e:  # a file or folder that cannot be read or written, wherever it surfaced
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{os_reason(e)}", err=True)
         return EXIT_USAGE
     return 0
 

@@ -49,6 +49,36 @@ def one_cpu_thread():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real folder nobody can create files in, root included (immutable under root, where
+    permissions do not bind; mode 0555 otherwise). Skips where neither can be had."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("kept")
+    immutable = os.geteuid() == 0
+    if immutable:
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    else:
+        folder.chmod(0o555)
+        made = True
+    try:
+        (folder / "probe").touch()
+        writable = True
+    except OSError:
+        writable = False
+    if not made or writable:
+        pytest.skip("no way to make a read-only folder here")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
 @pytest.fixture(name="one_cpu_thread")
 def one_cpu_thread_fixture():
     with one_cpu_thread():

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from landscape.cli import main
+from landscape.errors import LandscapeError
+from landscape.read import read_sweep
 from landscape.train import SweepConfig, run_sweep
 
 STEP_FIELDS = ["step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive"]
-EPOCH_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+EPOCH_FIELDS = ["epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
 
 def test_cli_sweep_end_to_end_on_cifar10_mini(tmp_path):
@@ -126,6 +128,13 @@ BAD_INPUTS = [
     (["--epochs", "two"], "'two'"),
     (["--etas", "1,x"], "'x'"),
     (["--device", "tpu"], "'tpu'"),
+    (["--momentum", "1.5"], "--momentum"),
+    (["--momentum", "-0.1"], "--momentum"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2 ** 32)], "--seed"),
+    # Judged against the data: refused before the file exists (no run left `running`).
+    (["--batch-size", "100000"], "--batch-size 100000"),
 ]
 
 
@@ -161,6 +170,51 @@ def test_existing_out_is_never_overwritten_unless_asked(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
     with h5py.File(out, "r") as f:
         assert f["runs/vgg_a-lr0.1-seed0"].attrs["status"] == "completed"
+
+
+def test_python_api_names_its_own_overwrite_switch(tmp_path):
+    out = tmp_path / "keep.h5"
+    out.write_bytes(b"precious")
+    with pytest.raises(LandscapeError, match="overwrite=True"):
+        run_sweep(SweepConfig(models=("vgg_a",), dataset="cifar10-mini", width=0.125, steps=1,
+                              device="cpu"), str(out))
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "/proc"])
+def test_unwritable_out_is_one_line_exit_2(where, request, tmp_path, capsys):
+    folder = request.getfixturevalue("read_only_dir") if where != "/proc" else None
+    out = folder / "x.h5" if folder else "/proc/landscape-test.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--models", "vgg_a", "--width", "0.125",
+                 "--steps", "1", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: ") and err.count("\n") == 1, err
+    if folder:
+        assert sorted(p.name for p in folder.iterdir()) == ["inside.txt"]
+
+
+def test_precision_records_the_arithmetic_the_run_used(tmp_path):
+    out = tmp_path / "p.h5"
+    run_sweep(SweepConfig(models=("vgg_a",), dataset="cifar10-mini", width=0.125, steps=1,
+                          device="cpu", precision="bf16", probe_every=1), str(out))
+    with h5py.File(out, "r") as f:
+        run = f["runs/vgg_a-lr0.1-seed0"]
+        assert run.attrs["precision"] == "fp32"  # TF32 and bf16 autocast act on CUDA only
+        assert json.loads(f.attrs["config"])["precision"] == "bf16"  # what was asked
+
+
+def test_partial_last_epoch_is_marked(tmp_path):
+    """--steps 40 at 39 steps an epoch: the second epoch has one step, and says so."""
+    out = tmp_path / "partial.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--models", "vgg_a", "--width", "0.125",
+                 "--steps", "40", "--device", "cpu", "--out", str(out)]) == 0
+    with h5py.File(out, "r") as f:
+        run = f["runs/vgg_a-lr0.1-seed0"]
+        assert run.attrs["steps_per_epoch"] == 39
+        assert run["epochs/steps"][:].tolist() == [39, 1]
+    epochs = read_sweep(out).runs[0].epochs
+    assert epochs.partial.tolist() == [False, True]
+    assert epochs.steps.tolist() == [39, 1]
 
 
 def test_missing_cifar10_exits_2_without_traceback(tmp_path):

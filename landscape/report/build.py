@@ -33,8 +33,10 @@ PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
 
 
 def default_report_path(first_input: str | os.PathLike) -> Path:
-    """runs/sweep.h5 -> runs/sweep.html, next to the (first) input."""
-    return Path(first_input).with_suffix(".html")
+    """runs/sweep.h5 -> runs/sweep.html, next to the (first) input; in the current folder
+    when the input's folder cannot be written (a read-only share)."""
+    beside = Path(first_input).with_suffix(".html")
+    return beside if os.access(beside.parent, os.W_OK) else Path(beside.name)
 
 
 def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -44,15 +46,19 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if out.is_dir():
         raise LandscapeError(f"-o {out} is a directory")
     if out.exists() and not overwrite:
-        raise LandscapeError(f"{out} exists; pass --overwrite to replace it or choose another -o")
+        raise LandscapeError(f"{out} exists; replace it with overwrite=True (--overwrite on the "
+                             "command line), or choose another -o")
     if smooth < 1:
         raise LandscapeError(f"--smooth must be a whole number >= 1, got {smooth}")
     sweeps = [read_sweep(p) for p in inputs]
     page = build_report(sweeps, smooth=smooth, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)  # a reader never sees half a report
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)  # a reader never sees half a report
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write (disk full), no half file is left
     return out
 
 

@@ -23,7 +23,8 @@ import h5py
 import numpy as np
 
 from ..errors import LandscapeError
-from .schema import EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS, STEP_FIELDS
+from .schema import (ADDED_FIELDS, EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
+                     STEP_FIELDS)
 
 # A read that fails while a writer is mid-flush succeeds a moment later; a corrupt file
 # fails every time. These pauses (seconds) bound how long a bad file delays the error.
@@ -65,6 +66,8 @@ class EpochSeries:
     test_loss: np.ndarray
     test_acc: np.ndarray
     seconds: np.ndarray
+    steps: np.ndarray  # training steps in the epoch (-1: not recorded, files before it was)
+    partial: np.ndarray  # bool: fewer steps than a whole epoch (a --steps run's last epoch)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
         seconds=float(attrs.get("seconds", np.nan)),
         steps_completed=None if steps_completed is None else int(steps_completed),
         steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe),
-        epochs=EpochSeries(**epochs), attrs=attrs, ics=_read_ics(group),
+        epochs=EpochSeries(**epochs, partial=_partial(epochs["steps"], attrs)), attrs=attrs, ics=_read_ics(group),
         activations=_read_activations(group))
 
 
@@ -223,12 +226,26 @@ def _read_activations(run: h5py.Group) -> ActivationSeries | None:
     return None if columns is None else ActivationSeries(bin_edges=edges, **columns)
 
 
+def _partial(steps: np.ndarray, attrs: dict) -> np.ndarray:
+    per_epoch = attrs.get("steps_per_epoch")
+    if per_epoch is None:
+        return np.zeros(len(steps), dtype=bool)
+    return (steps >= 0) & (steps < int(per_epoch))
+
+
 def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The group's columns cut to their common length (a flush may be half-way)."""
+    """The group's columns cut to their common length (a flush may be half-way); a field that
+    older files lack (``schema.ADDED_FIELDS``) is filled with its fill value."""
+    added = {f for f in fields if (group_name, f) in ADDED_FIELDS
+             and not isinstance(run.get(f"{group_name}/{f}"), h5py.Dataset)}
     columns = {f: _dataset(run, group_name, f, ndim=2 if f in PROBE_GRID_FIELDS else 1)
-               for f in fields}
+               for f in fields if f not in added}
     rows = min(len(c) for c in columns.values())
-    return {f: c[:rows] for f, c in columns.items()}
+    columns = {f: c[:rows] for f, c in columns.items()}
+    for f in added:
+        columns[f] = np.full(rows, ADDED_FIELDS[(group_name, f)],
+                             dtype=np.int64 if f in INT_FIELDS else np.float64)
+    return {f: columns[f] for f in fields}
 
 
 def _dataset(run: h5py.Group, group_name: str, name: str, ndim: int) -> np.ndarray:

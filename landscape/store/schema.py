@@ -6,8 +6,10 @@ Groups that instruments add (``ics/``, ``activations/``) are declared at run tim
 
 SCHEMA_VERSION = 1
 STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
-EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+# Fields that files written before they existed lack: read as this fill value.
+ADDED_FIELDS = {("epochs", "steps"): -1}
 PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
 PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
-INT_FIELDS = {"step", "epoch"}
+INT_FIELDS = {"step", "epoch", "steps"}
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")

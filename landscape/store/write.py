@@ -28,7 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import LandscapeError
+from ..errors import LandscapeError, os_reason
 from ..version import __version__
 from .schema import (EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS, SCHEMA_VERSION,
                      STATUSES, STEP_FIELDS)
@@ -162,19 +162,22 @@ class SweepStore:
     def __init__(self, path: str | os.PathLike, *, config: dict, command: str = "",
                  overwrite: bool = False):
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise LandscapeError(f"{self.path} exists; pass --overwrite to replace it or choose "
-                                 "another --out")
         if self.path.exists() and self.path.is_dir():
-            raise LandscapeError(f"--out {self.path} is a directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(self.path, "w") as f:
-            f.attrs["landscape_version"] = __version__
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.attrs["command"] = command
-            f.attrs["config"] = json.dumps(config, default=_json_default, sort_keys=True)
-            f.attrs["schema"] = SCHEMA_VERSION
-            f.create_group("runs")
+            raise LandscapeError(f"{self.path} is a directory, not a sweep file")
+        if self.path.exists() and not overwrite:
+            raise LandscapeError(f"{self.path} exists; replace it with overwrite=True (--overwrite "
+                                 "on the command line), or choose another path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(self.path, "w") as f:
+                f.attrs["landscape_version"] = __version__
+                f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                f.attrs["command"] = command
+                f.attrs["config"] = json.dumps(config, default=_json_default, sort_keys=True)
+                f.attrs["schema"] = SCHEMA_VERSION
+                f.create_group("runs")
+        except OSError as error:
+            raise LandscapeError(f"cannot write {self.path}: {os_reason(error)}") from None
         self.runs: dict[str, RunLog] = {}
 
     def run(self, name: str, eta, **attrs) -> RunLog:

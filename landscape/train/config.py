@@ -59,41 +59,29 @@ class SweepConfig:
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
-        def positive(name, value, kind=float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0 or (kind is int and value != int(value)):
-                raise LandscapeError(f"{name} must be a positive {'integer' if kind is int else 'number'}, "
-                                     f"got {value!r}")
+        def known_model(name):
+            if name not in MODELS:
+                raise LandscapeError(f"unknown model {name!r} in --models; choose from "
+                                     f"{', '.join(MODELS)}")
 
-        if not self.models:
-            raise LandscapeError("--models is empty; give at least one model")
-        for m in self.models:
-            if m not in MODELS:
-                raise LandscapeError(f"unknown model {m!r} in --models; choose from {', '.join(MODELS)}")
-        if len(set(self.models)) != len(self.models):
-            raise LandscapeError(f"--models lists a model twice: {','.join(self.models)}")
-        if not self.lrs:
-            raise LandscapeError("--lrs is empty; give at least one learning rate")
-        for lr in self.lrs:
-            positive("--lrs value", lr)
-        if len(set(self.lrs)) != len(self.lrs):
-            raise LandscapeError(f"--lrs lists a learning rate twice: {list(self.lrs)}")
-        if not self.etas:
-            raise LandscapeError("--etas is empty; give at least one multiple of the learning rate")
-        for eta in self.etas:
-            positive("--etas value", eta)
+        _listed("--models", self.models, "model", known_model, unique=True)
+        _listed("--lrs", self.lrs, "learning rate", lambda v: _positive("--lrs value", v), unique=True)
+        _listed("--etas", self.etas, "multiple of the learning rate",
+                lambda v: _positive("--etas value", v))
         if self.steps is not None:
-            positive("--steps", self.steps, int)
+            _positive("--steps", self.steps, int)
         elif self.epochs is not None:
-            positive("--epochs", self.epochs, int)
+            _positive("--epochs", self.epochs, int)
         else:
             raise LandscapeError("give --epochs or --steps")
-        positive("--batch-size", self.batch_size, int)
-        positive("--probe-every", self.probe_every, int)
-        positive("--width", self.width)
-        for name, value in (("--momentum", self.momentum), ("--weight-decay", self.weight_decay)):
-            if not math.isfinite(value) or value < 0:
-                raise LandscapeError(f"{name} must be a finite number >= 0, got {value!r}")
+        _positive("--batch-size", self.batch_size, int)
+        _positive("--probe-every", self.probe_every, int)
+        _positive("--width", self.width)
+        _in_range("--momentum", self.momentum, 0.0, 1.0, "heavy-ball momentum must be below 1")
+        _in_range("--weight-decay", self.weight_decay, 0.0, math.inf)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < SEED_LIMIT:
+            raise LandscapeError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.grid not in GRID_MODES:
             raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
@@ -114,6 +102,34 @@ class SweepConfig:
                                  "from eager ones by 4% (benchmarks/RESULTS.md); --grid streams "
                                  "is the fast path there")
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
+
+
+SEED_LIMIT = 2 ** 32  # as numpy's: seeds are torch generators' seeds and offsets of them
+
+
+def _positive(name: str, value, kind=float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0 or (kind is int and value != int(value)):
+        raise LandscapeError(f"{name} must be a positive {'integer' if kind is int else 'number'}, "
+                             f"got {value!r}")
+
+
+def _in_range(name: str, value, low: float, high: float, why: str = "") -> None:
+    """low <= value < high (a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or not low <= value < high or math.isinf(value):
+        bound = f"a finite number >= {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g})"
+        raise LandscapeError(f"{name} must be {bound}, got {value!r}" + (f" ({why})" if why else ""))
+
+
+def _listed(option: str, values, what: str, check, unique: bool = False) -> None:
+    """A non-empty list whose every item passes ``check`` (and, if ``unique``, none twice)."""
+    if not values:
+        raise LandscapeError(f"{option} is empty; give at least one {what}")
+    for value in values:
+        check(value)
+    if unique and len(set(values)) != len(values):
+        raise LandscapeError(f"{option} lists a {what} twice: {', '.join(map(str, values))}")
 
 
 def _optional_positive_int(name: str, value) -> None:

@@ -9,12 +9,18 @@ import torch
 from ..errors import LandscapeError
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic a run really trains in: TF32 and bf16 autocast act on CUDA only."""
+    return precision if device.type == "cuda" else "fp32"
+
+
 @contextlib.contextmanager
 def training_precision(precision: str, device: torch.device):
     """TF32 on for ``tf32``/``bf16`` (restored after); yields the autocast context for steps.
 
     Probes switch TF32 and autocast off for themselves, so they always measure in float32.
     """
+    precision = effective_precision(precision, device)
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     fast = precision in ("tf32", "bf16")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = fast

@@ -59,8 +59,8 @@ class RunState:
 
 
 def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
-           flush: Callable[[], None], on_progress, label: str, run_index: int,
-           runs_total: int, autocast) -> float:
+               flush: Callable[[], None], on_progress, label: str, run_index: int,
+               runs_total: int, autocast) -> float:
     """Train the trainer's K runs to the end (or divergence); write rows; returns seconds."""
     stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
@@ -105,7 +105,7 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
             epoch_start = time.perf_counter()
             loss_sum = torch.zeros(len(runs), device=device, dtype=torch.float64)
             correct = torch.zeros(len(runs), device=device, dtype=torch.int64)
-            seen = 0
+            seen, first_step = 0, step
             for x, y in stream.epoch():
                 if step >= total_steps or not any(alive):
                     break
@@ -133,7 +133,10 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
             for k, run in enumerate(runs):
                 if alive[k]:
                     run.test_acc = float(test_acc[k])
-                    run.log.add_epoch(epoch=epoch, train_loss=float(train_loss[k]),
+                    # steps < steps_per_epoch marks a partial last epoch (--steps): its
+                    # train_loss/acc average fewer minibatches than a whole epoch's.
+                    run.log.add_epoch(epoch=epoch, steps=step - first_step,
+                                      train_loss=float(train_loss[k]),
                                       train_acc=float(train_acc[k]), test_loss=float(test_loss[k]),
                                       test_acc=run.test_acc,
                                       seconds=time.perf_counter() - epoch_start)

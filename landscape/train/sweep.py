@@ -20,10 +20,12 @@ from ..models import MODELS, build_model
 from ..store import RunLog, SweepStore
 from .batched import GridRuns, supports_batched
 from .config import SweepConfig
-from .device import free_memory, out_of_memory, resolve_device, training_precision
+from .device import (effective_precision, free_memory, out_of_memory, resolve_device,
+                     training_precision)
 from .loop import Progress, RunState, RunSummary, train_runs
 from .sequential import SequentialRun
 from .streams import WARMUP, StreamRuns, supports_graphs
+from .tasks import task_for
 
 
 def run_name(model: str, lr: float, seed: int) -> str:
@@ -51,7 +53,7 @@ def grid_mode(config: SweepConfig, model_name: str, data, device) -> str:
 
 
 def make_trainer(mode: str, model_name: str, lrs: list[float], config: SweepConfig, data,
-                  device, on_probe, log: RunLog | None, autocast):
+                 device, on_probe, log: RunLog | None, autocast):
     if mode == "streams":
         return StreamRuns(model_name, lrs, config, data, device, on_probe, autocast)
     if len(lrs) > 1:
@@ -75,7 +77,7 @@ def grid_chunks(mode: str, model_name: str, lrs: Sequence[float], config: SweepC
     while size >= smallest:
         try:
             trainer = make_trainer(mode, model_name, lrs[:size], config, data, device,
-                                    lambda k, r: None, None, autocast)
+                                   lambda k, r: None, None, autocast)
             batches = trainer.task.stream(config.batch_size, config.seed, config.augment).epoch()
             for step, (x, y) in zip(range(trial_steps), batches):
                 trainer.step(x, y, step, autocast)
@@ -107,6 +109,11 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     if data is None:
         data = load_dataset(config.dataset, config.data_root)
     data = data.to(device)
+    # Settings that only the data can judge (a batch larger than the training set, the DLN's
+    # full batch) are checked here, before the file exists: a bad one leaves nothing on disk.
+    steps_per_epoch = task_for(data).stream(config.batch_size, config.seed,
+                                            config.augment).steps_per_epoch
+    precision = effective_precision(config.precision, device)
     store = SweepStore(out, config={**asdict(config), "resolved_device": str(device),
                                     "torch_version": torch.__version__},
                        command=command, overwrite=overwrite)
@@ -119,35 +126,37 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                                        autocast))
             for lrs in groups:
                 run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
-                runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs)), lr)
-                        for lr in lrs]
+                runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs),
+                                           precision, steps_per_epoch), lr) for lr in lrs]
 
                 def on_probe(k, record, runs=runs):
                     runs[k].betas.append(record.beta)
                     runs[k].log.add_probe(record)
 
                 trainer = make_trainer(run_mode, model_name, lrs, config, data, device,
-                                        on_probe, runs[0].log, autocast)
+                                       on_probe, runs[0].log, autocast)
                 label = runs[0].log.name if len(runs) == 1 else \
                     f"{model_name} x{len(runs)} lrs ({run_mode})"
                 seconds = train_runs(trainer, runs, config, data, device,
-                                 lambda runs=runs: store.flush(*(r.log for r in runs)),
-                                 on_progress, label, len(summaries),
-                                 len(config.models) * len(config.lrs), autocast)
+                                     lambda runs=runs: store.flush(*(r.log for r in runs)),
+                                     on_progress, label, len(summaries),
+                                     len(config.models) * len(config.lrs), autocast)
                 summaries += [_summary(model_name, run, seconds) for run in runs]
     return summaries
 
 
 def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float,
-              grid: str, grid_size: int) -> RunLog:
-    """The run's log; ``grid``/``grid_size``: how it trained, and with how many runs at once."""
+              grid: str, grid_size: int, precision: str, steps_per_epoch: int) -> RunLog:
+    """The run's log; ``grid``/``grid_size``: how it trained, and with how many runs at once;
+    ``precision``: the arithmetic it really trained in (fp32 on a CPU, whatever was asked)."""
     eta = np.asarray(config.etas, dtype=np.float64) * lr
     return store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
                      grid=grid, grid_size=grid_size,
                      norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
                      batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
                      weight_decay=config.weight_decay, width=config.width,
-                     dataset=config.dataset, augment=config.augment, precision=config.precision)
+                     dataset=config.dataset, augment=config.augment, precision=precision,
+                     steps_per_epoch=steps_per_epoch)
 
 
 def _summary(model_name: str, run: RunState, seconds: float) -> RunSummary:
