@@ -264,7 +264,7 @@ def test_the_report_says_what_an_epoch_is(dln_sweep):
     runs = _runs(dln_sweep)
     text = epoch_text(runs, Legend.of(runs))
     assert text.startswith("Epochs are numbered as in the file, from 0")
-    assert "DLN, DLN+BN: 50–100 steps per epoch of full-batch gradient descent (batch 1000" in text
+    assert "DLN and DLN+BN: 50–100 steps per epoch of full-batch gradient descent (batch 1000" in text
     assert "logging unit" in text
     curves = training_curves(runs, Legend.of(runs))
     assert curves[0].epoch.tolist() == [0, 1, 2]  # the file's numbers

@@ -244,7 +244,7 @@ def epoch_text(runs: Sequence[RunData], legend: "Legend") -> str:
                         f"“epoch” is a logging unit of {steps} steps, after which the test loss "
                         f"is measured, not a pass over new data")
         by_meaning[meaning].append(legend.pool_label(group[0]))
-    parts = [f"{', '.join(labels)}: {meaning}" for meaning, labels in by_meaning.items()]
+    parts = [f"{' and '.join(labels)}: {meaning}" for meaning, labels in by_meaning.items()]
     return ("Epochs are numbered as in the file, from 0: epoch e holds the training steps "
             "whose stored epoch is e" + (" (" + "; ".join(parts) + ")." if parts else "."))
 
