@@ -122,12 +122,14 @@ def probe_record(step: int, eta: np.ndarray, loss: np.ndarray, grad_diff: np.nda
 
 
 def add_synthetic_run(store: SweepStore, model: str, lr: float, steps: int,
-                      diverge_at: int | None = None, seed: int = 0, flush: bool = True):
-    """A run with smooth made-up values; ``diverge_at`` makes its loss inf there and stops it."""
+                      diverge_at: int | None = None, seed: int = 0, flush: bool = True,
+                      **settings):
+    """A run with smooth made-up values; ``diverge_at`` makes its loss inf there and stops it.
+    ``settings``: more run attributes (momentum=0.9, ...), or replacements of the defaults."""
     eta = np.array([0.5, 1.0, 2.0, 4.0]) * lr
-    log = store.run(f"{model}-lr{lr:g}-seed{seed}", eta=eta, model=model,
-                    norm="batch" if model.endswith("_bn") else "none", lr=lr, seed=seed,
-                    batch_size=32, optimizer="SGD")
+    attrs = dict(model=model, norm="batch" if model.endswith("_bn") else "none", lr=lr,
+                 seed=seed, batch_size=32, optimizer="SGD")
+    log = store.run(f"{model}-lr{lr:g}-seed{seed}", eta=eta, **{**attrs, **settings})
     last = steps if diverge_at is None else diverge_at + 1
     step = np.arange(last)
     loss = 2.3 * np.exp(-step / 50.0) + 0.1

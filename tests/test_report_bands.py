@@ -168,7 +168,7 @@ def test_band_figure_by_lr_buttons_select_one_learning_rate():
     band = band_across_runs([np.arange(3)], [np.ones(3)])
     fig = band_figure_by_lr({0.1: [_series(band)], 0.5: [_series(band, markers=[Marker(2, 1, "x")])]},
                             "t", "step", "loss", log_y=True, initial_lr=0.1,
-                            references={0.1: Reference(20.0, "2/LR = 20")})
+                            references={0.1: [Reference(20.0, "2/LR = 20")]})
     selector, toggle = fig.layout.updatemenus
     assert [b.label for b in selector.buttons] == ["LR 0.1", "LR 0.5"]
     visible_01 = selector.buttons[0].args[0]["visible"]

@@ -74,13 +74,15 @@ def test_plot_refuses_to_overwrite_without_the_flag(tiny_sweep, tmp_path, capsys
 
 def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep, tmp_path,
                                                       capsys):
-    seed_copy = shutil.copy(tiny_sweep, tmp_path / "again.h5")  # same run names: disambiguated
+    copy = shutil.copy(tiny_sweep, tmp_path / "again.h5")  # the same runs: counted once
     report = tmp_path / "all.html"
-    code, _, err = run_cli(capsys, "plot", tiny_sweep, seed_copy, diverged_sweep, "-o", report,
+    code, _, err = run_cli(capsys, "plot", tiny_sweep, copy, diverged_sweep, "-o", report,
                            "--smooth", "3")
     assert code == 0, err
     page = report.read_text(encoding="utf-8")
-    assert "tiny-sweep:vgg_a-lr0.05-seed0" in page and "again:vgg_a-lr0.05-seed0" in page
+    assert "8 runs from 3 file(s)" in page
+    assert "again.h5: 4 runs identical in provenance to runs of" in page
+    assert "again:vgg_a-lr0.05-seed0" not in page
     assert "vgg_a-lr0.5-seed0" in page and "diverged@23" in page
     assert "loss not finite from step 23 (masked)" in page  # the cross on the loss band
     assert "not finite for η = 2" in page  # the probe's blown-up largest step size
@@ -90,15 +92,15 @@ def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep
 
 
 def test_report_bands_of_a_diverged_run_stay_finite(diverged_sweep):
-    from landscape.report.build import grid_series, probe_series, run_labels
+    from landscape.report.build import Legend, grid_series, probe_series
     runs = read_sweep(diverged_sweep).runs
-    labels, colors = run_labels(runs), {"vgg_a": "#000000", "vgg_a_bn": "#ff0000"}
-    no_bn = [s for s in grid_series(runs, labels, colors, "loss") if s.label.startswith("VGG-A:")][0]
+    legend = Legend.of(runs)
+    no_bn = [s for s in grid_series(runs, legend, "loss") if s.label.startswith("VGG-A:")][0]
     assert np.isfinite(no_bn.band.upper).all()  # inf masked, the other run carries on
     assert [m.x for m in no_bn.markers] == [23.0]
-    grad = [s for s in grid_series(runs, labels, colors, "grad_diff") if s.label.startswith("VGG-A:")]
+    grad = [s for s in grid_series(runs, legend, "grad_diff") if s.label.startswith("VGG-A:")]
     assert [m.x for m in grad[0].markers] == [23.0]  # NaN at step 0 is not a divergence
-    probe = probe_series(runs, labels, colors, "loss")[0.5][0]
+    probe = probe_series(runs, legend, "loss")[0.5][0]
     assert probe.markers and np.isfinite(probe.band.upper).all()
 
 
@@ -303,11 +305,11 @@ def test_instrument_sections_are_omitted_without_probed_steps(tiny_sweep, tmp_pa
 
 def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
     from landscape.report import figures as fg
-    from landscape.report.build import activation_layers, ics_layers
+    from landscape.report.build import Legend, activation_layers, ics_layers
 
     runs = read_sweep(instrumented_sweep).runs
-    colors = fg.model_colors([r.model for r in runs])
-    layers = ics_layers(runs, colors)
+    legend = Legend.of(runs)
+    layers = ics_layers(runs, legend)
     assert [layer.title.split(" (")[0] for layer in layers] == ["layer #5", "layer #10"]
     assert [line.color for line in layers[0].l2] == ["#1f77b4", "#d62728"]  # blue, red
     fig = fg.ics_figure(layers, "ICS")
@@ -317,7 +319,7 @@ def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
     first, second = (b.args[0]["visible"] for b in layer_menu.buttons)
     assert any(first) and any(second) and not any(a and b for a, b in zip(first, second))
 
-    by_layer, maps = activation_layers(runs, colors)
+    by_layer, maps = activation_layers(runs, legend)
     assert sorted(by_layer) == list(range(1, 12)) and len(maps) == 2 * 11
     assert all(m.z.shape == (len(m.y), 2) for m in maps)  # bins kept x probed steps
     fig = fg.activation_figure(by_layer, maps, "acts")

@@ -1,9 +1,10 @@
 """From sweep files to the report: group runs, compute bands, build figures, write HTML.
 
 ``write_report(["a.h5", "b.h5"], "reports/x.html")`` is what ``landscape plot`` calls.
-Runs of several files are pooled (two seeds, or BN and no-BN swept separately): bands
-"across the grid" span every run of a model, bands "along the gradient" every run of a
-model at one learning rate.
+Runs of several files are pooled (two seeds, or BN and no-BN swept separately) when every
+setting but the seed agrees (``pools.py``): bands "across the grid" span every run of a pool
+at every learning rate, bands "along the gradient" every run of a pool at one learning rate.
+A file given twice, or a run copied into another file, counts once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +28,8 @@ from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_run
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
-from .summary import (RUN_TABLE_HEADER, library_versions, model_label, run_table_cells,
-                      summarize_run)
+from .pools import Pooling, distinct_runs
+from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
 PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
 
@@ -63,76 +65,126 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
 
 
 def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | None = None) -> str:
-    """The report page for the pooled runs of ``sweeps``."""
-    runs = [run for sweep in sweeps for run in sweep.runs]
-    labels = run_labels(runs)
-    colors = fg.model_colors([r.model for r in runs])
-    title = title or "Loss landscape report: " + ", ".join(s.path.name for s in sweeps)
+    """The report page for the pooled runs of ``sweeps`` (each file and run once)."""
+    distinct = distinct_runs(sweeps)
+    runs = distinct.runs
+    legend = Legend.of(runs)
+    title = title or "Loss landscape report: " + ", ".join(s.path.name for s in distinct.sweeps)
     eta_text = _eta_multiples_text(runs)
+    references, no_line = stability_references(runs)
     sections = [
         Section("loss-grid", "1a. Loss landscape across the learning-rate grid",
                 "At each training step t, the band is [min, max] over the grid's runs of the "
                 "minibatch training loss L(θ<sub>t</sub>; B<sub>t</sub>) (the course "
-                "reproductions' view: how sensitive training is to the learning rate).",
-                fg.band_figure(grid_series(runs, labels, colors, "loss"),
+                "reproductions' view: how sensitive training is to the learning rate). Runs "
+                "pool into one band only when every setting but the learning rate and seed "
+                "agrees.",
+                fg.band_figure(grid_series(runs, legend, "loss"),
                                "Loss across the LR grid<br><sup>per step: [min, max] over runs "
-                               "of L(θ_t; B_t)</sup>", "training step", "training loss",
-                               log_y=True, smooth=smooth)),
+                               "of L(θ<sub>t</sub>; B<sub>t</sub>)</sup>", "training step",
+                               "training loss", log_y=True, smooth=smooth)),
         Section("loss-probe", "1b. Loss landscape along the gradient (Fig. 4a)",
                 f"At each probed step, the band is [min, max] over η of L(θ − η g), g = ∇L(θ), "
                 f"on the step's minibatch, η = {eta_text} × LR. The buttons switch learning rate.",
-                fg.band_figure_by_lr(probe_series(runs, labels, colors, "loss"),
+                fg.band_figure_by_lr(probe_series(runs, legend, "loss"),
                                      "Loss along the gradient (Fig. 4a)<br><sup>per probed step: "
                                      "[min, max] over η of L(θ − η∇L(θ))</sup>", "training step",
                                      "loss", log_y=True, smooth=smooth,
                                      initial_lr=_initial_lr(runs))),
-        Section("grad-grid", "2a. Gradient predictiveness across the learning-rate grid",
+        Section("grad-grid", "2a. Consecutive-minibatch gradient distance across the "
+                "learning-rate grid (not the paper's gradient predictiveness)",
                 "At each step, [min, max] over the grid's runs of ‖g<sub>t</sub> − "
                 "g<sub>t−1</sub>‖<sub>2</sub>, the change of the gradient between consecutive "
-                "steps (different minibatches).",
-                fg.band_figure(grid_series(runs, labels, colors, "grad_diff"),
-                               "Gradient change across the LR grid<br><sup>per step: [min, max] "
-                               "over runs of ‖g_t − g_{t−1}‖₂</sup>", "training step",
-                               "‖g_t − g_{t−1}‖₂", log_y=True, smooth=smooth)),
+                "steps, on different minibatches: what course reproductions call gradient "
+                "predictiveness. The paper's quantity, along the gradient on one minibatch, "
+                "is 2b.",
+                fg.band_figure(grid_series(runs, legend, "grad_diff"),
+                               "Consecutive-minibatch gradient distance across the LR grid"
+                               "<br><sup>per step: [min, max] over runs of ‖g<sub>t</sub> − "
+                               "g<sub>t−1</sub>‖<sub>2</sub> (not the paper's gradient "
+                               "predictiveness)</sup>", "training step",
+                               "‖g<sub>t</sub> − g<sub>t−1</sub>‖<sub>2</sub>", log_y=True,
+                               smooth=smooth)),
         Section("grad-probe", "2b. Gradient predictiveness along the gradient (Fig. 4b)",
                 f"At each probed step, [min, max] over η of ‖∇L(θ − η g) − g‖<sub>2</sub>, "
                 f"η = {eta_text} × LR, same minibatch.",
-                fg.band_figure_by_lr(probe_series(runs, labels, colors, "grad_diff"),
+                fg.band_figure_by_lr(probe_series(runs, legend, "grad_diff"),
                                      "Gradient predictiveness (Fig. 4b)<br><sup>per probed step: "
-                                     "[min, max] over η of ‖∇L(θ − ηg) − g‖₂</sup>",
-                                     "training step", "‖∇L(θ − ηg) − g‖₂", log_y=True,
+                                     "[min, max] over η of ‖∇L(θ − ηg) − g‖<sub>2</sub></sup>",
+                                     "training step", "‖∇L(θ − ηg) − g‖<sub>2</sub>", log_y=True,
                                      smooth=smooth, initial_lr=_initial_lr(runs))),
         Section("beta", "3. Effective β-smoothness (Fig. 4c)",
                 "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
-                "<sub>2</sub> (a band over seeds when there are several). Dashed: 2/LR, the "
-                "value the paper sees it settle at.",
-                fg.band_figure_by_lr(beta_series(runs, labels, colors),
+                "<sub>2</sub> (a band over seeds when there are several). " + STABILITY_TEXT
+                + (f" No line for {html.escape(no_line)}: the stability edge of an optimizer "
+                   "other than (heavy-ball) SGD is not a fixed multiple of 1/LR."
+                   if no_line else ""),
+                fg.band_figure_by_lr(beta_series(runs, legend),
                                      "Effective β-smoothness (Fig. 4c)<br><sup>max over η of "
-                                     "‖∇L(θ − ηg) − g‖₂ / ‖ηg‖₂; dashed: 2/LR</sup>",
-                                     "training step", "β_eff", log_y=False, smooth=smooth,
-                                     references={lr: fg.Reference(2 / lr, f"2/LR = {2 / lr:g}")
-                                                 for lr in {r.lr for r in runs}},
+                                     "‖∇L(θ − ηg) − g‖<sub>2</sub> / ‖ηg‖<sub>2</sub>; dashed: "
+                                     "stability edge 2/LR (SGD), (2 + 2μ)/LR (momentum μ)</sup>",
+                                     "training step", "β<sub>eff</sub>", log_y=None,
+                                     smooth=smooth, references=references,
                                      initial_lr=_initial_lr(runs))),
         Section("training", "4. Training curves (Fig. 1)",
                 "Per epoch, every run: training accuracy and loss (means over the epoch's "
-                "minibatches, in training mode) and test accuracy and loss (eval mode).",
-                fg.training_curves_figure(training_curves(runs, labels, colors),
-                                          "Training curves (Fig. 1)<br><sup>colour: model; "
-                                          "dash: learning rate</sup>")),
+                "minibatches, in training mode) and test accuracy and loss (eval mode). "
+                + epoch_text(runs, legend),
+                fg.training_curves_figure(training_curves(runs, legend),
+                                          "Training curves (Fig. 1)<br><sup>colour: model and "
+                                          "settings; dash: learning rate</sup>",
+                                          x_title="epoch (as stored: from 0)")),
         Section("runs", "5. Runs and provenance",
                 "Diverged runs are flagged with the step at which the loss stopped being "
                 "finite; their non-finite values are masked in every band and marked ✕.",
-                body=run_table_html(runs, labels) + provenance_html(sweeps)),
+                body=run_table_html(runs, legend) + provenance_html(distinct.sweeps)),
     ]
     # The instrument figures only when some run recorded them.
-    sections += [s for s in (ics_section(runs, colors), activation_section(runs, colors))
+    sections += [s for s in (ics_section(runs, legend), activation_section(runs, legend))
                  if s is not None]
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
-             f"— {len(runs)} runs from {len(sweeps)} file(s). Blue: VGG-A; red: VGG-A+BN. "
-             f"Bands are raw [min, max]"
+             f"— {len(runs)} runs from {len(distinct.sweeps)} file(s). "
+             f"{html.escape(legend.color_text())}. Bands are raw [min, max]"
              + (f", with edges smoothed over {smooth} points drawn on top" if smooth > 1 else "")
-             + "; log/linear buttons switch the y axis.</p>")
+             + "; log/linear buttons switch the y axis.</p>" + notes)
     return render_page(title, intro, sections)
+
+
+@dataclass(frozen=True)
+class Legend:
+    """How the report names and colours runs: one colour and label per pool (runs that
+    agree on every setting but the learning rate and seed), a unique name per run."""
+
+    pooling: Pooling
+    colors: dict  # pool key -> colour, in order of first appearance
+    labels: dict  # pool key -> label
+    names: dict[int, str]  # id(run) -> run name, FILE:RUN when names collide
+
+    @classmethod
+    def of(cls, runs: Sequence[RunData]) -> "Legend":
+        pooling = Pooling.of(runs)
+        firsts = {key: group[0] for key, group in pooling.pools(runs).items()}
+        return cls(pooling, fg.pool_colors([(key, r.model) for key, r in firsts.items()]),
+                   {key: pooling.label(r) for key, r in firsts.items()}, run_labels(runs))
+
+    def color(self, run: RunData) -> str:
+        return self.colors[self.pooling.key(run)]
+
+    def pool_label(self, run: RunData) -> str:
+        return self.labels[self.pooling.key(run)]
+
+    def name(self, run: RunData) -> str:
+        return self.names[id(run)]
+
+    def run_text(self, run: RunData) -> str:
+        """'VGG-A, momentum 0.9 LR 0.1 seed 0' (pool label, learning rate and seed)."""
+        return f"{self.pool_label(run)} LR {run.lr:g} seed {run.seed}"
+
+    def color_text(self) -> str:
+        """'Colour: VGG-A blue; VGG-A+BN red': the header's key, from the pools present."""
+        return "Colour: " + "; ".join(f"{self.labels[k]} {fg.color_name(c)}"
+                                      for k, c in self.colors.items())
 
 
 def run_labels(runs: Sequence[RunData]) -> dict[int, str]:
@@ -142,6 +194,70 @@ def run_labels(runs: Sequence[RunData]) -> dict[int, str]:
         counts[run.name] += 1
     return {id(run): run.name if counts[run.name] == 1 else f"{run.source.stem}:{run.name}"
             for run in runs}
+
+
+# The stability edge of gradient descent on a quadratic of curvature beta: plain SGD is
+# stable while LR * beta < 2, heavy-ball momentum mu while LR * beta < 2 + 2 mu.
+STABILITY_TEXT = ("Dashed: the stability edge of the runs' optimizer, the β above which "
+                  "gradient descent on a quadratic diverges and where the paper sees β settle: "
+                  "2/LR for plain SGD, (2 + 2μ)/LR for heavy-ball momentum μ.")
+
+
+def stability_edge(run: RunData) -> fg.Reference | None:
+    """The run's dashed line on the β figure, or None for an optimizer without one."""
+    if str(run.attrs.get("optimizer", "SGD")).upper() != "SGD" or not run.lr > 0:
+        return None
+    mu = float(run.attrs.get("momentum", 0.0) or 0.0)
+    if mu == 0:
+        return fg.Reference(2 / run.lr, f"2/LR = {2 / run.lr:g} (plain SGD)")
+    edge = (2 + 2 * mu) / run.lr
+    return fg.Reference(edge, f"(2 + 2μ)/LR = {edge:g} (heavy-ball momentum μ = {mu:g})",
+                        dash="dot")
+
+
+def stability_references(runs: Sequence[RunData]) -> tuple[dict[float, list[fg.Reference]], str]:
+    """Per learning rate, the distinct stability edges of its runs; and the optimizers
+    that have none (named in the caption)."""
+    references: dict[float, list[fg.Reference]] = defaultdict(list)
+    without = []
+    for run in runs:
+        ref = stability_edge(run)
+        if ref is None:
+            without.append(str(run.attrs.get("optimizer", "?")))
+        elif ref not in references[run.lr]:
+            references[run.lr].append(ref)
+    return dict(references), ", ".join(dict.fromkeys(without))
+
+
+def epoch_text(runs: Sequence[RunData], legend: "Legend") -> str:
+    """What an epoch is here: numbered as in the file (from 0), and how many training
+    steps the epochs of each pool hold, counted from the file's per-step ``epoch`` column
+    (an epoch cut short shows as a range). The DLN's full-batch "epoch" is a logging unit."""
+    by_meaning: dict[str, list[str]] = defaultdict(list)  # meaning -> pool labels
+    for group in legend.pooling.pools(runs).values():
+        counts = set()
+        for run in group:
+            epochs = run.steps.epoch[np.isin(run.steps.epoch, run.epochs.epoch)]
+            counts |= set(np.unique(epochs, return_counts=True)[1].tolist())
+        if not counts:
+            continue
+        low, high = min(counts), max(counts)
+        steps = f"{low}" if low == high else f"{low}–{high}"
+        meaning = f"{steps} steps per epoch"
+        if group[0].attrs.get("dataset") in FULL_BATCH_DATASETS:
+            meaning += (f" of full-batch gradient descent (batch "
+                        f"{group[0].attrs.get('batch_size', '?')}, the whole training set): an "
+                        f"“epoch” is a logging unit of {steps} steps, after which the test loss "
+                        f"is measured, not a pass over new data")
+        by_meaning[meaning].append(legend.pool_label(group[0]))
+    parts = [f"{' and '.join(labels)}: {meaning}" for meaning, labels in by_meaning.items()]
+    return ("Epochs are numbered as in the file, from 0: epoch e holds the training steps "
+            "whose stored epoch is e" + (" (" + "; ".join(parts) + ")." if parts else "."))
+
+
+# Datasets trained by full-batch gradient descent (the DLN's), where an epoch is only a
+# logging unit; the report says so where it shows epochs.
+FULL_BATCH_DATASETS = ("gaussian-linear",)
 
 
 def _initial_lr(runs: Sequence[RunData]) -> float | None:
@@ -154,18 +270,12 @@ def _eta_multiples_text(runs: Sequence[RunData]) -> str:
     return "{" + ", ".join(f"{m:g}" for m in multiples) + "}" if multiples else "{}"
 
 
-def _by_model(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
-    groups: dict[str, list[RunData]] = defaultdict(list)
+def _by_lr_and_pool(runs: Sequence[RunData], legend: Legend) -> dict[float, list[list[RunData]]]:
+    """Per learning rate (ascending), the pools' runs at it."""
+    by_lr: dict[float, list[RunData]] = defaultdict(list)
     for run in runs:
-        groups[run.model].append(run)
-    return groups
-
-
-def _by_lr_and_model(runs: Sequence[RunData]) -> dict[float, dict[str, list[RunData]]]:
-    groups: dict[float, dict[str, list[RunData]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        groups[run.lr][run.model].append(run)
-    return groups
+        by_lr[run.lr].append(run)
+    return {lr: list(legend.pooling.pools(group).values()) for lr, group in sorted(by_lr.items())}
 
 
 def _divergence_marker(label: str, x: np.ndarray, y: np.ndarray, band: Band,
@@ -191,23 +301,24 @@ def _divergence_marker(label: str, x: np.ndarray, y: np.ndarray, band: Band,
     return fg.Marker(where, height, f"{label}: {what} not finite from step {where:g} (masked)")
 
 
-def _band_over_runs(label: str, color: str, group: Sequence[RunData], labels: dict[int, str],
+def _band_over_runs(label: str, group: Sequence[RunData], legend: Legend,
                     xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], what: str) -> fg.BandSeries:
     """The band over ``group``'s runs of one series each, with a cross per diverged run."""
     band = band_across_runs(xs, ys)
     markers = [m for r, x, y in zip(group, xs, ys)
-               if (m := _divergence_marker(labels[id(r)], x, y, band, r.diverged_step, what))]
-    return fg.BandSeries(label, color, band, markers)
+               if (m := _divergence_marker(legend.name(r), x, y, band, r.diverged_step, what))]
+    return fg.BandSeries(label, legend.color(group[0]), band, markers)
 
 
-def grid_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
-                column: str) -> list[fg.BandSeries]:
-    """Per model, the band over all its runs of a per-step column (loss or grad_diff)."""
+def grid_series(runs: Sequence[RunData], legend: Legend, column: str) -> list[fg.BandSeries]:
+    """Per pool, the band over all its runs (every learning rate and seed) of a per-step
+    column (loss or grad_diff)."""
     series = []
-    for model, group in _by_model(runs).items():
+    for group in legend.pooling.pools(runs).values():
         lrs = ", ".join(f"{lr:g}" for lr in sorted({r.lr for r in group}))
-        series.append(_band_over_runs(f"{model_label(model)}: {len(group)} runs, LR {lrs}",
-                                      colors[model], group, labels,
+        runs_text = f"{len(group)} run{'s' if len(group) > 1 else ''}"
+        series.append(_band_over_runs(f"{legend.pool_label(group[0])}: {runs_text}, LR {lrs}",
+                                      group, legend,
                                       [r.steps.step for r in group],
                                       [getattr(r.steps, column) for r in group], column))
     return series
@@ -228,53 +339,50 @@ def _masked_eta_markers(run: RunData, label: str, grid: np.ndarray, band: Band) 
     return markers
 
 
-def probe_series(runs: Sequence[RunData], labels: dict[int, str], colors: dict[str, str],
+def probe_series(runs: Sequence[RunData], legend: Legend,
                  column: str) -> dict[float, list[fg.BandSeries]]:
-    """Per learning rate and model, the band over eta (and seeds) of a probe grid column."""
+    """Per learning rate and pool, the band over eta (and seeds) of a probe grid column."""
     out: dict[float, list[fg.BandSeries]] = {}
-    for lr, models in sorted(_by_lr_and_model(runs).items()):
+    for lr, pools in _by_lr_and_pool(runs, legend).items():
         out[lr] = []
-        for model, group in models.items():
+        for group in pools:
             grids = [getattr(r.probe, column) for r in group]
             band = band_over_eta_and_runs([r.probe.step for r in group], grids)
             markers = [m for run, grid in zip(group, grids) if grid.ndim == 2
-                       for m in _masked_eta_markers(run, labels[id(run)], grid, band)]
+                       for m in _masked_eta_markers(run, legend.name(run), grid, band)]
             seeds = len({r.seed for r in group})
             suffix = f", {seeds} seeds" if seeds > 1 else ""
-            out[lr].append(fg.BandSeries(f"{model_label(model)}: [min, max] over η{suffix}",
-                                         colors[model], band, markers))
+            out[lr].append(fg.BandSeries(f"{legend.pool_label(group[0])}: [min, max] over "
+                                         f"η{suffix}", legend.color(group[0]), band, markers))
     return out
 
 
-def beta_series(runs: Sequence[RunData], labels: dict[int, str],
-                colors: dict[str, str]) -> dict[float, list[fg.BandSeries]]:
-    """Per learning rate and model, the probe's beta (a band when there are several seeds)."""
-    return {lr: [_band_over_runs(f"{model_label(model)} β_eff", colors[model], group, labels,
+def beta_series(runs: Sequence[RunData], legend: Legend) -> dict[float, list[fg.BandSeries]]:
+    """Per learning rate and pool, the probe's beta (a band when there are several seeds)."""
+    return {lr: [_band_over_runs(f"{legend.pool_label(group[0])} β<sub>eff</sub>", group, legend,
                                  [r.probe.step for r in group], [r.probe.beta for r in group], "β")
-                 for model, group in models.items()]
-            for lr, models in sorted(_by_lr_and_model(runs).items())}
+                 for group in pools]
+            for lr, pools in _by_lr_and_pool(runs, legend).items()}
 
 
-def training_curves(runs: Sequence[RunData], labels: dict[int, str],
-                    colors: dict[str, str]) -> list[fg.Curve]:
+def training_curves(runs: Sequence[RunData], legend: Legend) -> list[fg.Curve]:
+    """One curve per run, at the file's epoch numbers (from 0)."""
     dash = _lr_dash(runs)
+    texts = [legend.run_text(r) for r in runs]
+    repeated = {t for t in texts if texts.count(t) > 1}  # same settings and seed: add the file
     curves = []
-    for run in runs:
+    for run, text in zip(runs, texts):
         e = run.epochs
         flag = f" (diverged @ step {run.diverged_step})" if run.diverged_step is not None else ""
+        where = f" ({legend.name(run)})" if text in repeated else ""
         curves.append(fg.Curve(
-            label=f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}{flag}",
-            color=colors[run.model], dash=dash(run),
-            epoch=e.epoch + 1, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
+            label=f"{text}{where}{flag}", color=legend.color(run), dash=dash(run),
+            epoch=e.epoch, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
             train_loss=masked(e.train_loss), test_loss=masked(e.test_loss)))
     return curves
 
 
 QUANTILES = {"5%": 0.05, "50%": 0.5, "95%": 0.95}
-
-
-def _run_text(run: RunData) -> str:
-    return f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}"
 
 
 def _lr_dash(runs: Sequence[RunData]):
@@ -292,7 +400,7 @@ def _probed(runs: Sequence[RunData], attr: str) -> list[RunData]:
             and len(getattr(r, attr).layer_index)]
 
 
-def ics_layers(runs: Sequence[RunData], colors: dict[str, str]) -> list[fg.LayerICS]:
+def ics_layers(runs: Sequence[RunData], legend: Legend) -> list[fg.LayerICS]:
     """Fig. 3 per weight layer (matched by index across models): one line per run."""
     runs = _probed(runs, "ics")
     dash = _lr_dash(runs)
@@ -305,14 +413,14 @@ def ics_layers(runs: Sequence[RunData], colors: dict[str, str]) -> list[fg.Layer
                 continue
             names.add(run.ics.layer[col])
             for out, values in ((l2, run.ics.l2), (cosine, run.ics.cosine)):
-                out.append(fg.Line(_run_text(run), colors[run.model], dash(run), run.ics.step,
+                out.append(fg.Line(legend.run_text(run), legend.color(run), dash(run), run.ics.step,
                                    masked(values[:, col])))
         layers.append(fg.LayerICS(_layer_title(index, names), l2, cosine))
     return layers
 
 
-def ics_section(runs: Sequence[RunData], colors: dict[str, str]) -> Section | None:
-    layers = ics_layers(runs, colors)
+def ics_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    layers = ics_layers(runs, legend)
     if not layers:
         return None
     return Section(
@@ -323,12 +431,12 @@ def ics_section(runs: Sequence[RunData], colors: dict[str, str]) -> Section | No
         "Top: ‖G − G′‖<sub>2</sub> (ideal 0, log y); bottom: cos(G, G′) (ideal 1). Layers are "
         "numbered among the conv and linear layers (#5 is the same layer with and without BN); "
         "the buttons switch layer. Colour: model; dash: learning rate.",
-        fg.ics_figure(layers, "Internal covariate shift (Fig. 3)<br><sup>G = ∇_{W_i} L(θ_t; B), "
+        fg.ics_figure(layers, "Internal covariate shift (Fig. 3)<br><sup>G = ∇<sub>Wᵢ</sub> L(θ<sub>t</sub>; B), "
                               "G′ = the same after layers 1…i−1 take this step's update; "
                               "ideal ‖G − G′‖₂ = 0, cos = 1</sup>"))
 
 
-def activation_layers(runs: Sequence[RunData], colors: dict[str, str],
+def activation_layers(runs: Sequence[RunData], legend: Legend,
                       ) -> tuple[dict[int, fg.LayerActivations], list[fg.HeatMap]]:
     """Per layer, every run's mean ± std band; per run and layer, a histogram heat map
     over at most ``steps_per_map`` evenly spaced probed steps (keeps the page small)."""
@@ -346,10 +454,10 @@ def activation_layers(runs: Sequence[RunData], colors: dict[str, str],
             col = layer_column(a.layer_index, index)
             if col is None:
                 continue
-            text = _run_text(run)
-            bands.append(fg.BandSeries(f"{text} ± std", colors[run.model],
+            text = legend.run_text(run)
+            bands.append(fg.BandSeries(f"{text} ± std", legend.color(run),
                                        mean_std_band(a.step, a.mean[:, col], a.std[:, col])))
-            means.append(fg.Line(f"{text} mean", colors[run.model], dash(run), a.step,
+            means.append(fg.Line(f"{text} mean", legend.color(run), dash(run), a.step,
                                  masked(a.mean[:, col])))
             rows = subsample(len(a.step), keep)
             hist = a.hist[rows, col, :]
@@ -363,8 +471,8 @@ def activation_layers(runs: Sequence[RunData], colors: dict[str, str],
     return layers, maps
 
 
-def activation_section(runs: Sequence[RunData], colors: dict[str, str]) -> Section | None:
-    layers, maps = activation_layers(runs, colors)
+def activation_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    layers, maps = activation_layers(runs, legend)
     if not maps:
         return None
     return Section(
@@ -380,9 +488,9 @@ def activation_section(runs: Sequence[RunData], colors: dict[str, str]) -> Secti
                                            "mean ± std per run; histogram over steps</sup>"))
 
 
-def run_table_html(runs: Sequence[RunData], labels: dict[int, str]) -> str:
+def run_table_html(runs: Sequence[RunData], legend: Legend) -> str:
     rows = [summarize_run(r) for r in runs]
-    cells = [(labels[id(run)],) + run_table_cells(row)[1:] for run, row in zip(runs, rows)]
+    cells = [(legend.name(run),) + run_table_cells(row)[1:] for run, row in zip(runs, rows)]
     classes = ["diverged" if row.diverged_step is not None or row.status == "diverged"
                else row.status for row in rows]
     return table_html(RUN_TABLE_HEADER, cells, classes, text_columns=3)

@@ -17,18 +17,51 @@ from plotly.subplots import make_subplots
 
 from .bands import Band, contiguous_segments
 
-# Santurkar et al. draw the standard network in blue and the BatchNorm one in red.
+# Santurkar et al. draw the standard network in blue and the BatchNorm one in red; the
+# names are what the page's header says of each colour.
+COLOR_NAMES = {"#1f77b4": "blue", "#d62728": "red", "#2ca02c": "green", "#9467bd": "purple",
+               "#ff7f0e": "orange", "#8c564b": "brown", "#e377c2": "pink", "#17becf": "cyan",
+               "#7f7f7f": "grey", "#bcbd22": "olive"}
 MODEL_COLORS = {"vgg_a": "#1f77b4", "vgg_a_bn": "#d62728"}
-OTHER_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+OTHER_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+                "#bcbd22")
 LR_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 FIGURE_HEIGHT = 460
 BAND_OPACITY = 0.25
+# A y axis spanning more than this many decades opens on a log scale (the DLN's beta: 1e6-1e11).
+LOG_DECADES = 2
+# Log axes label every tick with its magnitude (plotly's default labels 20 and 50 as "2", "5").
+Y_AXIS_STYLE = dict(minorloglabels="complete", exponentformat="power")
 
 
-def model_colors(models: Sequence[str]) -> dict[str, str]:
-    """A stable colour per model: the paper's two first, then a palette in order."""
-    others = iter(OTHER_COLORS * (1 + len(models) // len(OTHER_COLORS)))
-    return {m: MODEL_COLORS.get(m) or next(others) for m in dict.fromkeys(models)}
+def pool_colors(pools: Sequence[tuple[object, str]]) -> dict[object, str]:
+    """A colour per pool, given as (key, model) in order: a model's first pool gets the
+    paper's colour for it (VGG-A blue, VGG-A+BN red), every other pool the next free one."""
+    taken = {MODEL_COLORS[m] for _, m in pools if m in MODEL_COLORS}
+    free = iter([c for c in OTHER_COLORS if c not in taken] * (1 + len(pools)))
+    colors, first_of_model = {}, set()
+    for key, model in pools:
+        if model in MODEL_COLORS and model not in first_of_model:
+            colors[key] = MODEL_COLORS[model]
+        else:
+            colors[key] = next(free)
+        first_of_model.add(model)
+    return colors
+
+
+def color_name(color: str) -> str:
+    return COLOR_NAMES.get(color, color)
+
+
+def spans_decades(arrays: Sequence[np.ndarray], decades: float = LOG_DECADES) -> bool:
+    """Whether the finite positive values span more than ``decades`` powers of ten (and
+    nothing is <= 0, which a log axis could not show)."""
+    values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
+                            or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if not len(values) or values.min() <= 0:
+        return False
+    return bool(np.log10(values.max() / values.min()) > decades)
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,13 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
         traces.append(go.Scatter(x=band.x, y=values, mode="lines", name=f"{series.label} {edge}",
                                  legendgroup=group, showlegend=False, opacity=edge_opacity,
                                  line=dict(color=color, width=1), connectgaps=False))
+    isolated = [seg.start for seg in segments if seg.stop - seg.start == 1]
+    if isolated:  # a stretch of one point draws no line and no fill: a point with its span
+        traces.append(go.Scatter(
+            x=_none_gaps([np.array([band.x[i], band.x[i]]) for i in isolated]),
+            y=_none_gaps([np.array([band.lower[i], band.upper[i]]) for i in isolated]),
+            mode="lines+markers", name=f"{series.label} (single points)", legendgroup=group,
+            showlegend=False, line=dict(color=color, width=2), marker=dict(color=color, size=7)))
     if smooth > 1:
         smoothed = band.smoothed(smooth)
         for edge, values in (("max", smoothed.upper), ("min", smoothed.lower)):
@@ -121,7 +161,37 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool)
                       margin=dict(t=100, l=70, r=20, b=50),
                       legend=dict(orientation="h", y=-0.15, x=0))
     fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", **Y_AXIS_STYLE)
+
+
+def _resolve_log(log_y: bool | None, series: Sequence[BandSeries]) -> bool:
+    """``None``: log when the bands span more than ``LOG_DECADES`` decades."""
+    if log_y is not None:
+        return log_y
+    return spans_decades([a for s in series for a in (s.band.lower, s.band.upper)])
+
+
+def sparse_note(series: Sequence[BandSeries], point_name: str) -> str | None:
+    """What a panel says when its bands have too little to draw a curve: nothing finite,
+    or a single point per band (one probe: ``--steps`` below ``--probe-every``, or an
+    early divergence)."""
+    if not series:
+        return None
+    xs = [s.band.x[np.isfinite(s.band.lower) & np.isfinite(s.band.upper)] for s in series]
+    if max(len(x) for x in xs) >= 2:
+        return None
+    at = sorted({float(v) for x in xs for v in x})
+    if not at:
+        return f"nothing finite to draw: every {point_name} is NaN or inf"
+    where = ", ".join(f"{v:g}" for v in at)
+    return (f"only one {point_name} per band (step {where}): drawn as points with their "
+            f"[min, max], too few for a curve")
+
+
+def _note(text: str) -> dict:
+    """An annotation in the middle of the plot area (a panel with too little to draw)."""
+    return dict(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.92,
+                font=dict(size=13, color="gray"), bgcolor="rgba(255,255,255,0.8)")
 
 
 def _axis_toggle(log_y: bool, x: float = 1.0) -> dict:
@@ -133,11 +203,15 @@ def _axis_toggle(log_y: bool, x: float = 1.0) -> dict:
 
 
 def band_figure(series: Sequence[BandSeries], title: str, x_title: str, y_title: str,
-                log_y: bool, smooth: int = 1) -> go.Figure:
-    """Bands overlaid in one panel, with a log/linear toggle."""
+                log_y: bool | None, smooth: int = 1, point_name: str = "training step",
+                ) -> go.Figure:
+    """Bands overlaid in one panel, with a log/linear toggle (``log_y`` None: by the data)."""
+    log_y = _resolve_log(log_y, series)
     fig = go.Figure([t for s in series for t in band_traces(s, smooth)])
     _layout(fig, title, x_title, y_title, log_y)
     fig.update_layout(updatemenus=[_axis_toggle(log_y)])
+    if (note := sparse_note(series, point_name)) is not None:
+        fig.add_annotation(**_note(note))
     if not series:
         _no_data(fig)
     return fig
@@ -149,38 +223,52 @@ class Reference:
 
     y: float
     label: str
+    dash: str = "dash"
+
+
+def title_at_lr(title: str, lr: float) -> str:
+    """The figure's title with the learning rate it shows, before its subtitle."""
+    head, sep, rest = title.partition("<br>")
+    return f"{head} — LR {lr:g}{sep}{rest}"
 
 
 def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: str,
-                      x_title: str, y_title: str, log_y: bool, smooth: int = 1,
-                      references: dict[float, Reference] | None = None,
-                      initial_lr: float | None = None) -> go.Figure:
-    """Bands per learning rate; buttons show one learning rate at a time.
-
-    ``references`` adds a dashed horizontal line to a learning rate's view (2/LR for beta).
+                      x_title: str, y_title: str, log_y: bool | None, smooth: int = 1,
+                      references: dict[float, Sequence[Reference]] | None = None,
+                      initial_lr: float | None = None,
+                      point_name: str = "probed step") -> go.Figure:
+    """Bands per learning rate; buttons show one learning rate at a time, and the title
+    says which. ``references`` adds dashed horizontal lines to a learning rate's view
+    (the stability edge 2/LR for beta); ``log_y`` None: log when the bands span decades.
     """
     references = references or {}
     lrs = sorted(series_by_lr)
     if initial_lr is None or initial_lr not in series_by_lr:
         initial_lr = lrs[0] if lrs else None
+    log_y = _resolve_log(log_y, [s for lr in lrs for s in series_by_lr[lr]])
     fig = go.Figure()
     owner: list[float] = []  # the learning rate of each trace, in order
     for lr in lrs:
         traces = [t for s in series_by_lr[lr] for t in band_traces(s, smooth)]
-        if lr in references:
-            xs = np.concatenate([s.band.x for s in series_by_lr[lr]] or [np.zeros(0)])
-            if len(xs):
-                ref = references[lr]
-                traces.append(go.Scatter(x=[xs.min(), xs.max()], y=[ref.y, ref.y], mode="lines",
-                                         name=ref.label, line=dict(color="black", dash="dash",
-                                                                   width=1.5)))
+        xs = np.concatenate([s.band.x for s in series_by_lr[lr]] or [np.zeros(0)])
+        for ref in references.get(lr, ()) if len(xs) else ():
+            traces.append(go.Scatter(x=[xs.min(), xs.max()], y=[ref.y, ref.y],
+                                     mode="lines+markers" if xs.min() == xs.max() else "lines",
+                                     name=ref.label, line=dict(color="black", dash=ref.dash,
+                                                               width=1.5)))
         for trace in traces:
             trace.visible = lr == initial_lr
             fig.add_trace(trace)
             owner.append(lr)
-    _layout(fig, title, x_title, y_title, log_y)
+    _layout(fig, title_at_lr(title, initial_lr) if lrs else title, x_title, y_title, log_y)
+    notes = {lr: [_note(n)] if (n := sparse_note(series_by_lr[lr], point_name)) else []
+             for lr in lrs}
+    if lrs:
+        fig.update_layout(annotations=notes[initial_lr])
     buttons = [dict(label=f"LR {lr:g}", method="update",
-                    args=[{"visible": [o == lr for o in owner]}]) for lr in lrs]
+                    args=[{"visible": [o == lr for o in owner]},
+                          {"title.text": title_at_lr(title, lr), "annotations": notes[lr]}])
+               for lr in lrs]
     menus = [_axis_toggle(log_y)]
     if buttons:
         menus.insert(0, dict(type="buttons", direction="right", buttons=buttons,
@@ -192,11 +280,26 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
     return fig
 
 
-def training_curves_figure(curves: Sequence[Curve], title: str) -> go.Figure:
-    """Fig. 1: accuracy and loss per epoch, train and test, one line per run."""
-    panels = (("train_acc", "training accuracy"), ("test_acc", "test accuracy"),
-              ("train_loss", "training loss (epoch mean)"), ("test_loss", "test loss"))
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in panels],
+TRAINING_PANELS = (("train_acc", "training accuracy"), ("test_acc", "test accuracy"),
+                   ("train_loss", "training loss (epoch mean)"), ("test_loss", "test loss"))
+
+
+def _has_values(curves: Sequence[Curve], attr: str) -> bool:
+    return any(np.isfinite(getattr(c, attr)).any() for c in curves)
+
+
+def training_curves_figure(curves: Sequence[Curve], title: str,
+                           x_title: str = "epoch") -> go.Figure:
+    """Fig. 1: accuracy and loss per epoch, train and test, one line per run.
+
+    Without any accuracy (every run a regression, the DLN) the two accuracy panels are
+    left out; when only some runs lack it, the accuracy panels say which. A loss panel
+    whose values span more than ``LOG_DECADES`` decades opens on a log axis.
+    """
+    with_acc = [c for c in curves if _has_values([c], "train_acc") or _has_values([c], "test_acc")]
+    panels = TRAINING_PANELS if with_acc or not curves else TRAINING_PANELS[2:]
+    rows = (len(panels) + 1) // 2
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=[p[1] for p in panels],
                         vertical_spacing=0.14, horizontal_spacing=0.08)
     for curve in curves:
         for i, (attr, _) in enumerate(panels):
@@ -205,9 +308,23 @@ def training_curves_figure(curves: Sequence[Curve], title: str) -> go.Figure:
                                      line=dict(color=curve.color, dash=curve.dash, width=1.8),
                                      marker=dict(size=5), connectgaps=False),
                           row=i // 2 + 1, col=i % 2 + 1)
-    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=90, l=70, r=20, b=50))
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    for i, (attr, _) in enumerate(panels):
+        log = attr.endswith("loss") and spans_decades([getattr(c, attr) for c in curves])
+        fig.update_yaxes(type="log" if log else "linear", row=i // 2 + 1, col=i % 2 + 1,
+                         **Y_AXIS_STYLE)
+    subtitle_note = ""
+    if curves and not with_acc:
+        subtitle_note = "no accuracy: every run is a regression (loss only)"
+    elif len(with_acc) < len(curves):
+        missing = ", ".join(dict.fromkeys(c.label for c in curves if c not in with_acc))
+        subtitle_note = f"no accuracy (regression): {missing}"
+    if subtitle_note:
+        title = f"{title}<br><sup>{subtitle_note}</sup>"
+    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
+    few = len(epochs) and epochs.max() - epochs.min() <= 20
+    fig.update_layout(title=_title(title), height=rows * FIGURE_HEIGHT, template="plotly_white",
+                      margin=dict(t=110, l=70, r=20, b=50))
+    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
     if not curves:
         _no_data(fig)
     return fig
@@ -299,6 +416,7 @@ def ics_figure(layers: Sequence[LayerICS], title: str) -> go.Figure:
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text="‖G − G′‖₂", type="log", row=1, col=1)
     fig.update_yaxes(title_text="cos(G, G′)", row=2, col=1)
+    fig.update_yaxes(**Y_AXIS_STYLE)
     menus = [_axis_toggle(log_y=True)]
     if len(layers) > 1:
         menus.insert(0, _selector([l.title for l in layers],
@@ -358,6 +476,7 @@ def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMa
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text="mean ± std", row=1, col=1)
     fig.update_yaxes(title_text="pre-activation value", row=2, col=1)
+    fig.update_yaxes(**Y_AXIS_STYLE)
     if len(maps) > 1:
         fig.update_layout(updatemenus=[_selector([m.label for m in maps],
                                                  [shown(p) for p in range(len(maps))],

@@ -21,6 +21,7 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
        max-width: 1300px; padding: 0 24px 48px; color: #222; }
 h1 { margin-bottom: 4px; } h2 { margin: 36px 0 4px; border-bottom: 1px solid #ddd; }
 p.definition { margin: 4px 0 8px; color: #444; }
+p.note { margin: 4px 0; padding: 4px 8px; background: #fff7e0; border-left: 3px solid #e0b000; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } td.text { text-align: left; }

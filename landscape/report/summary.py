@@ -15,8 +15,12 @@ from typing import Sequence
 from ..store import RunData
 from .bands import finite_median, last_finite
 
-# How the paper names the two networks; models registered later show under their own name.
-MODEL_LABELS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A+BN"}
+# Display names, the one table every legend, title and table uses (the paper's for its two
+# networks); a model registered later and missing here shows under its own name.
+MODEL_LABELS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A+BN", "vgg_a_noisy_bn": "VGG-A+noisy BN",
+                "vgg_a_noise": "VGG-A+noise", "vgg_a_l1": "VGG-A+ℓ1 BN", "vgg_a_l2": "VGG-A+ℓ2 BN",
+                "vgg_a_linf": "VGG-A+ℓ∞ BN", "vgg_a_ln": "VGG-A+LN", "vgg_a_gn": "VGG-A+GN",
+                "dln": "DLN", "dln_bn": "DLN+BN"}
 
 
 def model_label(model: str) -> str:
@@ -40,6 +44,8 @@ class RunRow:
     epochs: int  # epochs evaluated
     final_train_acc: float
     final_test_acc: float
+    final_train_loss: float  # the last finite epoch mean, as for the accuracies
+    final_test_loss: float
     median_beta: float  # of the probe's effective beta-smoothness
     seconds: float
     ics_probes: int | None = None  # probed steps of the ICS instrument; None: it was off
@@ -58,6 +64,8 @@ def summarize_run(run: RunData) -> RunRow:
                   epochs=len(run.epochs.epoch),
                   final_train_acc=last_finite(run.epochs.train_acc),
                   final_test_acc=last_finite(run.epochs.test_acc),
+                  final_train_loss=last_finite(run.epochs.train_loss),
+                  final_test_loss=last_finite(run.epochs.test_loss),
                   median_beta=finite_median(run.probe.beta), seconds=run.seconds,
                   ics_probes=None if run.ics is None else len(run.ics.step),
                   activation_probes=None if run.activations is None
@@ -65,7 +73,7 @@ def summarize_run(run: RunData) -> RunRow:
 
 
 RUN_TABLE_HEADER = ("run", "model", "norm", "lr", "seed", "status", "steps", "probes", "epochs",
-                    "train acc", "test acc", "median β", "seconds")
+                    "train acc", "test acc", "train loss", "test loss", "median β", "seconds")
 
 
 def run_table_cells(row: RunRow) -> tuple[str, ...]:
@@ -73,6 +81,7 @@ def run_table_cells(row: RunRow) -> tuple[str, ...]:
     return (row.name, model_label(row.model), row.norm, f"{row.lr:g}", str(row.seed),
             row.status_text, str(row.steps), str(row.probes), str(row.epochs),
             _number(row.final_train_acc, ".4f"), _number(row.final_test_acc, ".4f"),
+            _number(row.final_train_loss, ".4g"), _number(row.final_test_loss, ".4g"),
             _number(row.median_beta, ".3g"), _number(row.seconds, ".1f"))
 
 

@@ -1,0 +1,117 @@
+"""Which runs pool into one band, what their labels say, and which inputs are duplicates.
+
+A run's *setting key* is every attribute that says how it was trained (model, norm, lr,
+batch size, optimizer, momentum, width, dataset, ...), i.e. every run attribute except the
+known provenance ones (seed, status, timing, how the grid was batched). An attribute a
+future axis adds therefore splits pools on its own: only runs that agree on every setting
+but the seed pool into one band. No plotting here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..store import RunData, SweepFile
+from .summary import model_label
+
+# Attributes that say how a run went or was scheduled, not how it was trained.
+PROVENANCE_ATTRS = frozenset({"seed", "status", "seconds", "grid", "grid_size",
+                              "steps_completed", "peak_memory_mib", "diverged_step"})
+# Settings a label does not spell out: the model's display name says them (norm follows model).
+IN_DISPLAY_NAME = ("model", "norm")
+
+SettingKey = tuple[tuple[str, Any], ...]
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (list, dict)) \
+        else value
+
+
+def setting_key(run: RunData, ignore: Sequence[str] = ()) -> SettingKey:
+    """The run's training settings as a sorted tuple of (attribute, value), less ``ignore``."""
+    return tuple(sorted((k, _hashable(v)) for k, v in run.attrs.items()
+                        if k not in PROVENANCE_ATTRS and k not in ignore))
+
+
+def setting_text(name: str, value: Any) -> str:
+    """'momentum 0.9', 'batch size 32'; a run that lacks the attribute: 'momentum unset'."""
+    shown = "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{name.replace('_', ' ')} {shown}"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """The report's pools: runs that agree on every setting but the learning rate and seed
+    share a colour and a label; bands at one learning rate pool the runs of a pool."""
+
+    differing: tuple[str, ...]  # settings (not model, norm, lr) whose values differ between runs
+
+    @classmethod
+    def of(cls, runs: Sequence[RunData]) -> "Pooling":
+        names = sorted({k for r in runs for k in r.attrs} - PROVENANCE_ATTRS
+                       - set(IN_DISPLAY_NAME) - {"lr"})
+        return cls(tuple(n for n in names
+                         if len({_hashable(r.attrs.get(n)) for r in runs}) > 1))
+
+    @staticmethod
+    def key(run: RunData) -> SettingKey:
+        """Which pool the run is in (its settings less the learning rate)."""
+        return setting_key(run, ignore=("lr",))
+
+    def label(self, run: RunData) -> str:
+        """The pool's display name and exactly the settings that differ between pools."""
+        return ", ".join([model_label(run.model)]
+                         + [setting_text(n, run.attrs.get(n)) for n in self.differing])
+
+    def pools(self, runs: Sequence[RunData]) -> dict[SettingKey, list[RunData]]:
+        """Runs by pool, in order of first appearance."""
+        groups: dict[SettingKey, list[RunData]] = defaultdict(list)
+        for run in runs:
+            groups[self.key(run)].append(run)
+        return dict(groups)
+
+
+@dataclass(frozen=True)
+class Distinct:
+    """The runs of the input files with every duplicate dropped, and what was dropped."""
+
+    sweeps: list[SweepFile]  # each file once
+    runs: list[RunData]  # each run once, first occurrence kept
+    notes: list[str]  # one line per dropped file or set of dropped runs
+
+
+def _identity(sweep: SweepFile, run: RunData) -> str:
+    """Same file creation time, command, run name and attributes: the same run (a copy)."""
+    return json.dumps([sweep.created, sweep.command, run.name, run.attrs], sort_keys=True,
+                      default=str)
+
+
+def distinct_runs(sweeps: Sequence[SweepFile]) -> Distinct:
+    """Each input file once (by resolved path) and each run once (by ``_identity``)."""
+    files, notes, seen_paths = [], [], {}
+    for sweep in sweeps:
+        path = sweep.path.resolve()
+        if path in seen_paths:
+            notes.append(f"{sweep.path} was given more than once; read once.")
+            continue
+        seen_paths[path] = sweep
+        files.append(sweep)
+    runs, first = [], {}
+    copies: dict[tuple[str, str], int] = defaultdict(int)  # (copy file, original file) -> runs
+    for sweep in files:
+        for run in sweep.runs:
+            identity = _identity(sweep, run)
+            if identity in first:
+                copies[(str(sweep.path), str(first[identity].source))] += 1
+                continue
+            first[identity] = run
+            runs.append(run)
+    for (copy, original), count in copies.items():
+        notes.append(f"{copy}: {count} run{'s' if count > 1 else ''} identical in provenance to "
+                     f"runs of {original} (same file creation time, command, run name and "
+                     f"settings: a copy); counted once.")
+    return Distinct(files, runs, notes)
