@@ -144,7 +144,7 @@ def add_synthetic_run(store: SweepStore, model: str, lr: float, steps: int,
             probe_loss[-1] = np.inf  # the largest eta blows up just before the run does
         log.add_probe(probe_record(s, eta, probe_loss, np.array([1.0, 2.0, 3.0, 4.0]), 2 / lr))
     for e in range(int(step[-1]) // 10):
-        log.add_epoch(epoch=e, train_loss=2.0 - 0.1 * e, train_acc=0.2 + 0.05 * e,
+        log.add_epoch(epoch=e, steps=10, train_loss=2.0 - 0.1 * e, train_acc=0.2 + 0.05 * e,
                       test_loss=2.1 - 0.1 * e, test_acc=0.18 + 0.05 * e, seconds=1.0)
     if diverge_at is None:
         log.set_attrs(status="completed", steps_completed=last, seconds=3.0)

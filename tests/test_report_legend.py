@@ -203,7 +203,8 @@ def dln_sweep(tmp_path):
     for model in ("dln", "dln_bn"):
         log = store.run(f"{model}-lr1e-06-seed0", eta=np.array([0.5, 1, 2, 4]) * 1e-6,
                         model=model, norm="none", lr=1e-6, seed=0, batch_size=1000,
-                        optimizer="SGD", momentum=0.0, dataset="gaussian-linear")
+                        optimizer="SGD", momentum=0.0, dataset="gaussian-linear",
+                        steps_per_epoch=100)
         step = np.arange(250)  # two full epochs and a partial third
         loss = 1e3 * np.exp(-step / 30.0) + 1e-2
         log.add_steps(step=step, epoch=step // 100, loss=loss, grad_norm=np.ones(250),
@@ -212,7 +213,8 @@ def dln_sweep(tmp_path):
             beta = 10.0 ** (6 + 5 * i / 9)
             log.add_probe(SimpleProbe(s, 1e-6 * np.array([0.5, 1, 2, 4]), beta))
         for e in range(3):
-            log.add_epoch(epoch=e, train_loss=10.0 ** (2 - 2 * e), train_acc=math.nan,
+            log.add_epoch(epoch=e, steps=(100, 100, 50)[e], train_loss=10.0 ** (2 - 3 * e),
+                          train_acc=math.nan,
                           test_loss=10.0 ** (2.1 - 2 * e), test_acc=math.nan, seconds=1.0)
         log.set_attrs(status="completed", steps_completed=250, seconds=3.0)
         store.flush(log)
@@ -278,5 +280,16 @@ def test_info_has_final_loss_columns(dln_sweep, capsys):
     assert header[9:15] == ["train", "acc", "test", "acc", "train", "loss"]
     row = next(line for line in lines if line.startswith("dln-lr1e-06")).split()
     assert row[9:11] == ["-", "-"]  # no accuracy
-    assert float(row[11]) == pytest.approx(0.01) and float(row[12]) == pytest.approx(10 ** 0.1 / 100,
+    assert float(row[11]) == pytest.approx(1e-4) and float(row[12]) == pytest.approx(10 ** 0.1 / 100,
                                                                                      rel=1e-3)
+
+
+def test_a_partial_last_epoch_is_said_and_its_train_averages_not_drawn(dln_sweep):
+    """The DLN file's third epoch holds 50 of 100 steps (issue 13, point 4)."""
+    runs = read_sweep(dln_sweep).runs
+    assert all(r.epochs.partial.tolist() == [False, False, True] for r in runs)
+    legend = Legend.of(runs)
+    for curve in training_curves(runs, legend):
+        assert np.isfinite(curve.train_loss[:2]).all() and np.isnan(curve.train_loss[2])
+        assert np.isfinite(curve.test_loss).all()  # a full evaluation, partial epoch or not
+    assert "The last epoch of 2 runs is partial" in epoch_text(runs, legend)

@@ -251,8 +251,12 @@ def epoch_text(runs: Sequence[RunData], legend: "Legend") -> str:
                         f"is measured, not a pass over new data")
         by_meaning[meaning].append(legend.pool_label(group[0]))
     parts = [f"{' and '.join(labels)}: {meaning}" for meaning, labels in by_meaning.items()]
+    partial = sum(bool(run.epochs.partial.any()) for run in runs)
+    cut = (f" The last epoch of {partial} run{'s' if partial > 1 else ''} is partial (the run "
+           "stopped inside it, --steps): its training loss and accuracy average only the steps "
+           "it had and are not drawn; its test values are." if partial else "")
     return ("Epochs are numbered as in the file, from 0: epoch e holds the training steps "
-            "whose stored epoch is e" + (" (" + "; ".join(parts) + ")." if parts else "."))
+            "whose stored epoch is e" + (" (" + "; ".join(parts) + ")." if parts else ".") + cut)
 
 
 # Datasets trained by full-batch gradient descent (the DLN's), where an epoch is only a
@@ -375,10 +379,13 @@ def training_curves(runs: Sequence[RunData], legend: Legend) -> list[fg.Curve]:
         e = run.epochs
         flag = f" (diverged @ step {run.diverged_step})" if run.diverged_step is not None else ""
         where = f" ({legend.name(run)})" if text in repeated else ""
+        # A partial epoch's train averages cover a few minibatches: not drawn. Its test values
+        # are a full evaluation at that point and stay.
+        whole = lambda values: np.where(e.partial, np.nan, masked(values))  # noqa: E731
         curves.append(fg.Curve(
             label=f"{text}{where}{flag}", color=legend.color(run), dash=dash(run),
-            epoch=e.epoch, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
-            train_loss=masked(e.train_loss), test_loss=masked(e.test_loss)))
+            epoch=e.epoch, train_acc=whole(e.train_acc), test_acc=masked(e.test_acc),
+            train_loss=whole(e.train_loss), test_loss=masked(e.test_loss)))
     return curves
 
 
