@@ -18,7 +18,12 @@ setup(
         "plotly",
         "h5py>=3.5",
         "click>=8.0",
+        "pandas",  # landscape.read.to_frames and `landscape export`: tidy tables
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "parquet": ["pyarrow"],  # `landscape export --format parquet`
+        # xarray + h5netcdf: the tests open the HDF5 file as netCDF (named dimensions)
+        "test": ["pytest", "xarray", "h5netcdf", "pyarrow"],
+    },
     entry_points={"console_scripts": ["landscape=landscape.cli:main"]},
 )
