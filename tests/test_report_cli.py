@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from plotly.offline import get_plotlyjs
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
+from landscape.report.summary import model_label
 from landscape.store import SweepStore
 
 from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run
@@ -35,13 +37,23 @@ def figure_divs(page: str) -> list[str]:
     return re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page)
 
 
+def figures(page: str) -> dict[str, tuple[list, dict]]:
+    """{div id: (data, layout)} of the page's figures, decoded from their JSON."""
+    decoder, found = json.JSONDecoder(), {}
+    for call in re.finditer(r'Plotly\.newPlot\(\s*"(fig-[\w-]+)",\s*', page):
+        data, end = decoder.raw_decode(page, call.end())
+        layout, _ = decoder.raw_decode(page, re.compile(r",\s*").match(page, end).end())
+        found[call.group(1)] = (data, layout)
+    return found
+
+
 def figure_strings(page: str) -> list[str]:
-    """Every string in the page's figures (data and layout), decoded from their JSON.
+    """Every string in the page's figures (data and layout).
 
     plotly escapes non-ASCII characters (η) or not depending on whether ``orjson`` is
     installed, so the page's raw text is not what a test should match.
     """
-    decoder, strings = json.JSONDecoder(), []
+    strings = []
 
     def collect(value):
         if isinstance(value, str):
@@ -53,9 +65,7 @@ def figure_strings(page: str) -> list[str]:
             for v in value:
                 collect(v)
 
-    for call in re.finditer(r'Plotly\.newPlot\(\s*"fig-[\w-]+",\s*', page):
-        data, end = decoder.raw_decode(page, call.end())
-        layout, _ = decoder.raw_decode(page, re.compile(r",\s*").match(page, end).end())
+    for data, layout in figures(page).values():
         collect(data)
         collect(layout)
     return strings
@@ -115,6 +125,27 @@ def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep
     assert "smoothed over 3" in page
     assert "LR 0.5" in figure_text  # the selector's button
     assert "2/LR = 4" in figure_text  # beta's reference for LR 0.5
+
+
+def plotly_array(value) -> np.ndarray:
+    """A trace's x or y as numpy: plotly writes numpy arrays as typed arrays (base64)."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+def test_report_numbers_epochs_as_the_file_does(diverged_sweep, tmp_path, capsys):
+    report = tmp_path / "epochs.html"
+    assert run_cli(capsys, "plot", diverged_sweep, "-o", report)[0] == 0
+    data, layout = figures(report.read_text(encoding="utf-8"))["fig-training"]
+    runs = read_sweep(diverged_sweep).runs
+    for run in runs:
+        label = f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}"
+        curves = [trace for trace in data if trace["name"].startswith(label)]
+        assert len(curves) == 4  # accuracy and loss, train and test
+        for trace in curves:
+            np.testing.assert_array_equal(plotly_array(trace["x"]), run.epochs.epoch)
+    assert layout["xaxis"]["title"]["text"] == "epoch (0 = the first pass, as in the file)"
 
 
 def test_report_bands_of_a_diverged_run_stay_finite(diverged_sweep):

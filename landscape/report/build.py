@@ -109,7 +109,8 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                                      initial_lr=_initial_lr(runs))),
         Section("training", "4. Training curves (Fig. 1)",
                 "Per epoch, every run: training accuracy and loss (means over the epoch's "
-                "minibatches, in training mode) and test accuracy and loss (eval mode).",
+                "minibatches, in training mode) and test accuracy and loss (eval mode) after it. "
+                "Epochs are numbered as in the file: 0 is the first pass.",
                 fg.training_curves_figure(training_curves(runs, labels, colors),
                                           "Training curves (Fig. 1)<br><sup>colour: model; "
                                           "dash: learning rate</sup>")),
@@ -259,7 +260,7 @@ def training_curves(runs: Sequence[RunData], labels: dict[int, str],
         curves.append(fg.Curve(
             label=f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}{flag}",
             color=colors[run.model], dash=dash(run),
-            epoch=e.epoch + 1, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
+            epoch=e.epoch, train_acc=masked(e.train_acc), test_acc=masked(e.test_acc),
             train_loss=masked(e.train_loss), test_loss=masked(e.test_loss)))
     return curves
 

@@ -207,7 +207,7 @@ def training_curves_figure(curves: Sequence[Curve], title: str) -> go.Figure:
                           row=i // 2 + 1, col=i % 2 + 1)
     fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
                       margin=dict(t=90, l=70, r=20, b=50))
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_xaxes(title_text="epoch (0 = the first pass, as in the file)", dtick=1)
     if not curves:
         _no_data(fig)
     return fig
