@@ -18,10 +18,13 @@ setup(
         "plotly",
         "h5py>=3.5",
         "click>=8.0",
+        "pandas",  # landscape.read.to_frames and `landscape export`: tidy tables
     ],
     extras_require={
-        # import-linter checks the declared layering (.importlinter, tests/test_architecture.py)
-        "test": ["pytest", "import-linter>=2.1"],
+        "parquet": ["pyarrow"],  # `landscape export --format parquet`
+        # import-linter checks the declared layering (.importlinter, tests/test_architecture.py);
+        # xarray + h5netcdf: the tests open the HDF5 file as netCDF (named dimensions)
+        "test": ["pytest", "import-linter>=2.1", "xarray", "h5netcdf", "pyarrow"],
     },
     entry_points={"console_scripts": ["landscape=landscape.cli:main"]},
 )

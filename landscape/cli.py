@@ -18,6 +18,7 @@ from .report.build import default_report_path, write_report
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
 from .store import read_sweep
+from .store.frames import FORMATS, export_tables
 from .train import SweepConfig, load_experiment, merge, out_of_memory, run_sweep
 
 EXIT_USAGE = 2
@@ -234,6 +235,21 @@ def info(file):
     extra_header, extra_cells = instrument_columns(rows)  # ICS / activation probe counts
     click.echo(text_table(RUN_TABLE_HEADER + extra_header,
                           [run_table_cells(r) + extra for r, extra in zip(rows, extra_cells)]))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--format", "file_format", type=click.Choice(FORMATS), default="csv",
+              show_default=True, help="parquet needs the pyarrow package.")
+@click.option("-o", "--out", default=None,
+              help="Folder for the tables [default: FILE's name without suffix + '-tables', "
+                   "next to it].")
+@click.option("--overwrite", is_flag=True, help="Replace tables already in the folder.")
+def export(file, file_format, out, overwrite):
+    """Write a sweep file as tidy tables (steps, probes, epochs, ...), one row per run x step,
+    per run x probe x eta, per run x epoch, each with every run attribute as a column."""
+    for path in export_tables(file, out, file_format, overwrite):
+        click.echo(f"wrote {path}")
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ from plotly.offline import get_plotlyjs
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
+from landscape.report.summary import model_label
 from landscape.store import SweepStore
 
 from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run
@@ -32,6 +35,40 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def figure_divs(page: str) -> list[str]:
     return re.findall(r'<div id="(fig-[\w-]+)" class="plotly-graph-div"', page)
+
+
+def figures(page: str) -> dict[str, tuple[list, dict]]:
+    """{div id: (data, layout)} of the page's figures, decoded from their JSON."""
+    decoder, found = json.JSONDecoder(), {}
+    for call in re.finditer(r'Plotly\.newPlot\(\s*"(fig-[\w-]+)",\s*', page):
+        data, end = decoder.raw_decode(page, call.end())
+        layout, _ = decoder.raw_decode(page, re.compile(r",\s*").match(page, end).end())
+        found[call.group(1)] = (data, layout)
+    return found
+
+
+def figure_strings(page: str) -> list[str]:
+    """Every string in the page's figures (data and layout).
+
+    plotly escapes non-ASCII characters (η) or not depending on whether ``orjson`` is
+    installed, so the page's raw text is not what a test should match.
+    """
+    strings = []
+
+    def collect(value):
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v)
+
+    for data, layout in figures(page).values():
+        collect(data)
+        collect(layout)
+    return strings
 
 
 def test_read_sweep_gives_typed_runs(tiny_sweep):
@@ -85,10 +122,32 @@ def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep
     assert "again:vgg_a-lr0.05-seed0" not in page
     assert "vgg_a-lr0.5-seed0" in page and "diverged@23" in page
     assert "loss not finite from step 23 (masked)" in page  # the cross on the loss band
-    assert "not finite for η = 2" in page  # the probe's blown-up largest step size
+    figure_text = "\n".join(figure_strings(page))
+    assert "not finite for η = 2" in figure_text  # the probe's blown-up largest step size
     assert "smoothed over 3" in page
-    assert "LR 0.5" in page  # the selector's button
-    assert "2\\u002fLR = 4" in page  # beta's reference for LR 0.5 (plotly's JSON escapes /)
+    assert "LR 0.5" in figure_text  # the selector's button
+    assert "2/LR = 4" in figure_text  # beta's reference for LR 0.5
+
+
+def plotly_array(value) -> np.ndarray:
+    """A trace's x or y as numpy: plotly writes numpy arrays as typed arrays (base64)."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+def test_report_numbers_epochs_as_the_file_does(diverged_sweep, tmp_path, capsys):
+    report = tmp_path / "epochs.html"
+    assert run_cli(capsys, "plot", diverged_sweep, "-o", report)[0] == 0
+    data, layout = figures(report.read_text(encoding="utf-8"))["fig-training"]
+    runs = read_sweep(diverged_sweep).runs
+    for run in runs:
+        label = f"{model_label(run.model)} LR {run.lr:g} seed {run.seed}"
+        curves = [trace for trace in data if trace["name"].startswith(label)]
+        assert len(curves) == 4  # accuracy and loss, train and test
+        for trace in curves:
+            np.testing.assert_array_equal(plotly_array(trace["x"]), run.epochs.epoch)
+    assert layout["xaxis"]["title"]["text"] == "epoch (0 = the first pass, as in the file)"
 
 
 def test_report_bands_of_a_diverged_run_stay_finite(diverged_sweep):

@@ -270,7 +270,7 @@ def test_the_report_says_what_an_epoch_is(dln_sweep):
     assert "logging unit" in text
     curves = training_curves(runs, Legend.of(runs))
     assert curves[0].epoch.tolist() == [0, 1, 2]  # the file's numbers
-    assert "epoch (as stored: from 0)" in build_report([read_sweep(dln_sweep)])
+    assert "epoch (0 = the first pass, as in the file)" in build_report([read_sweep(dln_sweep)])
 
 
 def test_info_has_final_loss_columns(dln_sweep, capsys):

@@ -133,7 +133,7 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                 fg.training_curves_figure(training_curves(runs, legend),
                                           "Training curves (Fig. 1)<br><sup>colour: model and "
                                           "settings; dash: learning rate</sup>",
-                                          x_title="epoch (as stored: from 0)")),
+                                          x_title="epoch (0 = the first pass, as in the file)")),
         Section("runs", "5. Runs and provenance",
                 "Diverged runs are flagged with the step at which the loss stopped being "
                 "finite; their non-finite values are masked in every band and marked ✕.",

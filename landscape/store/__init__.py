@@ -2,8 +2,10 @@
 
 ``write``: ``SweepStore`` / ``RunLog`` buffer rows and append them at each flush, so the file
 is readable while a sweep runs. ``read``: ``read_sweep`` copies a file into typed numpy
-dataclasses. ``schema``: the field names both agree on. The room needs numpy and h5py, never
-torch: the training side writes through it, the report reads through it.
+dataclasses. ``schema``: the field names both agree on, with every field's units, description
+and dimensions. ``frames``: the file as tidy pandas tables (``to_frames``, ``landscape
+export``). The room needs numpy, h5py and pandas, never torch: the training side writes
+through it, the report reads through it.
 """
 
 from .read import (ActivationSeries, EpochSeries, ICSSeries, ProbeSeries, RunData, StepSeries,

@@ -1,10 +1,138 @@
-"""The file's schema in one place: the groups every run has, their fields, the run statuses.
+"""The file's schema in one place: every group, every field's units, meaning and dimensions.
 
-Groups that instruments add (``ics/``, ``activations/``) are declared at run time through
-``RunLog.declare``. The README's "HDF5 schema" section documents every field.
+``GROUPS`` describes each group of a run (``/runs/<name>/<group>/``) and ``FIELDS`` every
+dataset in it. The writer copies ``units`` and ``description`` into each dataset's HDF5
+attributes and turns ``dims`` into HDF5 dimension scales: the dataset named like a
+dimension (``step``, ``eta``, ``layer``, ...) is that dimension's scale, attached to the
+matching axis of every other dataset of the group. netCDF readers (``xarray.open_dataset(
+path, engine="h5netcdf", group="runs/<name>/probe")``) then see named dimensions.
+
+Groups that instruments add (``ics/``, ``activations/``) are created at run time through
+``RunLog.declare``; their fields are described here too, and ``declare`` refuses a field
+that is not. The README's "HDF5 schema" section documents the same fields.
+
+Units: the parameters θ are plain numbers, so losses, gradients, β and η are dimensionless
+("1"); the description says what each number is (the loss is the cross-entropy in nats, or
+the deep linear network's summed squared error).
 """
 
-SCHEMA_VERSION = 1
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 2  # 2: units, descriptions and dimension scales on every dataset
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset of a group: its units, what it is, and the name of each axis."""
+
+    units: str
+    description: str
+    dims: tuple[str, ...]
+
+
+DIMENSIONLESS = "1"
+NO_UNITS = ""  # text labels
+
+_STEP = Field(DIMENSIONLESS, "0-based index of the training step (one optimizer update on one "
+                             "minibatch); step 0 is the first update", ("step",))
+_EPOCH = Field(DIMENSIONLESS, "0-based index of the epoch; epoch 0 is the first pass over the "
+                              "training set", ("epoch",))
+_LAYER = Field(NO_UNITS, "module name of each probed weight layer, e.g. features.15", ("layer",))
+_LAYER_INDEX = Field(DIMENSIONLESS, "1-based position of the layer among the model's conv and "
+                                    "linear layers (layer #1 is the first)", ("layer",))
+
+GROUPS: dict[str, str] = {
+    "steps": "one row per training step",
+    "epochs": "one row per epoch (a partial last epoch has a row too)",
+    "probe": "the landscape probe along the gradient, one row per probed step: the loss and the "
+             "gradient at theta - eta g for each step size eta (Santurkar et al. 2018, Fig. 4)",
+    "ics": "internal covariate shift (Santurkar et al. 2018, Definition 2.1), one row per probed "
+           "step, one column per layer",
+    "activations": "pre-activation distributions (after the normalization, before the ReLU), one "
+                   "row per probed step, one column per layer",
+}
+
+FIELDS: dict[str, dict[str, Field]] = {
+    "steps": {
+        "step": _STEP,
+        "epoch": Field(DIMENSIONLESS, "0-based index of the epoch this step belongs "
+                                      "to; epoch 0 is the first pass over the training set",
+                       ("step",)),
+        "loss": Field(DIMENSIONLESS, "minibatch loss: the mean loss of this step's training "
+                                     "minibatch at the parameters before its update (cross-entropy "
+                                     "in nats)", ("step",)),
+        "grad_norm": Field(DIMENSIONLESS, "||g_t||_2, the L2 norm of this step's minibatch "
+                                          "gradient (all parameters)", ("step",)),
+        "grad_diff": Field(DIMENSIONLESS, "||g_t - g_{t-1}||_2 between the gradients of "
+                                          "consecutive minibatches; NaN at step 0", ("step",)),
+        "beta_consecutive": Field(DIMENSIONLESS, "||g_t - g_{t-1}||_2 / ||theta_t - "
+                                                 "theta_{t-1}||_2 (consecutive minibatches; not "
+                                                 "the paper's beta); NaN at step 0", ("step",)),
+    },
+    "epochs": {
+        "epoch": _EPOCH,
+        "steps": Field(DIMENSIONLESS, "number of training steps in this epoch (fewer than the "
+                                      "steps per epoch for a partial last epoch)", ("epoch",)),
+        "train_loss": Field(DIMENSIONLESS, "mean minibatch loss over the epoch's steps (train "
+                                           "mode, while training)", ("epoch",)),
+        "train_acc": Field(DIMENSIONLESS, "fraction of the epoch's training samples classified "
+                                          "correctly while training, in [0, 1]; NaN for the deep "
+                                          "linear network", ("epoch",)),
+        "test_loss": Field(DIMENSIONLESS, "mean loss on the test set after the epoch (eval mode)",
+                           ("epoch",)),
+        "test_acc": Field(DIMENSIONLESS, "fraction of the test set classified correctly after "
+                                         "the epoch (eval mode), in [0, 1]; NaN for the deep "
+                                         "linear network", ("epoch",)),
+        "seconds": Field("s", "wall-clock time of the epoch's training steps and test "
+                              "evaluation", ("epoch",)),
+    },
+    "probe": {
+        "step": Field(DIMENSIONLESS, "0-based training step probed, at its parameters theta "
+                                     "before its update, on its minibatch", ("step",)),
+        "eta": Field(DIMENSIONLESS, "absolute step size of the probe (the run's learning rate "
+                                    "times the --etas multiple), not a multiple of the learning "
+                                    "rate", ("eta",)),
+        "loss": Field(DIMENSIONLESS, "L(theta - eta g): the minibatch loss after a step of size "
+                                     "eta along the gradient g", ("step", "eta")),
+        "grad_diff": Field(DIMENSIONLESS, "||grad L(theta - eta g) - g||_2: gradient "
+                                          "predictiveness", ("step", "eta")),
+        "beta": Field(DIMENSIONLESS, "effective beta-smoothness: max over eta of "
+                                     "||grad L(theta - eta g) - g||_2 / (eta ||g||_2)", ("step",)),
+        "grad_norm": Field(DIMENSIONLESS, "||g||_2, the minibatch gradient's L2 norm at theta",
+                           ("step",)),
+        "loss_at_theta": Field(DIMENSIONLESS, "L(theta): the minibatch loss before the step",
+                               ("step",)),
+    },
+    "ics": {
+        "step": Field(DIMENSIONLESS, "0-based training step probed", ("step",)),
+        "layer": _LAYER,
+        "layer_index": _LAYER_INDEX,
+        "l2": Field(DIMENSIONLESS, "||G - G'||_2: G is the layer's weight gradient, G' the same "
+                                   "gradient after the layers before it take this step's update",
+                    ("step", "layer")),
+        "cosine": Field(DIMENSIONLESS, "cos(G, G'), in [-1, 1]", ("step", "layer")),
+        "grad_norm": Field(DIMENSIONLESS, "||G||_2, the layer's weight gradient norm",
+                           ("step", "layer")),
+    },
+    "activations": {
+        "step": Field(DIMENSIONLESS, "0-based training step probed", ("step",)),
+        "layer": _LAYER,
+        "layer_index": _LAYER_INDEX,
+        "bin": Field(DIMENSIONLESS, "center of each histogram bin, halfway between bin_edges[i] "
+                                    "and bin_edges[i + 1]", ("bin",)),
+        "bin_edges": Field(DIMENSIONLESS, "edges of the histogram bins (values outside count in "
+                                          "the first or last bin)", ("bin_edges",)),
+        "mean": Field(DIMENSIONLESS, "mean of the layer's pre-activations on the probed step's "
+                                     "minibatch (train mode)", ("step", "layer")),
+        "std": Field(DIMENSIONLESS, "standard deviation of those pre-activations",
+                     ("step", "layer")),
+        "hist": Field(DIMENSIONLESS, "fraction of those pre-activations in each bin; sums to 1 "
+                                     "over the bins", ("step", "layer", "bin")),
+    },
+}
+
 STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
 EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 # Fields that files written before they existed lack: read as this fill value.

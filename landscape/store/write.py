@@ -11,6 +11,11 @@ Layout (see README, "HDF5 schema")::
     /runs/<name>/<group>/   extra groups declared by instruments (``RunLog.declare``):
                             ics/ and activations/ (see landscape/train/instruments.py)
 
+Every dataset gets the ``units`` and ``description`` attributes of ``schema.FIELDS``, and its
+axes are HDF5 dimension scales (``step``, ``eta``, ``layer``, ...): netCDF readers such as
+``xarray.open_dataset(path, engine="h5netcdf", group="runs/<name>/probe")`` see named
+dimensions. Strings are variable-length UTF-8: attributes come back from h5py as ``str``.
+
 Rows are buffered in memory and appended to chunked, resizable datasets by ``flush()``,
 which opens the file, writes and closes it again: between flushes the file on disk is
 complete and consistent, so readers (``landscape info`` on a live sweep) never block the
@@ -30,8 +35,10 @@ import numpy as np
 
 from ..errors import LandscapeError, os_reason
 from ..version import __version__
-from .schema import (EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS, SCHEMA_VERSION,
-                     STATUSES, STEP_FIELDS)
+from .schema import (EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
+                     SCHEMA_VERSION, STATUSES, STEP_FIELDS)
+
+TEXT = h5py.string_dtype("utf-8")  # variable-length UTF-8: netCDF strings, str through asstr()
 
 def _json_default(obj):
     if isinstance(obj, (np.integer, np.floating)):
@@ -39,6 +46,30 @@ def _json_default(obj):
     if isinstance(obj, (Path, os.PathLike)):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _describe(group: h5py.Group, group_name: str) -> None:
+    """Write ``schema.FIELDS`` into a new group: ``units`` and ``description`` on every dataset,
+    and its dimensions as HDF5 dimension scales (the dataset named like a dimension is its
+    scale), so that netCDF readers (h5netcdf, xarray) see named dimensions."""
+    fields = FIELDS[group_name]
+    group.attrs["description"] = GROUPS[group_name]
+    datasets = {name: node for name, node in group.items() if isinstance(node, h5py.Dataset)}
+    for name, ds in datasets.items():
+        field = fields[name]
+        if len(field.dims) != ds.ndim:
+            raise ValueError(f"{group.name}/{name} has {ds.ndim} axes, the schema names "
+                             f"{len(field.dims)}: {field.dims}")
+        ds.attrs["units"] = field.units
+        ds.attrs["description"] = field.description
+        if field.dims == (name,):
+            ds.make_scale(name)
+    for name, ds in datasets.items():
+        for axis, dim in enumerate(fields[name].dims):
+            if dim != name:
+                if dim not in datasets:
+                    raise ValueError(f"{group.name}/{name}: no dataset {dim!r} for its axis {axis}")
+                ds.dims[axis].attach_scale(datasets[dim])
 
 
 def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
@@ -69,11 +100,16 @@ class RunLog:
 
         ``fields`` maps each row field to (dtype, trailing shape): a row of ``append`` holds
         one value of that shape per field, stored as dataset (n,) + shape. ``constants`` are
-        written once (a list of str becomes a string dataset). The group and its empty
-        datasets are created at the next ``flush``.
+        written once (a list of str becomes a string dataset). Every field and constant must
+        be described in ``schema.FIELDS[group]`` (units, description, dimension names). The
+        group and its empty datasets are created at the next ``flush``.
         """
         if group in self._rows:
             raise ValueError(f"run {self.name}: group {group!r} is already declared")
+        undescribed = (set(fields) | set(constants or {})) - set(FIELDS.get(group, {}))
+        if undescribed:  # every dataset of the file is described in schema.py
+            raise ValueError(f"run {self.name}: group {group!r} fields {sorted(undescribed)} are "
+                             "not described in landscape/store/schema.py")
         self._extra[group] = ({f: (np.dtype(d), tuple(shape)) for f, (d, shape) in fields.items()},
                               dict(constants or {}))
         self._rows[group] = {f: [] for f in fields}
@@ -142,6 +178,8 @@ class RunLog:
                                      maxshape=(None,) + empty.shape[1:],
                                      chunks=(1024,) + empty.shape[1:])
         run["probe"].create_dataset("eta", data=self.eta)
+        for group_name in run:
+            _describe(run[group_name], group_name)
 
     def _create_extra(self, group: h5py.Group, group_name: str) -> None:
         fields, constants = self._extra[group_name]
@@ -151,9 +189,10 @@ class RunLog:
                                  + shape)
         for f, value in constants.items():
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                group.create_dataset(f, data=list(value), dtype=h5py.string_dtype())
+                group.create_dataset(f, data=list(value), dtype=TEXT)
             else:
                 group.create_dataset(f, data=np.asarray(value))
+        _describe(group, group_name)
 
 
 class SweepStore:

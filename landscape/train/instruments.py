@@ -8,7 +8,10 @@ layers, b histogram bins; float64 unless said)::
     /runs/<name>/ics/          step (n,) int64, layer (L,) str, layer_index (L,) int64 (1-based),
                                l2 (n, L) = ||G - G'||, cosine (n, L) = cos(G, G'), grad_norm (n, L) = ||G||
     /runs/<name>/activations/  step (n,) int64, layer (L,) str, layer_index (L,) int64,
-                               bin_edges (b + 1,), mean (n, L), std (n, L), hist (n, L, b) (fractions)
+                               bin_edges (b + 1,), bin (b,) centers, mean (n, L), std (n, L),
+                               hist (n, L, b) (fractions)
+
+Units, descriptions and dimension names of every field: ``landscape.store.schema.FIELDS``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def build_instruments(config, model: nn.Module, log) -> list[StepInstrument]:
         n, bins = len(layers["activations"]), len(DEFAULT_BIN_EDGES) - 1
         log.declare("activations", {"step": (np.int64, ()), "mean": (np.float64, (n,)),
                                     "std": (np.float64, (n,)), "hist": (np.float64, (n, bins))},
-                    {**_layer_constants(model, layers["activations"]), "bin_edges": DEFAULT_BIN_EDGES})
+                    {**_layer_constants(model, layers["activations"]),
+                     "bin_edges": DEFAULT_BIN_EDGES,
+                     "bin": (DEFAULT_BIN_EDGES[:-1] + DEFAULT_BIN_EDGES[1:]) / 2})
         instruments.append(ActivationProbe(every=config.activations_every,
                                            layers=layers["activations"], keep=False,
                                            on_record=lambda r: log.append(
