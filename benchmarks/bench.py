@@ -1,38 +1,71 @@
-"""Benchmark: steps/s, images/s, probe overhead and speed-up over the course-style reference.
+"""landscape's benchmarks: one entry point, one suite per question (results: benchmarks/RESULTS.md).
 
-    python benchmarks/bench.py --suite cpu     # the 2-core CPU numbers (about 10 minutes)
-    python benchmarks/bench.py --suite gpu     # on a CUDA machine (full-width VGG-A)
+    python benchmarks/bench.py --suite cpu          # speed on the CPU, and against the course-style
+                                                    # reference (about 10 min on 2 cores)
+    python benchmarks/bench.py --suite gpu          # the same on a CUDA GPU, full width
+    python benchmarks/bench.py --suite fig4         # the paper's Fig. 4 grid end to end on one GPU
+    python benchmarks/bench.py --suite gpucheck     # correctness on a GPU: the probe against float64
+                                                    # on the CPU, graphed sweeps against eager ones
+    python benchmarks/bench.py --suite experiments  # each experiment file's runs, N steps, projected
 
-Every ratio is measured side by side in one run. Each configuration runs ``run_sweep`` (the
-code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file; ratios compare
-configurations that differ in one thing only. Prints one table (markdown) at the end.
+cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
+``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
+ratios compare configurations that differ in one thing only. Prints one markdown table at the
+end. ``--quick`` is a smoke run of the same code (a few minutes on a busy 2-core CPU), not a
+measurement.
+
+fig4: full CIFAR-10 cannot be downloaded on the GPU machines, so cifar10-mini's real images are
+tiled to CIFAR-10's sizes (50,000 training images: 390 steps of 128 an epoch; 10,000 test
+images evaluated after every epoch). 2 models x 5 LRs x 20 epochs = 78,000 run-steps, 780
+probes, every HDF5 write of ``landscape run``; prints where the time went.
+
+experiments: VGG files name full CIFAR-10: the same networks and step counts run on
+cifar10-mini instead (a step costs the same; evaluating 1,017 test images is cheaper than
+10,000). Measured seconds for N steps per run, projected linearly to the file's step count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import functools
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_course import course_sweep  # noqa: E402
 
-from landscape.data import load_cifar10_mini, mini_path  # noqa: E402
+import landscape.train.sweep as sweep_module  # noqa: E402
+from landscape.data import ImageData, load_cifar10_mini, mini_path  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.models import build_model  # noqa: E402
 from landscape.probes import along_gradient  # noqa: E402
-from landscape.train import SweepConfig, resolve_device, run_sweep, training_precision  # noqa: E402
+from landscape.store import SweepStore  # noqa: E402
+from landscape.train import (WARMUP, CapturedProbe, CapturedStep, ClassificationTask,  # noqa: E402
+                             GridRuns, SequentialRun, StreamRuns, SweepConfig, build_run,
+                             resolve_device, run_sweep, training_precision)
 
-FIG4_STEPS = 2 * 5 * 20 * (50_000 // 128)  # 2 models x 5 lrs x 20 epochs of full CIFAR-10
+ROOT = Path(__file__).resolve().parents[1]
+ETAS = (0.05, 0.1, 0.2, 0.4)  # the probe's default step sizes (x LR 1, as the micro-timings use)
+FIG4_MODELS, FIG4_LRS = ("vgg_a", "vgg_a_bn"), (0.05, 0.075, 0.1, 0.125, 0.15)
+FIG4_TRAIN, FIG4_TEST, FIG4_EPOCHS, FIG4_PROBE_EVERY = 50_000, 10_000, 20, 100
+FIG4_STEPS = len(FIG4_MODELS) * len(FIG4_LRS) * FIG4_EPOCHS * (FIG4_TRAIN // 128)  # 78,000
+
+# --------------------------------------------------------------------------- shared helpers
 
 
 def device_name(device: torch.device) -> str:
@@ -41,106 +74,167 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def sync(device):
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def timed_sweep(config: SweepConfig, data, device) -> dict:
-    """Wall time of run_sweep (data already on the device), steps and peak device memory."""
+def seconds_per_call(fn, device: torch.device, repeat: int) -> float:
+    """Median wall seconds of one call of ``fn``, the device drained before and after each.
+
+    Untimed calls first: a ``CapturedStep`` runs ``WARMUP`` eager steps, then records its graph.
+    """
+    for _ in range(WARMUP + 2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        started = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def first_batch(data: ImageData, n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training images (normalized) and labels: a real batch for micro-timings."""
+    return data.normalize(data.x_train[:n]).clone(), data.y_train[:n].clone()
+
+
+def tiled(data: ImageData, n_train: int, n_test: int) -> ImageData:
+    """``data``'s images repeated up to ``n_train``/``n_test`` (the normalization stays the same)."""
+    def repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+        return t.repeat(-(-n // len(t)), *([1] * (t.ndim - 1)))[:n].contiguous()
+
+    return ImageData(f"{data.name} tiled", repeat(data.x_train, n_train), repeat(data.y_train, n_train),
+                     repeat(data.x_test, n_test), repeat(data.y_test, n_test), data.mean, data.std)
+
+
+def timed_sweep(config: SweepConfig, data, device: torch.device) -> dict:
+    """Wall time of run_sweep (data already on the device), steps, peak device memory, file size."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.h5")
         sync(device)
         started = time.perf_counter()
-        summaries = run_sweep(config, os.path.join(tmp, "b.h5"), data=data)
+        summaries = run_sweep(config, path, data=data)
         sync(device)
         seconds = time.perf_counter() - started
+        hdf5_mib = os.path.getsize(path) / 2**20
     steps = sum(s.steps for s in summaries)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"seconds": seconds, "steps": steps, "images": steps * config.batch_size,
-            "peak_mib": peak, "run_steps": [s.steps for s in summaries]}
+            "peak_mib": peak, "summaries": summaries, "hdf5_mib": hdf5_mib}
 
 
-def probe_vs_step(model_name: str, width: float, device, batch_size: int = 128, repeat: int = 10,
-                  precision: str = "tf32") -> dict:
-    """Median seconds of one training step and of one 4-point probe (batched and sequential)."""
-    data = load_cifar10_mini().to(device)
-    torch.manual_seed(0)
-    model = build_model(model_name, width=width).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = data.normalize(data.x_train[:batch_size])
-    y = data.y_train[:batch_size]
-    etas = [0.05, 0.1, 0.2, 0.4]
+@contextlib.contextmanager
+def phase_timer(device: torch.device):
+    """Wall seconds ``run_sweep`` spends in its phases, by label (the device drained at each
+    phase's edges); the sweep's own functions are wrapped for the duration, then restored.
 
-    def step():
-        with autocast():
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    What is left of a sweep's total is the training loop proper: steps and probes, which run
+    asynchronously on a GPU and are not told apart here.
+    """
+    phases: dict[str, float] = {}
+    running: list[str] = []  # a phase inside another (the memory trial builds runs) counts once
+    wrapped = []
 
-    def median_time(fn):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeat):
+    def wrap(owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)  # run_sweep looks these up at call time, in their modules
+
+        @functools.wraps(inner)
+        def timed(*args, **kwargs):
+            if running:
+                return inner(*args, **kwargs)
+            running.append(label)
             sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t)
-        return sorted(times)[len(times) // 2]
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                sync(device)
+                phases[label] = phases.get(label, 0.0) + time.perf_counter() - started
+                running.pop()
 
-    with training_precision(precision, device) as autocast:
-        t_step = median_time(step)
-        t_graphed = float("nan")
-        if device.type == "cuda":  # the step as --grid streams runs it: one CUDA graph replay
-            from landscape.train.streams import CapturedStep
-            from landscape.train.tasks import ClassificationTask
+        wrapped.append((owner, name, inner))
+        setattr(owner, name, timed)
 
-            captured = CapturedStep(model, opt, ClassificationTask(data), x.clone(), y.clone(),
-                                    autocast)
-
-            def graphed():
-                captured.launch()
-                captured.join()
-
-            t_graphed = median_time(graphed)
-        t_batched = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, points="vmap"))
-        t_seq = median_time(lambda: along_gradient(model, F.cross_entropy, x, y, etas, points="sequential"))
-    return {"step": t_step, "graphed_step": t_graphed, "probe_batched": t_batched,
-            "probe_sequential": t_seq}
+    try:
+        wrap(sweep_module, "grid_chunks", "memory trial (grid_chunks)")
+        wrap(sweep_module, "make_trainer", "building the runs")
+        for trainer in (SequentialRun, GridRuns, StreamRuns):  # what the loop calls each epoch
+            wrap(trainer, "evaluate", "test evaluations")
+        wrap(SweepStore, "flush", "HDF5 flushes")
+        yield phases
+    finally:
+        for owner, name, inner in reversed(wrapped):
+            setattr(owner, name, inner)
 
 
 def fmt(x, spec=".3g"):
     return "-" if x != x else format(x, spec)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--width", type=float, default=None)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile training steps")
-    parser.add_argument("--repeat", type=int, default=2, help="alternating repeats of the "
-                        "probe-overhead pair (fastest kept)")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    width = args.width or (0.25 if args.suite == "cpu" else 1.0)
+def print_table(header, rows) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+# --------------------------------------------------------------------------- cpu and gpu
+
+
+def probe_vs_step(model_name: str, width: float, data: ImageData, device, repeat: int,
+                  precision: str) -> dict:
+    """Median seconds of one eager training step (the sweep's ``SequentialRun.step``), one
+    4-point probe (vmapped and sequential points), and on a GPU one graphed step and one
+    graphed probe (``CapturedStep``, ``CapturedProbe``: what ``--grid streams`` replays)."""
+    config = SweepConfig(models=(model_name,), lrs=(0.1,), epochs=1, width=width,
+                         device=str(device), precision=precision, probe=False)
+    run = SequentialRun(model_name, 0.1, config, data, device, lambda k, r: None, None)
+    x, y = first_batch(data)
+    out = {"graphed_step": float("nan"), "graphed_probe": float("nan")}
+    with training_precision(precision, device) as autocast:
+        out["step"] = seconds_per_call(lambda: run.step(x, y, 0, autocast), device, repeat)
+        out["probe_batched"] = seconds_per_call(
+            lambda: along_gradient(run.model, F.cross_entropy, x, y, ETAS, points="vmap"), device, repeat)
+        out["probe_sequential"] = seconds_per_call(
+            lambda: along_gradient(run.model, F.cross_entropy, x, y, ETAS, points="sequential"),
+            device, repeat)
+        if device.type == "cuda":
+            model, optimizer = build_run(model_name, 0.1, config, data.num_classes, device)
+            step = CapturedStep(model, optimizer, ClassificationTask(data), x, y, autocast)
+            probe = CapturedProbe(model, F.cross_entropy, step.x, step.y, ETAS, step.stream)
+
+            def graphed_step():
+                step.launch()
+                step.join()
+
+            def graphed_probe():
+                probe.launch()
+                torch.cuda.current_stream().wait_stream(step.stream)
+
+            out["graphed_step"] = seconds_per_call(graphed_step, device, repeat)
+            out["graphed_probe"] = seconds_per_call(graphed_probe, device, repeat)
+    run.close()
+    return out
+
+
+def speed_suite(args, device: torch.device) -> None:
+    """cpu/gpu: sweeps with and without probes, the other grid mode, the course-style reference."""
+    if args.quick:  # on a busy 2-core machine, 2 spinning threads made tiny steps ~100x slower
+        torch.set_num_threads(1)
     data = load_cifar10_mini().to(device)
     rows = []
-
-    base = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.05, 0.1, 0.15), epochs=args.epochs,
-                       dataset="cifar10-mini", width=width, device=str(device), probe_every=100,
-                       precision=args.precision, compile=args.compile)
+    base = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.1,) if args.quick else (0.05, 0.1, 0.15),
+                       epochs=args.epochs, dataset="cifar10-mini", width=args.width,
+                       device=str(device), probe_every=100, precision=args.precision,
+                       compile=args.compile)
     timed_sweep(replace(base, models=base.models[:1], lrs=base.lrs[:1], epochs=1), data, device)  # warm-up
-    # The two sweeps whose ratio is the probe overhead alternate, twice; each keeps its fastest
-    # run, so that drifts of a shared machine do not land on one side only.
+    # The two sweeps whose ratio is the probe overhead alternate; each keeps its fastest run,
+    # so that drifts of a shared machine do not land on one side only.
     pairs = [(timed_sweep(replace(base, probe=False), data, device), timed_sweep(base, data, device))
              for _ in range(args.repeat)]
     no_probe = min((p[0] for p in pairs), key=lambda r: r["seconds"])
@@ -154,23 +248,24 @@ def main():
         rows.append((name, fmt(r["steps"] / r["seconds"]), fmt(r["images"] / r["seconds"], ".4g"),
                      fmt(overhead), fmt(speedup), fmt(r["peak_mib"], ".4g"), f"{r['seconds']:.1f}"))
 
-    row(f"sweep 2x3 lrs x{args.epochs} ep, no probe", no_probe)
+    row(f"sweep {len(base.models)}x{len(base.lrs)} lrs x{args.epochs} ep, no probe", no_probe)
     row("sweep, probe every 100 (4 eta)", default, default["seconds"] / no_probe["seconds"])
     row("sweep 1 ep, no probe", no_probe_1)
     row("sweep 1 ep, probe every step", every_step, every_step["seconds"] / no_probe_1["seconds"])
-    row(f"sweep, no probe, --grid {other} (speed-up of --grid {base.grid} over it)", other_grid, float("nan"),
-        other_grid["seconds"] / no_probe["seconds"])
+    row(f"sweep, no probe, --grid {other} (speed-up of --grid {base.grid} over it)", other_grid,
+        float("nan"), other_grid["seconds"] / no_probe["seconds"])
 
     if args.suite == "cpu":
-        ref = course_sweep(str(mini_path()), base.models, base.lrs, args.epochs, width)
+        ref = course_sweep(str(mini_path()), base.models, base.lrs, args.epochs, args.width)
         ref["images"], ref["peak_mib"] = ref["steps"] * 128, float("nan")
         row("reference: course-style sweep", ref)
         rows[1] = rows[1][:4] + (fmt(ref["seconds"] / default["seconds"]),) + rows[1][5:]
 
-    pv = probe_vs_step("vgg_a_bn", width, device, precision=args.precision)
+    pv = probe_vs_step("vgg_a_bn", args.width, data, device, 3 if args.quick else 10, args.precision)
     if device.type == "cuda":
         print(f"\none graphed training step (CUDA graph replay): {pv['graphed_step'] * 1e3:.2f} ms; "
-              f"one 4-point probe = {pv['probe_sequential'] / pv['graphed_step']:.1f} graphed steps")
+              f"one graphed 4-point probe (points on streams): {pv['graphed_probe'] * 1e3:.2f} ms "
+              f"= {pv['graphed_probe'] / pv['graphed_step']:.1f} graphed steps")
     print(f"\none training step: {pv['step'] * 1e3:.2f} ms; one 4-point probe: batched "
           f"{pv['probe_batched'] * 1e3:.2f} ms ({pv['probe_batched'] / pv['step']:.2f} steps), "
           f"sequential {pv['probe_sequential'] * 1e3:.2f} ms "
@@ -191,18 +286,231 @@ def main():
           f"marginal) + {FIG4_STEPS // 100} probes {FIG4_STEPS / 100 * per_probe / 60:.1f} min "
           f"({per_probe * 1e3:.1f} ms a probe in the sweep)")
 
-    print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {width} "
-          f"| precision {args.precision} | grid {base.grid} | compile {args.compile}\n")
-    header = ("configuration", "run-steps/s", "images/s", "probe overhead", "speed-up",
-              "peak MiB", "seconds")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(f"\n{date.today()} | {device_name(device)} | torch {torch.__version__} | width {args.width} "
+          f"| precision {args.precision} | grid {base.grid} | compile {args.compile}"
+          f"{' | --quick: a smoke run, not a measurement' if args.quick else ''}\n")
+    print_table(("configuration", "run-steps/s", "images/s", "probe overhead", "speed-up",
+                 "peak MiB", "seconds"), rows)
+
+
+# --------------------------------------------------------------------------- fig4
+
+
+def fig4_suite(args, device: torch.device) -> None:
+    """The paper's Fig. 4 grid end to end, and where its time went."""
+    data = tiled(load_cifar10_mini(), FIG4_TRAIN, FIG4_TEST).to(device)
+    config = SweepConfig(models=FIG4_MODELS, lrs=FIG4_LRS, epochs=args.epochs, dataset="cifar10",
+                         device=str(device), precision=args.precision, probe=not args.no_probe,
+                         probe_every=FIG4_PROBE_EVERY)
+    with phase_timer(device) as phases:
+        r = timed_sweep(config, data, device)
+    seconds, run_steps = r["seconds"], r["steps"]
+    probes = sum(-(-s.steps // FIG4_PROBE_EVERY) for s in r["summaries"]) if config.probe else 0
+    print(f"{device_name(device)}, torch {torch.__version__}; precision {args.precision}, "
+          f"{'no probes' if args.no_probe else 'probe every 100 (4 eta)'}\n")
+    print_table(("run", "status", "steps", "test acc", "median beta", "group seconds"),
+                [(s.name, s.status, s.steps, f"{s.final_test_acc:.3f}", f"{s.median_beta:.3g}",
+                  f"{s.seconds:.1f}") for s in r["summaries"]])
+    print(f"\nFig. 4 grid: {run_steps} run-steps, {probes} probes in {seconds:.1f} s "
+          f"({seconds / 60:.2f} min): {run_steps / seconds:.0f} run-steps/s, "
+          f"{r['images'] / seconds:.3g} images/s; peak GPU memory {r['peak_mib']:.0f} MiB; "
+          f"HDF5 {r['hdf5_mib']:.1f} MiB\n")
+    print_table(("phase", "seconds"),
+                [*((label, f"{s:.1f}") for label, s in phases.items()),
+                 ("the rest: training steps, probes, loop", f"{seconds - sum(phases.values()):.1f}")])
+
+
+# --------------------------------------------------------------------------- gpucheck
+
+
+def relative_error(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b))))
+
+
+def gpucheck_suite(args, device: torch.device) -> None:
+    """1. Full-width VGG-A with and without BN on a real batch of 128: the probe on the GPU
+    measures in float32 (TF32 and autocast off) even while training settings enable TF32, and
+    leaves parameters, BN buffers and the CUDA RNG state bit-identical; float64 on the CPU is
+    the reference. 2. ``--grid streams`` sweeps against ``--grid sequential`` (eager) ones."""
+    data = load_cifar10_mini()
+    x, y = first_batch(data)
+    with training_precision("tf32", device):  # TF32 on, as while training
+        for name in ("vgg_a", "vgg_a_bn"):
+            torch.manual_seed(0)
+            model = build_model(name)
+            ref = along_gradient(copy.deepcopy(model).double(), F.cross_entropy, x.double(), y, ETAS)
+            gpu = model.to(device).to(memory_format=torch.channels_last)
+            xg, yg = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+            before = [t.clone() for t in list(gpu.parameters()) + list(gpu.buffers())]
+            rng = torch.cuda.get_rng_state(device)
+            for points in ("vmap", "streams", "sequential"):
+                rec = along_gradient(gpu, F.cross_entropy, xg, yg, ETAS, points=points)
+                print(f"{name:9s} points={points:10s} loss rel err {relative_error(rec.loss, ref.loss):.2e}  "
+                      f"grad_diff rel err {relative_error(rec.grad_diff, ref.grad_diff):.2e}  "
+                      f"beta {rec.beta:.4f} vs float64 {ref.beta:.4f}")
+            after = list(gpu.parameters()) + list(gpu.buffers())
+            untouched = all(torch.equal(a, b) for a, b in zip(before, after))
+            untouched &= torch.equal(rng, torch.cuda.get_rng_state(device))
+            print(f"{name:9s} parameters, buffers and CUDA RNG unchanged: {untouched}")
+    compare_streams_with_eager(data, device)
+
+
+def compare_streams_with_eager(data, device, steps: int = 60) -> None:
+    """Largest relative difference over every stored dataset: streams vs sequential (eager),
+    and sequential vs itself (the noise floor), with cuDNN's default and deterministic kernels."""
+    for deterministic in (True, False):
+        torch.backends.cudnn.deterministic = deterministic
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            for label, grid in (("streams", "streams"), ("eager", "sequential"),
+                                ("eager again", "sequential")):
+                files[label] = os.path.join(tmp, f"{label}.h5")
+                config = SweepConfig(models=("vgg_a", "vgg_a_bn"), lrs=(0.05, 0.1, 0.15),
+                                     steps=steps, probe_every=10, dataset="cifar10-mini",
+                                     device=str(device), precision="fp32", grid=grid)
+                run_sweep(config, files[label], data=data)
+            for other in ("streams", "eager again"):
+                worst = largest_difference(files[other], files["eager"])
+                print(f"cudnn.deterministic={deterministic!s:5s} {other:11s} vs eager, {steps} "
+                      f"full-width fp32 steps, 6 runs: largest rel diff {worst[0]:.1e} ({worst[1]})")
+    torch.backends.cudnn.deterministic = False
+
+
+def largest_difference(path_a, path_b) -> tuple[float, str]:
+    worst = (0.0, "-")
+    with h5py.File(path_a, "r") as a, h5py.File(path_b, "r") as b:
+        for name in b["runs"]:
+            for path in ("steps/loss", "steps/grad_norm", "steps/grad_diff", "probe/loss",
+                         "probe/grad_diff", "probe/beta", "epochs/test_loss"):
+                x, y = a["runs"][name][path][()], b["runs"][name][path][()]
+                ok = np.isfinite(y) & (y != 0)
+                d = float(np.max(np.abs(x[ok] - y[ok]) / np.abs(y[ok]))) if ok.any() else 0.0
+                worst = max(worst, (d, f"{name} {path}"))
+    return worst
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def experiments_suite(args, device: torch.device) -> None:
+    """Each experiment file through ``landscape run``: N steps of its paper setting, projected."""
+    files = [Path(f) for f in args.files] or sorted((ROOT / "experiments").glob("*.toml"))
+    for path in files:
+        if not path.is_file():
+            raise LandscapeError(f"no experiment file {path}")
+    rows = []
+    for path in files:
+        run = tomllib.loads(path.read_text())["run"]
+        runs = len(run["models"]) * len(run["lrs"])
+        steps = min(args.steps, run["steps"])
+        dataset = ["--dataset", "cifar10-mini"] if run.get("dataset") == "cifar10" else []
+        cmd = [sys.executable, "-m", "landscape", "run", "--config", str(path), *dataset,
+               "--steps", str(steps), "--device", str(device), "--overwrite",
+               "--out", str(Path(args.out_dir) / f"{path.stem}.h5")]
+        started = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            rows.append((path.name, f"failed: {last}", "", ""))
+            continue
+        projected = seconds * run["steps"] / steps
+        rows.append((path.name, f"{runs} runs x {steps} steps: {seconds:.0f} s",
+                     f"{runs} runs x {run['steps']} steps", f"{projected / 60:.1f} min"))
+        print(rows[-1], flush=True)
+    print()
+    print_table(("file", "measured", "paper setting", "projected"), rows)
+
+
+# --------------------------------------------------------------------------- command line
+
+# suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
+SUITES = {
+    "cpu": (speed_suite, "cpu", {"epochs": 3, "width": 0.25, "precision": "tf32", "compile": False,
+                                 "repeat": 2, "quick": False}),
+    "gpu": (speed_suite, "cuda", {"epochs": 3, "width": 1.0, "precision": "tf32", "compile": False,
+                                  "repeat": 2, "quick": False, "device": "cuda"}),
+    "fig4": (fig4_suite, "cuda", {"epochs": FIG4_EPOCHS, "precision": "tf32", "no_probe": False,
+                                  "device": "cuda"}),
+    "gpucheck": (gpucheck_suite, "cuda", {"device": "cuda"}),
+    "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
+                                              "device": "auto", "files": []}),
+}
+QUICK = {"epochs": 2, "width": 0.125, "repeat": 1}  # --quick: defaults of a smoke run
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = OneLineParser(prog="bench.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="cpu", choices=list(SUITES),
+                        help="what to measure (default cpu)")
+    parser.add_argument("--device", help="cuda device of gpu/fig4/gpucheck (default cuda); "
+                        "experiments: auto, cpu or cuda (default auto)")
+    parser.add_argument("--width", type=float, help="cpu, gpu: VGG width (default 0.25 / 1.0)")
+    parser.add_argument("--epochs", type=int, help="cpu, gpu: epochs of the long sweeps, at "
+                        "least 2 (default 3); fig4: epochs (default 20)")
+    parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                        help="cpu, gpu, fig4: training precision (default tf32)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="cpu: torch.compile training steps (CPU only)")
+    parser.add_argument("--repeat", type=int, help="cpu, gpu: alternating repeats of the "
+                        "probe-overhead pair, fastest kept (default 2)")
+    parser.add_argument("--quick", action="store_true", default=None,
+                        help="cpu, gpu: a smoke run, not a measurement (width 0.125, 2 epochs, one LR, "
+                        "one repeat, one CPU thread)")
+    parser.add_argument("--no-probe", action="store_true", default=None,
+                        help="fig4: the grid without probes")
+    parser.add_argument("--steps", type=int, help="experiments: steps per run (default 1000)")
+    parser.add_argument("--out-dir", help="experiments: where the HDF5 files go "
+                        "(default /tmp/landscape-experiments)")
+    parser.add_argument("files", nargs="*", default=None,
+                        help="experiments: experiment files (default: all of experiments/)")
+    args = parser.parse_args(argv)
+    _, _, defaults = SUITES[args.suite]
+    for name, value in vars(args).items():
+        if name != "suite" and value not in (None, []) and name not in defaults:
+            option = ("experiment files do" if name == "files"
+                      else f"--{name.replace('_', '-')} does")
+            parser.error(f"{option} not apply to --suite {args.suite}")
+    for name, default in defaults.items():
+        if getattr(args, name) in (None, []):
+            setattr(args, name, QUICK.get(name, default) if args.quick else default)
+    smallest_epochs = 2 if args.suite in ("cpu", "gpu") else 1  # the projection needs two lengths
+    for name, smallest in (("epochs", smallest_epochs), ("repeat", 1), ("steps", 1)):
+        if name in defaults and getattr(args, name) < smallest:
+            parser.error(f"--{name} must be at least {smallest} for --suite {args.suite}")
+    if "width" in defaults and not args.width > 0:
+        parser.error("--width must be positive")
+    return args
+
+
+def suite_device(suite: str, name: str | None) -> torch.device:
+    """The device a suite runs on; a LandscapeError (one line) where this machine lacks it."""
+    _, needs, defaults = SUITES[suite]
+    if needs == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError(f"--suite {suite} needs a CUDA GPU and none is available here "
+                             f"(--suite cpu measures the CPU)")
+    device = resolve_device(name or defaults.get("device", needs))
+    if needs is not None and device.type != needs:
+        raise LandscapeError(f"--suite {suite} runs on {needs}, not on --device {name}")
+    return device
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        run_suite, _, _ = SUITES[args.suite]
+        run_suite(args, suite_device(args.suite, args.device))
+    except LandscapeError as error:  # a bad setting (no GPU, --compile on a GPU): one line
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LandscapeError as error:  # a bad setting (no GPU, --compile on a GPU): one line
-        sys.exit(f"bench.py: {error}")
+    main()

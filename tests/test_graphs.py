@@ -1,7 +1,7 @@
 """CUDA-graph training on streams (``--grid streams``): equal to eager runs, only where it can be.
 
-The equality tests need a GPU and are skipped without one; ``benchmarks/gpu_check.py`` runs
-the same comparison at full width on a GPU machine.
+The equality tests need a GPU and are skipped without one; ``python benchmarks/bench.py
+--suite gpucheck`` runs the same comparison at full width on a GPU machine.
 """
 
 import numpy as np

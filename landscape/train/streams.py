@@ -10,12 +10,12 @@ same batches) replay on K streams, so that the GPU overlaps them.
 The replay is the eager step: the first ``WARMUP`` steps run eagerly (they create the SGD
 momentum buffers and let cuDNN pick its kernels), the graph is recorded from the very same
 function, and every step reads the batch from one static input buffer shared by the K runs.
-``benchmarks/gpu_check.py`` compares graphed runs with eager ones on a GPU.
+``python benchmarks/bench.py --suite gpucheck`` compares graphed runs with eager ones on a GPU.
 
 Only for what a graph can hold: CUDA, image classification, models without host-side
 randomness (not the noisy-BN family), no ICS or activation instruments (their hooks run
 Python at every forward), no ``torch.compile`` (``CapturedStep`` can record a compiled forward,
-for ``benchmarks/compile_steps.py``; its gradients were measured wrong on an H100).
+which was timed in benchmarks/RESULTS.md, Round 3; its gradients were measured wrong on an H100).
 """
 
 from __future__ import annotations
