@@ -192,6 +192,22 @@ def test_gradient_accumulation_is_measured_on_all_micro_batches(norm):
         assert r.beta == pytest.approx(concatenated.beta, rel=1e-10)
 
 
+def test_loss_is_paired_with_the_call_whose_output_it_gets():
+    """Two forwards, then their losses: each loss goes with its own call, not the latest."""
+    model = mlp()
+    opt, probe = sgd(model), LandscapeProbe(every=1, etas=ETAS)
+    loss_fn = probe.attach(model, opt, F.cross_entropy)
+    (x1, y1), (x2, y2) = batch(8, 0), batch(12, 1)
+    opt.zero_grad()
+    out1, out2 = model(x1), model(x2)
+    (loss_fn(out1, y1) + loss_fn(out2, y2)).backward()
+    reference = direct_landscape(
+        model, lambda m: F.cross_entropy(m(x1), y1) + F.cross_entropy(m(x2), y2),
+        [e * LR for e in ETAS])
+    opt.step()
+    assert_record_is(probe.records[0], reference)
+
+
 def test_accumulation_with_unequal_micro_batches_and_sum_weights():
     """Weights are what backward sent into each loss: here sizes 8 and 4, each loss scaled by
     its share of 12 samples, so F is the mean over the 12 samples (no BN: the concatenation);

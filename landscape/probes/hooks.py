@@ -128,9 +128,10 @@ class LandscapeProbe:
         _check_every(owner, self.every)
         _check_etas(owner, self.etas, self.relative)
         self._handles: list = []
+        self._grad_handles: list = []  # only while a probed step's backward() may run
         self._calls: collections.deque = collections.deque(maxlen=_RECENT_CALLS)
         self._step_batches: list[tuple[Batch, torch.Tensor]] = []  # backpropagated this step
-        self._last_batches: list[tuple[Batch, torch.Tensor]] = []  # ... in the last step
+        self._last_batches: list[tuple[Batch, torch.Tensor]] = []  # ... in the last probed step
         self._grad_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._warned: set[str] = set()
 
@@ -141,13 +142,11 @@ class LandscapeProbe:
         self._check_optimizer(optimizer)
         self._handles = [model.register_forward_hook(self._record_call, with_kwargs=True),
                          optimizer.register_step_pre_hook(self._before_step)]
-        if self._watches_gradients():
-            self._handles += [p.register_post_accumulate_grad_hook(self._record_grad_norm)
-                              for p in model.parameters() if p.requires_grad]
+        self._watch_gradients_if_due()
 
         def loss_recording_batch(outputs, targets, **loss_kwargs):
             loss = loss_fn(outputs, targets, **loss_kwargs)
-            if not _measuring[0] and isinstance(loss, torch.Tensor) and loss.requires_grad:
+            if self._due() and isinstance(loss, torch.Tensor) and loss.requires_grad:
                 call = self._call_of(outputs)
                 if call is not None:
                     batch = Batch(call, targets, 1.0, loss_kwargs)
@@ -158,9 +157,9 @@ class LandscapeProbe:
         return loss_recording_batch
 
     def detach(self) -> None:
-        for h in self._handles:
+        for h in self._handles + self._grad_handles:
             h.remove()
-        self._handles = []
+        self._handles, self._grad_handles = [], []
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -175,8 +174,21 @@ class LandscapeProbe:
                           f"along the raw gradient (theta - eta g), not along {name}'s update; "
                           "pass relative=False to give absolute etas", stacklevel=3)
 
+    def _due(self) -> bool:
+        """The coming optimizer step is probed, and this is not a probe's own pass: only then
+        do the hooks record anything (other steps cost a modulo per hook)."""
+        return self.step % self.every == 0 and not _measuring[0]
+
+    def _watch_gradients_if_due(self) -> None:
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles = []
+        if self._watches_gradients() and self.step % self.every == 0:
+            self._grad_handles = [p.register_post_accumulate_grad_hook(self._record_grad_norm)
+                                  for p in self._model.parameters() if p.requires_grad]
+
     def _record_call(self, module, args, kwargs, output) -> None:
-        if _measuring[0]:
+        if not self._due():
             return
         modes = tuple(m.training for m in module.modules())
         call = ModelInputs(tuple(args), dict(kwargs), None if all(modes) else modes)
@@ -197,7 +209,7 @@ class LandscapeProbe:
                                              batch.loss_kwargs), loss))
 
     def _record_grad_norm(self, p: torch.Tensor) -> None:
-        if not _measuring[0] and self.step % self.every == 0:
+        if not _measuring[0]:
             self._grad_norms[p] = torch.linalg.vector_norm(p.grad)
 
     def _before_step(self, optimizer, args, kwargs) -> None:
@@ -207,6 +219,8 @@ class LandscapeProbe:
         if self._step_batches:
             self._last_batches, self._step_batches = self._step_batches, []
         self._grad_norms = {}
+        self._calls.clear()  # a loss pairs with a call of its own step
+        self._watch_gradients_if_due()
 
     # -- measuring ---------------------------------------------------------------------------
 
@@ -263,8 +277,8 @@ class LandscapeProbe:
         return record
 
     def measure(self) -> LandscapeRecord:
-        """Measure now, at the current parameters, on this step's (else the last step's)
-        backpropagated batches."""
+        """Measure now, at the current parameters, on this step's backpropagated batches (the
+        hooks record them on the steps the schedule probes; else on the last probed step's)."""
         loss_fn, inputs, targets = self._objective()
         lr = float(self._optimizer.param_groups[0]["lr"])
         etas = [e * lr for e in self.etas] if self.relative else list(self.etas)
