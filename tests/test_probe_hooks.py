@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.probes import (ActivationProbe, ICSProbe, LandscapeProbe, ModelInputs,
-                              activation_stats, along_gradient)
+from landscape.probes import (ActivationProbe, Batch, Batches, ICSProbe, LandscapeProbe,
+                              ModelInputs, activation_stats, along_gradient)
+from paper_util import gpu
 
 ETAS = (0.5, 1.0, 2.0, 4.0)
 LR = 0.1
@@ -362,3 +363,37 @@ def test_measure_before_any_backward_is_refused_clearly():
     with pytest.raises(RuntimeError, match="no training batch seen yet: it measures on the "
                                            "losses .* that went through backward()"):
         opt.step()
+
+
+@pytest.mark.parametrize("points,device", [("vmap", "cpu"),
+                                           pytest.param("vmap", "cuda", marks=gpu),
+                                           pytest.param("streams", "cuda", marks=gpu)])
+def test_batches_of_model_calls_agree_across_point_modes(points, device):
+    """Positional and keyword arguments, recorded modes (BN in eval for one call), loss kwargs
+    and weights: vmap and streams evaluate the same objective as the sequential points."""
+    model = Masked().to(device)
+    mask = (torch.arange(6) < 4).double().to(device)
+    (x1, y1), (x2, y2) = ((x.to(device), y.to(device)) for x, y in (batch(8, 0), batch(4, 1)))
+    modes = tuple(not isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    objective = Batches((
+        Batch(ModelInputs((x1, mask), {"scale": 2.0}, modes), y1, 0.5, {"label_smoothing": 0.1}),
+        Batch(ModelInputs((x2,), {"mask": mask}), y2, torch.full((), 0.25, device=device,
+                                                                  dtype=torch.float64))))
+    seq = along_gradient(model, F.cross_entropy, objective, None, [0.05, 0.1], "sequential")
+    other = along_gradient(model, F.cross_entropy, objective, None, [0.05, 0.1], points)
+    np.testing.assert_allclose(other.loss, seq.loss, rtol=1e-12)
+    np.testing.assert_allclose(other.grad_diff, seq.grad_diff, rtol=1e-10)
+    reference = direct_landscape(model, lambda m: 0.5 * F.cross_entropy(
+        eval_bn(m)(x1, mask, scale=2.0), y1, label_smoothing=0.1) + 0.25 * F.cross_entropy(
+        train_all(m)(x2, mask=mask), y2), [0.05, 0.1])
+    assert_record_is(seq, reference)
+
+
+def eval_bn(model):
+    for m in model.modules():
+        m.train(not isinstance(m, nn.BatchNorm1d))
+    return model
+
+
+def train_all(model):
+    return model.train()
