@@ -1,8 +1,10 @@
 """What every probe shares: measuring without leaving a trace.
 
 A probe reads the parameters and never writes them (perturbed points are evaluated with
-``torch.func.functional_call``); BatchNorm runs in train mode on the batch's own statistics but
-updates clones of its buffers; ``.grad`` is untouched because gradients come from
+``torch.func.functional_call``, with the model's positional and keyword arguments:
+``ModelInputs``); BatchNorm runs in train mode on the batch's own statistics (unless
+``ModelInputs.training`` says which mode the measured call ran in) but updates clones of its
+buffers; ``.grad`` is untouched because gradients come from
 ``torch.autograd.grad``; the RNG state is restored; TF32 and autocast are off, so a probe
 measures in float32 whatever the training step uses.
 """
@@ -10,13 +12,111 @@ measures in float32 whatever the training step uses.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One call of the model, replayed by a probe: ``model(*args, **kwargs)``.
+
+    ``training``, when given, holds each submodule's ``training`` flag at that call (in
+    ``model.modules()`` order): the probe then evaluates the model in those modes, i.e. the very
+    function that call computed. Without it a probe runs every module in train mode.
+    """
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    training: tuple[bool, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One term of an objective: ``weight * loss_fn(model(inputs), targets, **loss_kwargs)``
+    (``weight`` a number, or a tensor shaped like the loss, summed after weighting)."""
+
+    inputs: Any
+    targets: Any
+    weight: float | torch.Tensor = 1.0
+    loss_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Several batches forming one objective, sum_i w_i L(B_i): a step that accumulated the
+    gradients of several micro-batches. Passed as ``inputs`` (with ``targets=None``)."""
+
+    parts: tuple[Batch, ...]
+
+
+def model_inputs(inputs: Any) -> ModelInputs:
+    """How ``inputs`` are given to the model: a tensor (or anything else) is the one positional
+    argument, a tuple or list the positional arguments, a dict the keyword arguments."""
+    if isinstance(inputs, ModelInputs):
+        return inputs
+    if isinstance(inputs, (tuple, list)):
+        return ModelInputs(tuple(inputs))
+    if isinstance(inputs, dict):
+        return ModelInputs((), dict(inputs))
+    return ModelInputs((inputs,))
+
+
+def contiguous_inputs(inputs: Any) -> Any:
+    """``inputs`` with every tensor argument in the default memory format (what vmap needs)."""
+    if isinstance(inputs, Batches):
+        return Batches(tuple(Batch(contiguous_inputs(b.inputs), b.targets, b.weight,
+                                   b.loss_kwargs) for b in inputs.parts))
+    call = model_inputs(inputs)
+    fix = lambda v: v.contiguous() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return ModelInputs(tuple(fix(a) for a in call.args),
+                       {k: fix(v) for k, v in call.kwargs.items()}, call.training)
+
+
+@contextlib.contextmanager
+def _modes(model: nn.Module, training: Sequence[bool] | None) -> Iterator[None]:
+    """Each submodule's ``training`` flag set to ``training`` (if given) for the call, then back."""
+    if training is None:
+        yield
+        return
+    modules = list(model.modules())
+    if len(modules) != len(training):
+        raise ValueError("ModelInputs.training has one flag per submodule of the model: "
+                         f"{len(training)} given, the model has {len(modules)}")
+    flags = [m.training for m in modules]
+    for m, flag in zip(modules, training):
+        m.training = flag
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
+
+
+def call_model(model: nn.Module, inputs: Any, params: dict[str, torch.Tensor],
+               buffers: dict[str, torch.Tensor]) -> Any:
+    """``model(inputs)`` at ``params`` and ``buffers`` (``functional_call``), as it was called."""
+    call = model_inputs(inputs)
+    with _modes(model, call.training):
+        return functional_call(model, (params, buffers), call.args, call.kwargs)
+
+
+def batch_loss(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
+               params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L(params; B): the loss of ``inputs`` and ``targets``, or the weighted sum of ``Batches``."""
+    if not isinstance(inputs, Batches):
+        return loss_fn(call_model(model, inputs, params, buffers), targets)
+    total = None
+    for b in inputs.parts:
+        term = (b.weight * loss_fn(call_model(model, b.inputs, params, buffers), b.targets,
+                                   **b.loss_kwargs)).sum()
+        total = term if total is None else total + term
+    return total
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -73,12 +173,14 @@ def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
         yield
 
 
-def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
+def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
                   params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """L(params; B) and its gradient, without touching the model's parameters, grads or buffers."""
+    """L(params; B) and its gradient, without touching the model's parameters, grads or buffers.
+
+    ``inputs``: a tensor, a tuple (positional arguments), a dict (keyword arguments), a
+    ``ModelInputs``, or ``Batches`` (then ``targets`` is None); see ``batch_loss``."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    out = functional_call(model, (leaves, buffer_clones(model)), (inputs,))
-    loss = loss_fn(out, targets)
+    loss = batch_loss(model, loss_fn, inputs, targets, leaves, buffer_clones(model))
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
     return loss.detach(), grads

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from .context import LossFn, loss_and_grad, no_trace, trainable_parameters
+from .context import (LossFn, batch_loss, contiguous_inputs, loss_and_grad, no_trace,
+                      trainable_parameters)
 
 
 @dataclass
@@ -45,10 +45,9 @@ def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 POINT_MODES = ("auto", "sequential", "vmap", "streams")
 
 
-def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
-                    targets: torch.Tensor, params: dict[str, torch.Tensor],
-                    grad: Sequence[torch.Tensor], etas: torch.Tensor, points: str = "auto"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs, targets,
+                    params: dict[str, torch.Tensor], grad: Sequence[torch.Tensor],
+                    etas: torch.Tensor, points: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and ||grad L(theta - eta g) - g|| at every eta: the one place the points are evaluated.
 
     Returns two (k,) tensors on the parameters' device. ``points`` says how the k points run:
@@ -62,14 +61,15 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     """
     if points not in POINT_MODES:
         raise ValueError(f"points must be one of {', '.join(POINT_MODES)}, got {points!r}")
-    if points == "auto" and inputs.device.type != "cuda":
+    on_cuda = next(iter(params.values())).device.type == "cuda"
+    if points == "auto" and not on_cuda:
         points = "sequential"
     if points == "auto":
         try:
             return _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas)
         except (RuntimeError, NotImplementedError):
             points = "sequential"
-    if points == "streams" and inputs.device.type == "cuda":
+    if points == "streams" and on_cuda:
         return _evaluate_points_on_streams(model, loss_fn, inputs, targets, params, grad, etas)
     if points == "vmap":
         return _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas)
@@ -90,7 +90,7 @@ _SIDE_STREAMS: dict[torch.device, list] = {}
 def _evaluate_points_on_streams(model, loss_fn, inputs, targets, params, grad, etas):
     """Each eta point's forward/backward on its own CUDA stream: k narrow passes that each
     leave the GPU partly idle overlap (and, recorded in a CUDA graph, become parallel branches)."""
-    device = inputs.device
+    device = next(iter(params.values())).device
     main = torch.cuda.current_stream(device)
     streams = _SIDE_STREAMS.setdefault(device, [])
     streams.extend(torch.cuda.Stream(device) for _ in range(len(etas) - len(streams)))
@@ -112,14 +112,14 @@ def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
     """All eta points in one vmapped forward/backward; BN buffers are per-point clones."""
     k = len(etas)
     # vmap supports only the default memory format: channels-last tensors become contiguous.
-    inputs = inputs.contiguous()
+    inputs = contiguous_inputs(inputs)
     moved = {n: (p.unsqueeze(0) - etas.view(-1, *([1] * p.ndim)) * g.unsqueeze(0)).contiguous()
              for (n, p), g in zip(params.items(), grad)}
     # Batched clones: BatchNorm's in-place running-statistic updates land in them, per point.
     buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim)) for n, b in model.named_buffers()}
 
     def loss_at(p, b):
-        return loss_fn(functional_call(model, (p, b), (inputs,)), targets)
+        return batch_loss(model, loss_fn, inputs, targets, p, b)
 
     grads_there, losses = torch.func.vmap(torch.func.grad_and_value(loss_at))(moved, buffers)
     squared = sum((grads_there[n] - g.unsqueeze(0)).pow(2).reshape(k, -1).sum(1)
@@ -131,18 +131,22 @@ def _as_float64(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
-                   targets: torch.Tensor, etas: Sequence[float],
+def along_gradient(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: Sequence[float],
                    points: str = "auto",
                    at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
                    ) -> LandscapeRecord:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient on a batch.
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
-    BatchNorm uses the batch's statistics; the model, its ``.grad``, its buffers and the RNG
-    are left exactly as they were. ``points`` chooses how the eta points are evaluated
-    (sequential, vmap, streams or auto: see ``evaluate_points``); the numbers agree to float
-    rounding whichever it is.
+    ``inputs`` is what the model is called with: a tensor is its one argument, a tuple its
+    positional arguments, a dict its keyword arguments, a ``ModelInputs(args, kwargs)`` both;
+    ``Batches`` (with ``targets=None``) is an objective summed over several weighted batches
+    (what a step with gradient accumulation descends). ``loss_fn(outputs, targets)``; bind
+    extra loss arguments with ``functools.partial``.
+    BatchNorm uses the batch's statistics (unless ``ModelInputs.training`` gives the modes);
+    the model, its ``.grad``, its buffers and the RNG are left exactly as they were.
+    ``points`` chooses how the eta points are evaluated (sequential, vmap, streams or auto: see
+    ``evaluate_points``); the numbers agree to float rounding whichever it is.
 
     ``at_theta = (L(theta), g)``, when the caller already has them in full float32 (a training
     step's loss and ``.grad`` on this very batch, one per trainable parameter in
@@ -161,15 +165,15 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
         raise ValueError("along_gradient: at_theta's gradient does not match the model's "
                          "trainable parameters")
     eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
-    if eta_t.ndim != 1 or len(eta_t) == 0 or not bool((eta_t > 0).all()):
-        raise ValueError(f"along_gradient: etas must be positive numbers, got {list(etas)}")
+    if eta_t.ndim != 1 or len(eta_t) == 0 or not bool(((eta_t > 0) & eta_t.isfinite()).all()):
+        raise ValueError(f"along_gradient: etas must be positive finite numbers, got {list(etas)}")
     with no_trace(model, device):
         tensors = probe_tensors(model, loss_fn, inputs, targets, eta_t, points, at_theta)
     return record_from(eta_t, *tensors)
 
 
-def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-                  etas: torch.Tensor, points: str = "auto",
+def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: torch.Tensor,
+                  points: str = "auto",
                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
                   ) -> tuple[torch.Tensor, ...]:
     """``along_gradient``'s arithmetic alone, on device tensors: L(theta), loss (k,),
