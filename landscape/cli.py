@@ -165,12 +165,13 @@ class _SweepProgress:
         self.bar = None
 
     def update(self, p) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=p.runs_total * p.steps_total, file=sys.stderr,
-                                         item_show_func=self._describe, show_eta=True, width=24)
-            self.bar.__enter__()
         label = f"run {p.run_index + 1}/{p.runs_total} {p.run}"
-        if label != self.bar.label:
+        if self.bar is None:
+            self.bar = click.progressbar(length=p.runs_total * p.steps_total, label=label,
+                                         file=sys.stderr, item_show_func=self._describe,
+                                         show_eta=True, width=24)
+            self.bar.__enter__()
+        elif label != self.bar.label:
             self.bar.label = label
             self.bar.render_progress()
         self.bar.update(p.run_index * p.steps_total + p.step - self.bar.pos, current_item=p)
