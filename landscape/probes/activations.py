@@ -19,10 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..models.layers import preactivation_module
-from .context import buffer_clones, no_trace, trainable_parameters
+from .context import buffer_clones, no_trace, probe_forward, trainable_parameters
 
 DEFAULT_BIN_EDGES = np.linspace(-10.0, 10.0, 81)  # 80 bins of width 0.25
 
@@ -63,7 +62,7 @@ def activation_stats(model: nn.Module, inputs: torch.Tensor, layers: Sequence[st
         for layer, m in modules.items()]
     try:
         with no_trace(model, device), torch.no_grad():
-            functional_call(model, (params, buffer_clones(model)), (inputs,))
+            probe_forward(model, params, buffer_clones(model), inputs)
     finally:
         for h in handles:
             h.remove()

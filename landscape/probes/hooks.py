@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..models import is_stochastic
 from .activations import DEFAULT_BIN_EDGES, activation_stats
-from .context import LossFn
+from .context import LossFn, rng_state, same_rng_state
 from .ics import internal_covariate_shift
 from .landscape import LandscapeRecord, along_gradient
 
@@ -44,6 +45,9 @@ class LandscapeProbe:
     # them again: one gradient evaluation fewer per probe. Only when that step's loss and
     # ``.grad`` are exactly L and its gradient in float32 on the batch: no autocast or TF32,
     # no clipping, accumulation or extra gradient terms between backward() and step().
+    # A model that draws random numbers (``models.is_stochastic``, or any draw from torch's
+    # generators between the training forward and step()) gets g computed by the probe anyway:
+    # the training step's dropout masks and noise are not the probe's.
     reuse_grad: bool = False
     records: list[LandscapeRecord] = field(default_factory=list)
     step: int = 0  # optimizer steps seen so far
@@ -54,15 +58,20 @@ class LandscapeProbe:
         self._handles: list = []
         self._inputs = self._targets = self._loss = None
         self._measuring = False
+        self._rng_at_forward = None  # generators' state when the probed step's forward began
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn) -> LossFn:
         """Register the hooks; returns ``loss_fn`` wrapped so that it records the targets."""
         self.detach()
         self._model, self._optimizer, self._loss_fn = model, optimizer, loss_fn
+        self._reusable = self.reuse_grad and not is_stochastic(model)
+        self._device = next(model.parameters()).device
 
         def keep_inputs(module, args):
             if module.training and not self._measuring:
                 self._inputs = args[0]
+                if self._reusable and self.step % self.every == 0:
+                    self._rng_at_forward = rng_state(self._device)
 
         def measure_before_step(opt, args, kwargs):
             if self.step % self.every == 0:
@@ -93,7 +102,10 @@ class LandscapeProbe:
         lr = float(self._optimizer.param_groups[0]["lr"])
         etas = [e * lr for e in self.etas] if self.relative else list(self.etas)
         at_theta = None
-        if self.reuse_grad:
+        drew_nothing = self._rng_at_forward is not None and same_rng_state(
+            self._rng_at_forward, rng_state(self._device))
+        self._rng_at_forward = None
+        if self._reusable and drew_nothing:
             params = [p for p in self._model.parameters() if p.requires_grad]
             at_theta = (self._loss, [p.grad if p.grad is not None else torch.zeros_like(p)
                                      for p in params])

@@ -8,6 +8,9 @@ With theta the parameters, B the batch, L the loss on B and g = grad L(theta):
 
 ``along_gradient`` takes a model and a batch and returns a ``LandscapeRecord``; it leaves no
 trace (``context.no_trace``) and knows nothing of files, plots or the CLI.
+
+One function is measured: for a model that draws random numbers in training mode (dropout,
+noise), g and every eta point see the same draws (``context.probe_forward``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from .context import LossFn, loss_and_grad, no_trace, trainable_parameters
+from .context import LossFn, loss_and_grad, no_trace, probe_forward, trainable_parameters
 
 
 @dataclass
@@ -109,7 +111,8 @@ def _evaluate_points_on_streams(model, loss_fn, inputs, targets, params, grad, e
 
 
 def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
-    """All eta points in one vmapped forward/backward; BN buffers are per-point clones."""
+    """All eta points in one vmapped forward/backward; BN buffers are per-point clones.
+    ``randomness="same"``: every point draws the dropout masks of one unbatched pass."""
     k = len(etas)
     # vmap supports only the default memory format: channels-last tensors become contiguous.
     inputs = inputs.contiguous()
@@ -119,9 +122,10 @@ def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
     buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim)) for n, b in model.named_buffers()}
 
     def loss_at(p, b):
-        return loss_fn(functional_call(model, (p, b), (inputs,)), targets)
+        return loss_fn(probe_forward(model, p, b, inputs), targets)
 
-    grads_there, losses = torch.func.vmap(torch.func.grad_and_value(loss_at))(moved, buffers)
+    grads_there, losses = torch.func.vmap(torch.func.grad_and_value(loss_at),
+                                          randomness="same")(moved, buffers)
     squared = sum((grads_there[n] - g.unsqueeze(0)).pow(2).reshape(k, -1).sum(1)
                   for n, g in zip(params, grad))
     return losses.detach(), squared.sqrt().detach()
@@ -140,14 +144,16 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
     BatchNorm uses the batch's statistics; the model, its ``.grad``, its buffers and the RNG
-    are left exactly as they were. ``points`` chooses how the eta points are evaluated
-    (sequential, vmap, streams or auto: see ``evaluate_points``); the numbers agree to float
-    rounding whichever it is.
+    are left exactly as they were. A model that draws random numbers (dropout, noise) draws
+    the same ones for g and at every point: the probe measures one deterministic function.
+    ``points`` chooses how the eta points are evaluated (sequential, vmap, streams or auto: see
+    ``evaluate_points``); the numbers agree to float rounding whichever it is.
 
     ``at_theta = (L(theta), g)``, when the caller already has them in full float32 (a training
     step's loss and ``.grad`` on this very batch, one per trainable parameter in
     ``named_parameters`` order), saves the probe its first forward/backward pass: the probe
-    then costs k gradient evaluations instead of k + 1.
+    then costs k gradient evaluations instead of k + 1. Not for a model that draws random
+    numbers: the training step's draws are not the probe's.
     """
     if points not in POINT_MODES:
         raise ValueError(f"along_gradient: points must be one of {', '.join(POINT_MODES)}, "
