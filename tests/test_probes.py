@@ -1,6 +1,8 @@
 """along_gradient and the hook probes: closed forms, a direct slow implementation, no trace."""
 
 import copy
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.models import vgg_a
-from landscape.probes import GradientStats, LandscapeProbe, along_gradient
+from landscape.probes import (STEP_ROUNDING_LIMIT, GradientStats, LandscapeProbe,
+                              StepResolutionWarning, along_gradient, step_rounding)
+from landscape.probes.landscape import _warn_of_step_resolution
 from paper_util import gpu
 
 
@@ -487,3 +491,49 @@ def test_reuse_grad_is_declined_for_models_that_draw_random_numbers(make):
         for a, b in zip(fresh, reused):
             np.testing.assert_array_equal(b.grad_diff, a.grad_diff)
             assert b.beta == a.beta
+
+
+# --- steps below the parameters' resolution ----------------------------------------------------
+
+
+def test_step_rounding_closed_form():
+    """theta = 1 in float32 (spacing 2^-24 below 1): a step of 1/2 is exact, one of 2^-30 is
+    lost (theta - eta g == theta), one of 1.25 * 2^-24 becomes 2^-24 (a fifth lost)."""
+    params = {"w": torch.tensor([1.0, 0.0])}
+    etas = torch.tensor([0.5, 2.0 ** -30, 1.25 * 2.0 ** -24])
+    rounding = step_rounding(params, [torch.tensor([1.0, 0.0])], etas)
+    np.testing.assert_allclose(rounding.numpy(), [0.0, 1.0, 0.2], rtol=1e-6)
+
+
+def test_steps_below_the_parameters_resolution_are_nan_with_one_warning():
+    """At lr 1e-9 theta - eta g is (nearly) theta in float32: grad_diff NaN (not 0 or rounding
+    noise), beta from the other points only, one warning per process; float64 resolves them."""
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625)
+    x, y = small_batch(8)
+    _warn_of_step_resolution.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lost = along_gradient(model, F.cross_entropy, x, y, [1e-9, 4e-9])
+        mixed = along_gradient(model, F.cross_entropy, x, y, [1e-9, 0.1])
+    assert [w.category for w in caught] == [StepResolutionWarning]
+    assert "float64" in str(caught[0].message)
+    assert np.isnan(lost.grad_diff).all() and math.isnan(lost.beta)
+    assert np.isfinite(lost.loss).all() and lost.grad_norm > 0
+    assert np.isnan(mixed.grad_diff[0]) and np.isfinite(mixed.grad_diff[1])
+    assert mixed.beta == pytest.approx(mixed.grad_diff[1] / (mixed.eta[1] * mixed.grad_norm),
+                                       rel=1e-12)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StepResolutionWarning)
+        _warn_of_step_resolution.cache_clear()
+        in_float64 = along_gradient(copy.deepcopy(model).double(), F.cross_entropy, x.double(),
+                                    y, [1e-9, 4e-9])
+        at_real_lr = along_gradient(model, F.cross_entropy, x, y, [0.025, 0.05, 0.1, 0.2])
+    assert np.isfinite(in_float64.grad_diff).all() and in_float64.beta > 0
+    assert np.isfinite(at_real_lr.grad_diff).all()
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
+    rounding = step_rounding({n: p.detach() for n, p in params.items()}, grads,
+                             torch.tensor([0.025]))
+    assert float(rounding) < STEP_ROUNDING_LIMIT / 100  # lr 0.05: far from the limit
