@@ -109,24 +109,23 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor,
     return torch.stack([e[0] for e in evaluated]), torch.stack([e[1] for e in evaluated])
 
 
-def _moved(params, grad, eta):
-    return {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
-
-
 def step_rounding(params: dict[str, torch.Tensor], grad: Sequence[torch.Tensor],
                   etas: torch.Tensor) -> torch.Tensor:
     """(k,) ||(theta - eta g) - theta + eta g|| / (eta ||g||): the fraction of each step that
     rounding to the parameters' dtype loses or adds (0 exact, 1 when theta - eta g == theta)."""
+    # Flat: a few kernels per eta, not a few per parameter tensor (eager GPU probes are
+    # launch-bound). theta - eta * g rounds exactly as the points' moved parameters do.
+    theta = torch.cat([p.reshape(-1) for p in params.values()])
+    g = torch.cat([t.reshape(-1) for t in grad])
     errors = []
     for eta in etas:
-        moved = _moved(params, grad, eta)
-        errors.append(_global_norm([(m - p) + eta * g for m, p, g
-                                    in zip(moved.values(), params.values(), grad)]))
-    return torch.stack(errors) / (etas * _global_norm(grad))
+        step = eta * g
+        errors.append(torch.linalg.vector_norm(((theta - step) - theta) + step))
+    return torch.stack(errors) / (etas * torch.linalg.vector_norm(g))
 
 
 def _evaluate_point(model, loss_fn, inputs, targets, params, grad, eta):
-    moved = _moved(params, grad, eta)
+    moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
     loss, grad_there = loss_and_grad(model, loss_fn, inputs, targets, moved)
     return loss, _global_norm([a - b for a, b in zip(grad_there, grad)])
 
