@@ -143,3 +143,35 @@ def test_ics_layers_without_ics_every_is_an_error(tmp_path, capsys):
     assert main(["run", "--models", "vgg_a", "--dataset", "cifar10-mini", "--steps", "1",
                  "--ics-layers", "5", "--out", str(out)]) == 2
     assert "add --ics-every N" in capsys.readouterr().err and not out.exists()
+
+
+def test_ics_of_a_dropout_model_sees_one_mask():
+    """G and G' are taken with the same dropout mask (the generator's at the probe's entry):
+    a zero update gives ICS = 0 exactly, a real one the direct fixed-mask value. (Before: each
+    pass drew its own mask, and ICS measured mask noise.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+    for lr in (0.0, 0.1):
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        tiny_step(model, opt, F.cross_entropy, x, y, steps=0)  # .grad with training's own mask
+        entry = torch.get_rng_state()
+        rec = internal_covariate_shift(model, F.cross_entropy, x, y, opt, ["3"])
+        assert torch.equal(torch.get_rng_state(), entry)  # so the next draw is the probe's
+        mask = F.dropout(torch.ones(16, 8, dtype=torch.float64), 0.5, training=True)
+
+        w1, b1, w2, b2 = (p.detach().clone() for p in model.parameters())
+        w2.requires_grad_(True)
+        moved = [p.detach() - lr * p.grad for p in (model[0].weight, model[0].bias)]
+
+        def grad_w2(w, b):
+            loss = F.cross_entropy((F.relu(x @ w.T + b) * mask) @ w2.T + b2, y)
+            return torch.autograd.grad(loss, w2)[0]
+
+        G, G_shifted = grad_w2(w1, b1), grad_w2(*moved)
+        if lr == 0.0:
+            assert rec.l2[0] == 0.0 and rec.cosine[0] == pytest.approx(1.0, rel=1e-15)
+        else:
+            assert rec.l2[0] == pytest.approx(float((G - G_shifted).norm()), rel=1e-10)
+            assert rec.l2[0] > 0
+        assert rec.grad_norm[0] == pytest.approx(float(G.norm()), rel=1e-12)

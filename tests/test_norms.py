@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.models import MODELS, build_model
+from landscape.models import MODELS, build_model, is_stochastic
 from landscape.models.norms import (NOISE_DEFAULTS, LpBatchNorm, NoiseInjection, draw_noise, group_count,
                              seed_noise)
 from landscape.probes import along_gradient
@@ -84,6 +84,28 @@ def test_landscape_probe_leaves_the_noise_stream_alone():
     before = snapshot(model)
     along_gradient(model, F.cross_entropy, x, y, [0.05, 0.1])
     assert_no_trace(before, snapshot(model))
+
+
+def test_noisy_model_is_probed_with_one_noise_draw():
+    """The noise is keyed by a buffer every probe pass reads from the same clone: g and each
+    eta point see one draw, so grad_diff is ~ eta ||H g|| (linear in eta), not noise."""
+    torch.manual_seed(0)
+    model = build_model("vgg_a_noisy_bn", width=0.0625).double()
+    x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    rec = along_gradient(model, F.cross_entropy, x, y, [1e-7, 1e-6])
+    assert rec.grad_diff[0] <= 1e-3 * rec.grad_norm
+    assert rec.grad_diff[1] / rec.grad_diff[0] == pytest.approx(10.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("random_module", [nn.Dropout(0.5), nn.Dropout1d(0.2), nn.Dropout2d(0.1),
+                                           nn.AlphaDropout(0.2), nn.FeatureAlphaDropout(0.1),
+                                           nn.RReLU(), NoiseInjection(4)],
+                         ids=lambda m: type(m).__name__)
+def test_is_stochastic_knows_the_modules_that_draw_random_numbers(random_module):
+    assert is_stochastic(nn.Sequential(nn.Linear(4, 4), random_module))
+    assert not is_stochastic(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0), nn.ReLU()))
+    assert is_stochastic(build_model("vgg_a_noisy_bn", width=0.0625))
+    assert not is_stochastic(build_model("vgg_a_bn", width=0.0625))
 
 
 def lp_direct(x: np.ndarray, p: float, eps: float = 1e-5) -> np.ndarray:

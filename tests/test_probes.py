@@ -1,6 +1,8 @@
 """along_gradient and the hook probes: closed forms, a direct slow implementation, no trace."""
 
 import copy
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.models import vgg_a
-from landscape.probes import GradientStats, LandscapeProbe, along_gradient
+from landscape.probes import (STEP_ROUNDING_LIMIT, GradientStats, LandscapeProbe,
+                              StepResolutionWarning, along_gradient, step_rounding)
+from landscape.probes import hooks
+from landscape.probes.landscape import _warn_of_step_resolution
 from paper_util import gpu
 
 
@@ -335,3 +340,201 @@ def test_unknown_points_mode_is_refused():
     x, y = small_batch(8, seed=0)
     with pytest.raises(ValueError, match="points must be one of"):
         along_gradient(model, F.cross_entropy, x, y, [0.1], points="parallel")
+
+
+# --- models that draw random numbers: the probe measures one deterministic function ---------
+
+
+def dropout_mlp(dtype=torch.float32):
+    """Linear-ReLU-Dropout(0.5)-Linear (issue 13's example)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 5)).to(dtype)
+
+
+class ForwardDropout(nn.Module):
+    """The same network with ``F.dropout`` inside ``forward``: no module says it is random."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(20, 64).to(dtype), nn.Linear(64, 5).to(dtype)
+
+    def forward(self, x):
+        return self.fc2(F.dropout(F.relu(self.fc1(x)), 0.5, self.training))
+
+
+DROPOUT_MODELS = {"nn.Dropout": dropout_mlp, "F.dropout": ForwardDropout}
+
+
+def mlp_batch(dtype=torch.float32, n=32, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 20, generator=gen).to(dtype), torch.randint(0, 5, (n,), generator=gen)
+
+
+def fixed_mask_reference(model, x, y, mask, etas):
+    """Direct float64 grad_diff and ||g|| of Linear-ReLU-(x mask)-Linear, mask fixed: plain
+    autograd on copies of the parameters, moved by hand."""
+    def loss_at(w1, b1, w2, b2):
+        return F.cross_entropy((F.relu(x @ w1.T + b1) * mask) @ w2.T + b2, y)
+
+    theta = [p.detach().double().clone().requires_grad_(True) for p in model.parameters()]
+    g = torch.autograd.grad(loss_at(*theta), theta)
+    diffs = []
+    for eta in etas:
+        moved = [(p - eta * gp).detach().requires_grad_(True) for p, gp in zip(theta, g)]
+        there = torch.autograd.grad(loss_at(*moved), moved)
+        diffs.append(float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(there, g)))))
+    return np.array(diffs), float(torch.sqrt(sum((t ** 2).sum() for t in g)))
+
+
+@pytest.mark.parametrize("make", DROPOUT_MODELS.values(), ids=DROPOUT_MODELS.keys())
+def test_dropout_model_is_probed_with_one_mask(make):
+    """g and every eta point see the same dropout mask (the one torch's generator gives at the
+    probe's entry), so grad_diff -> 0 as eta -> 0 and equals a direct computation with that
+    mask fixed. (Before: every pass drew a new mask, grad_diff ~ 0.7 ||g|| at eta = 1e-6.)"""
+    model = make(torch.float64)
+    x, y = mlp_batch(torch.float64)
+    etas = [1e-6, 1e-4, 1e-2]
+    entry = torch.get_rng_state()
+    rec = along_gradient(model, F.cross_entropy, x, y, etas)
+    assert torch.equal(torch.get_rng_state(), entry)
+    mask = F.dropout(torch.ones(32, 64, dtype=torch.float64), 0.5, training=True)  # from `entry`
+    ref_diff, ref_norm = fixed_mask_reference(model, x.double(), y, mask, etas)
+    assert rec.grad_norm == pytest.approx(ref_norm, rel=1e-12)
+    np.testing.assert_allclose(rec.grad_diff, ref_diff, rtol=1e-8)
+    assert rec.grad_diff[0] <= 1e-5 * rec.grad_norm  # ~ eta ||H g||: the function is smooth here
+    ratios = rec.grad_diff / np.asarray(etas)
+    assert ratios[0] == pytest.approx(ratios[1], rel=1e-3)  # linear in eta as eta -> 0
+
+    torch.set_rng_state(entry)
+    rec32 = along_gradient(make(), F.cross_entropy, *mlp_batch(), [1e-3, 1e-2, 1e-1])
+    ref32, _ = fixed_mask_reference(model, x.double(), y, mask, [1e-3, 1e-2, 1e-1])
+    np.testing.assert_allclose(rec32.grad_diff, ref32, rtol=1e-3)
+
+
+DROPOUT_POINTS = [("vmap", "cpu"),
+                  pytest.param("vmap", "cuda", marks=gpu),
+                  pytest.param("streams", "cuda", marks=gpu)]
+
+
+@pytest.mark.parametrize("make", DROPOUT_MODELS.values(), ids=DROPOUT_MODELS.keys())
+@pytest.mark.parametrize("points,device", DROPOUT_POINTS)
+def test_dropout_points_vmap_and_streams_equal_sequential(make, points, device):
+    """vmap draws one mask for all points (randomness="same"), the same as the sequential
+    passes; on CUDA streams each point's pass starts from the same generator state. (Before:
+    vmap raised torch's "called random operation while in randomness error mode".)"""
+    model = make().to(device)
+    x, y = (t.to(device) for t in mlp_batch())
+    etas = [1e-3, 1e-2, 1e-1]
+    seq = along_gradient(model, F.cross_entropy, x, y, etas, points="sequential")
+    other = along_gradient(model, F.cross_entropy, x, y, etas, points=points)
+    np.testing.assert_allclose(other.loss, seq.loss, rtol=1e-6)
+    np.testing.assert_allclose(other.grad_diff, seq.grad_diff, rtol=1e-5)
+    assert seq.grad_diff[0] < 1e-2 * seq.grad_norm  # one mask: small steps, small differences
+
+
+@pytest.mark.parametrize("make", DROPOUT_MODELS.values(), ids=DROPOUT_MODELS.keys())
+def test_probe_leaves_the_training_random_stream_as_it_was(make):
+    """Training with a probe on a dropout model draws exactly the masks it draws without one."""
+    batches = [mlp_batch(seed=s) for s in range(3)]
+    runs = []
+    for probe in (LandscapeProbe(every=1, etas=(1e-2, 1e-1), relative=False), None):
+        model = make()
+        torch.manual_seed(5)
+        train_mlp(model, batches, 4, probe)
+        runs.append(([p.detach().clone() for p in model.parameters()], torch.rand(3)))
+    (with_probe, after_probe), (without, after) = runs
+    assert all(torch.equal(a, b) for a, b in zip(with_probe, without))
+    assert torch.equal(after_probe, after)
+
+
+def train_mlp(model, batches, steps, probe=None, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = F.cross_entropy if probe is None else probe.attach(model, opt, F.cross_entropy)
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return probe
+
+
+def probe_passes(make, reuse_grad):
+    """The probe's records and how many forward passes each probe made."""
+    model, passes = make(), []
+    probe = LandscapeProbe(every=2, reuse_grad=reuse_grad)
+    model.register_forward_hook(lambda *_: passes.append(hooks.measuring_now()))
+    torch.manual_seed(6)
+    train_mlp(model, [mlp_batch(seed=s) for s in range(3)], 4, probe)
+    return probe.records, sum(passes) / len(probe.records)
+
+
+def deterministic_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
+
+
+@pytest.mark.parametrize("make", [*DROPOUT_MODELS.values(), deterministic_mlp],
+                         ids=[*DROPOUT_MODELS.keys(), "deterministic"])
+def test_reuse_grad_is_declined_for_models_that_draw_random_numbers(make):
+    """The training step's .grad was taken with the step's own mask: for a model that draws
+    random numbers (a Dropout module, or F.dropout seen drawing during the step) the probe
+    computes g itself, with its mask; a deterministic model still saves that pass."""
+    fresh, fresh_passes = probe_passes(make, reuse_grad=False)
+    reused, reused_passes = probe_passes(make, reuse_grad=True)
+    assert len(fresh) == len(reused) == 2 and fresh_passes == 5  # g + 4 points
+    if make is deterministic_mlp:
+        assert reused_passes == 4
+        for a, b in zip(fresh, reused):
+            np.testing.assert_allclose(b.grad_diff, a.grad_diff, rtol=1e-5)
+    else:
+        assert reused_passes == 5
+        for a, b in zip(fresh, reused):
+            np.testing.assert_array_equal(b.grad_diff, a.grad_diff)
+            assert b.beta == a.beta
+
+
+# --- steps below the parameters' resolution ----------------------------------------------------
+
+
+def test_step_rounding_closed_form():
+    """theta = 1 in float32 (spacing 2^-24 below 1): a step of 1/2 is exact, one of 2^-30 is
+    lost (theta - eta g == theta), one of 1.25 * 2^-24 becomes 2^-24 (a fifth lost)."""
+    params = {"w": torch.tensor([1.0, 0.0])}
+    etas = torch.tensor([0.5, 2.0 ** -30, 1.25 * 2.0 ** -24])
+    rounding = step_rounding(params, [torch.tensor([1.0, 0.0])], etas)
+    np.testing.assert_allclose(rounding.numpy(), [0.0, 1.0, 0.2], rtol=1e-6)
+
+
+def test_steps_below_the_parameters_resolution_are_nan_with_one_warning():
+    """At lr 1e-9 theta - eta g is (nearly) theta in float32: grad_diff NaN (not 0 or rounding
+    noise), beta from the other points only, one warning per process; float64 resolves them."""
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625)
+    x, y = small_batch(8)
+    _warn_of_step_resolution.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lost = along_gradient(model, F.cross_entropy, x, y, [1e-9, 4e-9])
+        mixed = along_gradient(model, F.cross_entropy, x, y, [1e-9, 0.1])
+    assert [w.category for w in caught] == [StepResolutionWarning]
+    assert "float64" in str(caught[0].message)
+    assert np.isnan(lost.grad_diff).all() and math.isnan(lost.beta)
+    assert np.isfinite(lost.loss).all() and lost.grad_norm > 0
+    assert np.isnan(mixed.grad_diff[0]) and np.isfinite(mixed.grad_diff[1])
+    assert mixed.beta == pytest.approx(mixed.grad_diff[1] / (mixed.eta[1] * mixed.grad_norm),
+                                       rel=1e-12)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StepResolutionWarning)
+        _warn_of_step_resolution.cache_clear()
+        in_float64 = along_gradient(copy.deepcopy(model).double(), F.cross_entropy, x.double(),
+                                    y, [1e-9, 4e-9])
+        at_real_lr = along_gradient(model, F.cross_entropy, x, y, [0.025, 0.05, 0.1, 0.2])
+    assert np.isfinite(in_float64.grad_diff).all() and in_float64.beta > 0
+    assert np.isfinite(at_real_lr.grad_diff).all()
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
+    rounding = step_rounding({n: p.detach() for n, p in params.items()}, grads,
+                             torch.tensor([0.025]))
+    assert float(rounding) < STEP_ROUNDING_LIMIT / 100  # lr 0.05: far from the limit

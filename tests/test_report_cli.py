@@ -18,11 +18,13 @@ from plotly.offline import get_plotlyjs
 
 from landscape.cli import main
 from landscape.errors import LandscapeError
+from landscape.probes import StepResolutionWarning
+from landscape.probes.landscape import _warn_of_step_resolution
 from landscape.read import read_sweep
 from landscape.report.summary import model_label
 from landscape.store import SweepStore
 
-from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run
+from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, run_tiny_sweep
 
 FIGURES = 6  # 1a, 1b, 2a, 2b, 3, 4
 
@@ -387,3 +389,24 @@ def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
 
     for empty in (fg.ics_figure([], "ICS"), fg.activation_figure({}, [], "acts")):
         assert "no data" in empty.layout.annotations[-1].text
+
+
+def test_a_learning_rate_below_float32_resolution_gives_nan_probes_and_working_reports(
+        tmp_path, capsys, no_runtime_warnings):
+    """At lr 1e-12 theta - eta g == theta in float32: the file holds NaN grad_diff and beta (not
+    the 0 and rounding noise it held before), one warning says so, info and plot still work."""
+    out = tmp_path / "tiny-lr.h5"
+    _warn_of_step_resolution.cache_clear()
+    with pytest.warns(StepResolutionWarning, match="float64"):
+        run_tiny_sweep(out, "pytest lr 1e-12", lrs=(1e-12,), steps=4, probe_every=2)
+    with h5py.File(out, "r") as f:
+        for run in f["runs"].values():
+            assert np.isnan(run["probe/grad_diff"][:]).all()
+            assert np.isnan(run["probe/beta"][:]).all()
+            assert np.isfinite(run["probe/loss"][:]).all()
+    code, text, err = run_cli(capsys, "info", out)
+    assert code == 0, err
+    assert all(line.split()[-2] == "-" for line in text.splitlines() if "-lr1e-12-" in line)
+    code, _, err = run_cli(capsys, "plot", out)
+    assert code == 0, err
+    assert len(figure_divs((tmp_path / "tiny-lr.html").read_text(encoding="utf-8"))) == FIGURES

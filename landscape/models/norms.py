@@ -97,11 +97,6 @@ class NoiseInjection(nn.Module):
         return f"{self.num_features}, {self.params}"
 
 
-def is_stochastic(model: nn.Module) -> bool:
-    """Whether training-mode forward passes draw noise (two passes differ on the same batch)."""
-    return any(isinstance(m, NoiseInjection) for m in model.modules())
-
-
 def seed_noise(model: nn.Module, seed: int) -> nn.Module:
     """Give every ``NoiseInjection`` of ``model`` its own stream: seed * 1000 + its index."""
     seed = seed % (2 ** 40)  # torch.initial_seed() may be any 64-bit number

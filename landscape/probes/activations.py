@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..models.layers import preactivation_module
-from .context import Batches, buffer_clones, call_model, no_trace, trainable_parameters
+from .context import Batches, buffer_clones, call_model, no_trace, replay_random_draws, trainable_parameters
 
 DEFAULT_BIN_EDGES = np.linspace(-10.0, 10.0, 81)  # 80 bins of width 0.25
 
@@ -80,6 +80,7 @@ def activation_stats(model: nn.Module, inputs, layers: Sequence[str],
     try:
         with no_trace(model, device), torch.no_grad():
             buffers = buffer_clones(model)
+            replay_random_draws()  # the probe's draws; several calls draw in sequence from there
             for call in calls:
                 call_model(model, call, params, buffers)
     finally:

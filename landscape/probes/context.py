@@ -5,8 +5,21 @@ A probe reads the parameters and never writes them (perturbed points are evaluat
 ``ModelInputs``); BatchNorm runs in train mode on the batch's own statistics (unless
 ``ModelInputs.training`` says which mode the measured call ran in) but updates clones of its
 buffers; ``.grad`` is untouched because gradients come from
-``torch.autograd.grad``; the RNG state is restored; TF32 and autocast are off, so a probe
-measures in float32 whatever the training step uses.
+``torch.autograd.grad``; TF32 and autocast are off, so a probe measures in float32 whatever the
+training step uses.
+
+Random draws. A probe measures one deterministic function of the parameters, also for models
+that draw random numbers in training mode (``nn.Dropout`` and its family, ``F.dropout`` inside
+``forward``, stochastic depth, ...): every evaluation of the objective by a probe
+(``batch_loss`` and ``probe_forward``: g, each eta point, each ICS pass, the activations pass)
+starts from the state torch's generators had when the probe began, so each draws the same
+dropout masks and the same noise (the micro-batches of one accumulated step draw in sequence
+from there, as in training). At exit that state -- training's -- is set back: the training
+stream of random numbers is as if no probe had run. The noise layers
+(``models.NoiseInjection``) draw from their own generator keyed by a buffer, which every pass
+reads from the same clone of the model's buffers: one draw for all points as well. The
+generators cannot be reset inside a CUDA graph being recorded; graphs hold only models that
+draw nothing (``train.streams.supports_graphs``).
 """
 
 from __future__ import annotations
@@ -108,7 +121,9 @@ def call_model(model: nn.Module, inputs: Any, params: dict[str, torch.Tensor],
 
 def batch_loss(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
                params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> torch.Tensor:
-    """L(params; B): the loss of ``inputs`` and ``targets``, or the weighted sum of ``Batches``."""
+    """L(params; B): the loss of ``inputs`` and ``targets``, or the weighted sum of ``Batches``,
+    evaluated from the probe's random draws (see the module docstring)."""
+    replay_random_draws()
     if not isinstance(inputs, Batches):
         return loss_fn(call_model(model, inputs, params, buffers), targets)
     total = None
@@ -141,17 +156,62 @@ def _train_mode(model: nn.Module) -> Iterator[None]:
             m.training = was_training
 
 
+RngState = tuple[torch.Tensor, "torch.Tensor | None"]  # CPU, CUDA
+
+
+def rng_state(device: torch.device) -> RngState:
+    """torch's CPU generator state, and that of ``device``'s CUDA generator when it is one."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def same_rng_state(a: RngState, b: RngState) -> bool:
+    """Whether no random number was drawn between two ``rng_state`` readings."""
+    return torch.equal(a[0], b[0]) and (a[1] is None) == (b[1] is None) and (
+        a[1] is None or torch.equal(a[1], b[1]))
+
+
+# The generator state each forward pass of the running probe starts from (innermost last).
+_PROBE_DRAWS: list[tuple[torch.device, RngState]] = []
+
+
+def _set_rng_state(device: torch.device, state: RngState) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 @contextlib.contextmanager
-def _restored_rng(device: torch.device) -> Iterator[None]:
-    """Whatever random numbers the probe's forward passes draw, training's stream is unchanged."""
-    cpu_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+def _same_random_draws(device: torch.device) -> Iterator[None]:
+    """Every ``probe_forward`` inside draws what the first one draws; training's state after."""
+    entry = rng_state(device)
+    _PROBE_DRAWS.append((device, entry))
     try:
         yield
     finally:
-        torch.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
+        _PROBE_DRAWS.pop()
+        _set_rng_state(device, entry)
+
+
+def replay_random_draws() -> None:
+    """Reset torch's generators to the running probe's entry state (no-op outside a probe).
+
+    Not while a CUDA graph is being recorded: a graph cannot reset a generator, and graphs
+    hold only models that draw no random numbers."""
+    if not _PROBE_DRAWS:
+        return
+    device, state = _PROBE_DRAWS[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    _set_rng_state(device, state)
+
+
+def probe_forward(model: nn.Module, params: dict[str, torch.Tensor],
+                  buffers: dict[str, torch.Tensor], inputs: Any) -> Any:
+    """The model's output at ``params`` with ``buffers`` (clones it may write), starting from
+    the probe's random draws (see the module docstring): one forward pass of a probe."""
+    replay_random_draws()
+    return call_model(model, inputs, params, buffers)
 
 
 @contextlib.contextmanager
@@ -167,8 +227,9 @@ def _full_float32() -> Iterator[None]:
 
 @contextlib.contextmanager
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Train-mode, float32 (no autocast, no TF32), grad-enabled, RNG-restoring probe context."""
-    with _train_mode(model), _restored_rng(device), torch.enable_grad(), _full_float32(), \
+    """Train-mode, float32 (no autocast, no TF32), grad-enabled probe context in which every
+    evaluation draws the same random numbers, and which leaves the RNG as it was."""
+    with _train_mode(model), _same_random_draws(device), torch.enable_grad(), _full_float32(), \
             torch.autocast(device.type, enabled=False):
         yield
 

@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..models import is_stochastic
 from .activations import DEFAULT_BIN_EDGES, activation_stats
-from .context import Batch, Batches, LossFn, ModelInputs
+from .context import Batch, Batches, LossFn, ModelInputs, rng_state, same_rng_state
 from .ics import internal_covariate_shift
 from .landscape import LandscapeRecord, along_gradient
 
@@ -49,6 +50,11 @@ def _probe_passes() -> Iterator[None]:
         yield
     finally:
         _measuring[0] -= 1
+
+
+def measuring_now() -> bool:
+    """Whether a hook probe is measuring at this moment (its own passes, not training's)."""
+    return _measuring[0] > 0
 
 
 def _check_every(owner: str, every: Any) -> None:
@@ -119,6 +125,10 @@ class LandscapeProbe:
     # ``.grad`` are exactly L and its gradient in float32 on the batch: no autocast or TF32,
     # no extra gradient terms between backward() and step() (clipping is detected: warned, and
     # g computed afresh).
+    # A model that draws random numbers (``models.is_stochastic``, or any draw from torch's
+    # generators between the last step and this one: ``F.dropout`` in ``forward``, random data
+    # transforms) gets g computed by the probe anyway: the training step's dropout masks and
+    # noise are not the probe's.
     reuse_grad: bool = False
     records: list[LandscapeRecord] = field(default_factory=list)
     step: int = 0  # optimizer steps seen so far
@@ -134,6 +144,7 @@ class LandscapeProbe:
         self._last_batches: list[tuple[Batch, torch.Tensor]] = []  # ... in the last probed step
         self._grad_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._warned: set[str] = set()
+        self._rng_since_step = None  # generators' state after the last step, when due
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn) -> LossFn:
         """Register the hooks; returns ``loss_fn`` wrapped so that it records the targets."""
@@ -183,7 +194,10 @@ class LandscapeProbe:
         for h in self._grad_handles:
             h.remove()
         self._grad_handles = []
-        if self._watches_gradients() and self.step % self.every == 0:
+        due = self.step % self.every == 0
+        self._rng_since_step = (rng_state(next(self._model.parameters()).device)
+                                if due and self.reuse_grad else None)
+        if self._watches_gradients() and due:
             self._grad_handles = [p.register_post_accumulate_grad_hook(self._record_grad_norm)
                                   for p in self._model.parameters() if p.requires_grad]
 
@@ -258,6 +272,10 @@ class LandscapeProbe:
                             "they are not the loss's; the probe computes g itself")
         if changed is not False:
             return None
+        drew = self._rng_since_step is None or not same_rng_state(
+            self._rng_since_step, rng_state(next(self._model.parameters()).device))
+        if drew or is_stochastic(self._model):
+            return None  # the training step's random draws are not the probe's
         batches = self._step_batches or self._last_batches
         params = [p for p in self._model.parameters() if p.requires_grad]
         loss = sum((b.weight * value).sum() for b, value in batches)

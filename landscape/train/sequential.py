@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..models import build_model, is_stochastic
+from ..models import build_model
 from ..probes import GradientStats, LandscapeProbe
 from ..store import RunLog
 from . import tasks
@@ -35,11 +35,12 @@ class SequentialRun:
         self.model, self.optimizer = build_run(model_name, lr, config, data.num_classes, device)
         self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
         # The probe reuses the training step's loss and gradient when that step ran in exact
-        # float32 on the same deterministic function the probe measures (one pass fewer).
+        # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the
+        # probe computes g itself, with its own draws (LandscapeProbe.reuse_grad).
         exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
         self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
                                     on_record=lambda r: on_probe(0, r), keep=False,
-                                    reuse_grad=exact_step and not is_stochastic(self.model))
+                                    reuse_grad=exact_step)
         self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)

@@ -12,8 +12,9 @@ momentum buffers and let cuDNN pick its kernels), the graph is recorded from the
 function, and every step reads the batch from one static input buffer shared by the K runs.
 ``python benchmarks/bench.py --suite gpucheck`` compares graphed runs with eager ones on a GPU.
 
-Only for what a graph can hold: CUDA, image classification, models without host-side
-randomness (not the noisy-BN family), no ICS or activation instruments (their hooks run
+Only for what a graph can hold: CUDA, image classification, models that draw no random
+numbers (``models.is_stochastic``: not the noisy-BN family, no dropout -- a recorded probe
+could not give its points the same draws), no ICS or activation instruments (their hooks run
 Python at every forward), no ``torch.compile`` (``CapturedStep`` can record a compiled forward,
 which was timed in benchmarks/RESULTS.md, Round 3; its gradients were measured wrong on an H100).
 """
