@@ -73,8 +73,9 @@ def cli():
 @click.option("--etas", default="0.5,1,2,4", show_default=True,
               help="Probe step sizes, as multiples of the run's learning rate.")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled) or "
-                   "gaussian-linear (the deep linear network's data; --batch-size 1000).")
+              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled), "
+                   "gaussian-linear (the deep linear network's data; --batch-size 1000), or PATH.npz "
+                   "(x_train (N,3,32,32) uint8, y_train, x_test, y_test; labels 0-9).")
 @click.option("--data-root", default=None, help="Where CIFAR-10 lives [default: ~/.cache/landscape/data].")
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,

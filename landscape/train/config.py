@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..data import DATASETS
+from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
 from ..models import DLN_MODELS, MODELS, build_model
@@ -87,9 +88,11 @@ class SweepConfig:
         if self.precision not in PRECISIONS:
             raise LandscapeError(f"unknown --precision {self.precision!r}; choose from "
                                  f"{', '.join(PRECISIONS)}")
-        if self.dataset not in DATASETS:
+        if not isinstance(self.dataset, str) or \
+                (self.dataset not in DATASETS and not is_array_file(self.dataset)):
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
-                                 f"{', '.join(DATASETS)}")
+                                 f"{', '.join(DATASETS)} or give a path to a "
+                                 f"{ARRAY_FILE_SUFFIX} array file")
         on_gpu = resolve_device(self.device).type == "cuda"
         if not on_gpu and self.grid == "streams":
             raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
