@@ -12,11 +12,11 @@ from .context import LossFn, buffer_clones, loss_and_grad, no_trace, trainable_p
 from .gradients import GradientStats, gradient_step_stats
 from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
-from .landscape import (POINT_MODES, LandscapeRecord, along_gradient, evaluate_points,
+from .landscape import (POINT_MODES, PROBE_DTYPES, LandscapeRecord, along_gradient, evaluate_points,
                         probe_tensors, record_from)
 
 __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensors", "record_from",
-           "POINT_MODES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
+           "POINT_MODES", "PROBE_DTYPES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
            "StepInstrument", "ICSProbe", "ActivationProbe", "internal_covariate_shift",
            "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
            "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",

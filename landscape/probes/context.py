@@ -24,9 +24,11 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def buffer_clones(model: nn.Module) -> dict[str, torch.Tensor]:
+def buffer_clones(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     # BatchNorm in train mode writes running statistics into these clones, not the model's.
-    return {n: b.clone() for n, b in model.named_buffers()}
+    # ``dtype``: floating buffers in the parameters' dtype (a float64 probe of a float32 model).
+    return {n: b.to(dtype, copy=True) if dtype is not None and b.is_floating_point()
+            else b.clone() for n, b in model.named_buffers()}
 
 
 @contextlib.contextmanager
@@ -65,19 +67,33 @@ def _full_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+_open_probes = [0]  # how many no_trace contexts are open: forward passes there are a probe's
+
+
+def probing() -> bool:
+    """Whether a probe is measuring now: hooks that keep training batches skip its passes
+    (a float64 probe's inputs are copies, not the training batch)."""
+    return _open_probes[0] > 0
+
+
 @contextlib.contextmanager
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Train-mode, float32 (no autocast, no TF32), grad-enabled, RNG-restoring probe context."""
-    with _train_mode(model), _restored_rng(device), torch.enable_grad(), _full_float32(), \
-            torch.autocast(device.type, enabled=False):
-        yield
+    _open_probes[0] += 1
+    try:
+        with _train_mode(model), _restored_rng(device), torch.enable_grad(), _full_float32(), \
+                torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        _open_probes[0] -= 1
 
 
 def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
                   params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """L(params; B) and its gradient, without touching the model's parameters, grads or buffers."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    out = functional_call(model, (leaves, buffer_clones(model)), (inputs,))
+    dtype = next(iter(leaves.values())).dtype if leaves else None
+    out = functional_call(model, (leaves, buffer_clones(model, dtype)), (inputs,))
     loss = loss_fn(out, targets)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .activations import DEFAULT_BIN_EDGES, activation_stats
-from .context import LossFn
+from .context import LossFn, probing
 from .ics import internal_covariate_shift
 from .landscape import LandscapeRecord, along_gradient
 
@@ -45,6 +45,7 @@ class LandscapeProbe:
     # ``.grad`` are exactly L and its gradient in float32 on the batch: no autocast or TF32,
     # no clipping, accumulation or extra gradient terms between backward() and step().
     reuse_grad: bool = False
+    dtype: torch.dtype | None = None  # measure in this precision (None: the parameters')
     records: list[LandscapeRecord] = field(default_factory=list)
     step: int = 0  # optimizer steps seen so far
 
@@ -61,7 +62,7 @@ class LandscapeProbe:
         self._model, self._optimizer, self._loss_fn = model, optimizer, loss_fn
 
         def keep_inputs(module, args):
-            if module.training and not self._measuring:
+            if module.training and not self._measuring and not probing():
                 self._inputs = args[0]
 
         def measure_before_step(opt, args, kwargs):
@@ -74,7 +75,7 @@ class LandscapeProbe:
 
         def loss_keeping_targets(outputs, targets):
             loss = loss_fn(outputs, targets)
-            if not self._measuring:
+            if not self._measuring and not probing():
                 self._targets, self._loss = targets, loss.detach()
             return loss
 
@@ -100,7 +101,7 @@ class LandscapeProbe:
         self._measuring = True
         try:
             record = along_gradient(self._model, self._loss_fn, self._inputs, self._targets, etas,
-                                    at_theta=at_theta)
+                                    at_theta=at_theta, dtype=self.dtype)
         finally:
             self._measuring = False
         record.step, record.lr = self.step, lr

@@ -19,6 +19,7 @@ from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
 from ..models import DLN_MODELS, MODELS, build_model
+from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
 
@@ -47,6 +48,10 @@ class SweepConfig:
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
+    # The landscape probe's arithmetic: float32 or float64 (on float64 copies; the model trains
+    # as it does). None: float64 for the deep linear network, whose float32 probe inflated
+    # beta_eff 1.3-3.4x at its saddle (experiments/README.md), float32 for the rest.
+    probe_dtype: str | None = None
     # How the learning rates of one model train: streams (CUDA graphs on concurrent CUDA
     # streams), batched (one vmapped model), sequential; auto = streams on a GPU where the
     # model allows, else sequential.
@@ -93,6 +98,12 @@ class SweepConfig:
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
                                  f"{', '.join(DATASETS)} or give a path to a "
                                  f"{ARRAY_FILE_SUFFIX} array file")
+        if self.probe_dtype is not None and self.probe_dtype not in PROBE_DTYPES:
+            raise LandscapeError(f"unknown --probe-dtype {self.probe_dtype!r}; choose from "
+                                 f"{', '.join(PROBE_DTYPES)}")
+        if self.grid == "streams" and "float64" in map(self.probe_dtype_of, self.models):
+            raise LandscapeError("--grid streams records float32 probes in CUDA graphs: with "
+                                 "--probe-dtype float64 use --grid sequential or batched")
         on_gpu = resolve_device(self.device).type == "cuda"
         if not on_gpu and self.grid == "streams":
             raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
@@ -105,6 +116,12 @@ class SweepConfig:
                                  "from eager ones by 4% (benchmarks/RESULTS.md); --grid streams "
                                  "is the fast path there")
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
+
+    def probe_dtype_of(self, model: str) -> str:
+        """The probe's arithmetic for this model: ``probe_dtype``, or its default."""
+        if self.probe_dtype is not None:
+            return self.probe_dtype
+        return "float64" if model in DLN_MODELS else "float32"
 
 
 SEED_LIMIT = 2 ** 32  # as numpy's: seeds are torch generators' seeds and offsets of them

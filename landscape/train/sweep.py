@@ -169,7 +169,8 @@ def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float
                      batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
                      weight_decay=config.weight_decay, width=config.width,
                      dataset=dataset, augment=config.augment, precision=precision,
-                     steps_per_epoch=steps_per_epoch, **source)
+                     steps_per_epoch=steps_per_epoch,
+                     probe_dtype=config.probe_dtype_of(model_name), **source)
 
 
 def _summary(model_name: str, run: RunState, seconds: float) -> RunSummary:
