@@ -49,8 +49,9 @@ class SweepConfig:
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
     # The landscape probe's arithmetic: float32 or float64 (on float64 copies; the model trains
-    # as it does). None: float64 for the deep linear network, whose float32 probe inflated
-    # beta_eff 1.3-3.4x at its saddle (experiments/README.md), float32 for the rest.
+    # as it does). None: float64 for the deep linear network, whose float32 probe read
+    # beta_eff 1.1-3.1x too high over steps 6k-8k at its saddle and up to 13.6x after
+    # (experiments/README.md), float32 for the rest.
     probe_dtype: str | None = None
     # How the learning rates of one model train: streams (CUDA graphs on concurrent CUDA
     # streams), batched (one vmapped model), sequential; auto = streams on a GPU where the
