@@ -40,7 +40,7 @@ LP_NORMS = ("l1", "l2", "linf")
 
 CLAIMS = ("BN narrows the loss band along the gradient",
           "BN's gradients are more predictive",
-          "β_eff sits near 2/LR with BN and spikes without",
+          "effective β sits near 2/LR with BN and spikes without",
           "BN does not reduce internal covariate shift",
           "Noisy BN still trains",
           "ℓp normalizers behave like BN")
@@ -119,7 +119,7 @@ def _beta_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
     beta_bn = _probe_values(with_bn, end, lambda r: r.probe.beta)
     beta_plain = _probe_values(without, end, lambda r: r.probe.beta)
     if not len(beta_bn) or not len(beta_plain):
-        return Finding(claim, UNMEASURED, f"no finite β_eff before {end:g}")
+        return Finding(claim, UNMEASURED, f"no finite effective β before {end:g}")
     median_bn = float(np.median(beta_bn))
     near = 1 / EDGE_FACTOR <= median_bn / edge <= EDGE_FACTOR
     spikes = beta_plain.max() > beta_bn.max()
