@@ -71,11 +71,15 @@ def cli():
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--probe-every", type=int, default=100, show_default=True,
               help="Steps between landscape probes.")
+@click.option("--probe-dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="The landscape probe's arithmetic (on copies; training is unchanged) "
+                   "[default: float64 for the deep linear network, float32 otherwise].")
 @click.option("--etas", default="0.5,1,2,4", show_default=True,
               help="Probe step sizes, as multiples of the run's learning rate.")
 @click.option("--dataset", default="cifar10", show_default=True,
-              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled) or "
-                   "gaussian-linear (the deep linear network's data; --batch-size 1000).")
+              help="cifar10 (torchvision, downloaded when online), cifar10-mini (bundled), "
+                   "gaussian-linear (the deep linear network's data; --batch-size 1000), or PATH.npz "
+                   "(x_train (N,3,32,32) uint8, y_train, x_test, y_test; labels 0-9).")
 @click.option("--data-root", default=None, help="Where CIFAR-10 lives [default: ~/.cache/landscape/data].")
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,
@@ -103,13 +107,13 @@ def cli():
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
-def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
+def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, probe_dtype, etas,
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, config_file, light):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
-                  weight_decay=weight_decay, probe_every=probe_every,
+                  weight_decay=weight_decay, probe_every=probe_every, probe_dtype=probe_dtype,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
                   augment=augment, width=width, seed=seed, device=device, precision=precision,
                   grid=grid, compile=compile_, ics_every=ics_every,

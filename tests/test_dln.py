@@ -104,3 +104,26 @@ def test_bad_dln_settings_are_one_line_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_dln_probes_in_float64_by_default_and_records_it(tmp_path):
+    """The DLN's probe defaults to float64 (float32 inflated its beta_eff at the saddle);
+    --probe-dtype overrides it; the run records which one it used."""
+    for args, expected in (([], "float64"), (["--probe-dtype", "float32"], "float32")):
+        out = tmp_path / f"dln-{expected}.h5"
+        assert main(["run", "--models", "dln", "--dataset", "gaussian-linear", "--batch-size",
+                     "1000", "--lrs", "1e-6", "--steps", "2", "--probe-every", "1",
+                     "--out", str(out)] + args) == 0
+        with h5py.File(out) as f:
+            assert f["runs/dln-lr1e-06-seed0"].attrs["probe_dtype"] == expected
+
+
+def test_probe_dtype_is_checked(tmp_path, capsys):
+    out = tmp_path / "x.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--probe-dtype", "float16",
+                 "--out", str(out)]) == 2
+    assert main(["run", "--dataset", "cifar10-mini", "--probe-dtype", "float64", "--grid",
+                 "streams", "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "float16" in err[0] and "float32 probes in CUDA graphs" in err[1]
+    assert not out.exists()

@@ -117,6 +117,37 @@ def test_matches_direct_slow_implementation(norm):
     assert rec32.beta == pytest.approx(ref_beta, rel=2e-3)
 
 
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("points", ["sequential", "vmap"])
+def test_float64_probe_of_a_float32_model_is_the_float64_computation(norm, points):
+    """dtype=float64 measures on float64 copies: equal to the direct float64 reference to
+    float64 rounding, and the float32 model (parameters, buffers, .grad) is left as it was."""
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm=norm)
+    x, y = small_batch()
+    etas = [0.05, 0.1, 0.2, 0.4]
+    ref_loss, ref_diff, ref_beta, ref_norm = slow_along_gradient(model, x, y, etas)
+    before = copy.deepcopy(model.state_dict())
+    rec = along_gradient(model, F.cross_entropy, x, y, etas, points=points, dtype=torch.float64)
+    np.testing.assert_allclose(rec.loss, ref_loss, rtol=1e-10)
+    np.testing.assert_allclose(rec.grad_diff, ref_diff, rtol=1e-8)
+    assert rec.beta == pytest.approx(ref_beta, rel=1e-8)
+    assert rec.grad_norm == pytest.approx(ref_norm, rel=1e-10)
+    assert all(p.dtype == torch.float32 and p.grad is None for p in model.parameters())
+    for name, value in model.state_dict().items():
+        assert value.dtype == before[name].dtype and torch.equal(value, before[name]), name
+
+
+def test_float64_probe_ignores_float32_training_gradient():
+    """A float32 ``at_theta`` cannot stand for the float64 L(theta) and g: it is recomputed."""
+    torch.manual_seed(0)
+    model = vgg_a(width=0.0625, norm="batch")
+    x, y = small_batch()
+    wrong = (torch.tensor(123.0), [torch.ones_like(p) for p in model.parameters()])
+    rec = along_gradient(model, F.cross_entropy, x, y, [0.1], at_theta=wrong, dtype=torch.float64)
+    assert rec.grad_norm == pytest.approx(slow_along_gradient(model, x, y, [0.1])[3], rel=1e-10)
+
+
 def snapshot(model, optimizer):
     return {
         "params": [p.detach().clone() for p in model.parameters()],

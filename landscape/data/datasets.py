@@ -6,9 +6,14 @@ import os
 
 from ..errors import LandscapeError
 from .gaussian import DATASET as GAUSSIAN_LINEAR, GaussianLinearData, load_gaussian_linear
-from .images import ImageData, load_cifar10, load_cifar10_mini
+from .images import ImageData, load_cifar10, load_cifar10_mini, load_image_file
 
 DATASETS = ("cifar10", "cifar10-mini", GAUSSIAN_LINEAR)
+ARRAY_FILE_SUFFIX = ".npz"  # any other --dataset is a path to an array file of images
+
+
+def is_array_file(name: str) -> bool:
+    return name not in DATASETS and name.lower().endswith(ARRAY_FILE_SUFFIX)
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData | GaussianLinearData:
@@ -18,4 +23,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData 
         return load_cifar10(root)
     if name == "cifar10-mini":
         return load_cifar10_mini()
-    raise LandscapeError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if is_array_file(name):
+        return load_image_file(name)
+    raise LandscapeError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} "
+                         f"or give a path to a {ARRAY_FILE_SUFFIX} array file")

@@ -7,6 +7,7 @@ minibatches comes from a seeded ``torch.Generator``. No ``DataLoader``, no worke
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,8 @@ import torch
 from ..errors import LandscapeError
 
 NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) the image models take: VGG-A's five 2x2 pools end at 1x1
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def default_data_root() -> Path:
@@ -43,6 +46,8 @@ class ImageData:
     y_test: torch.Tensor
     mean: torch.Tensor  # per-channel mean of the training images, 0-1 scale, shape (3,)
     std: torch.Tensor  # per-channel std of the training images, 0-1 scale, shape (3,)
+    path: str = ""  # the array file it came from ("" for torchvision's CIFAR-10)
+    sha256: str = ""  # of that file's bytes
 
     @property
     def num_classes(self) -> int:
@@ -51,7 +56,7 @@ class ImageData:
     def to(self, device: torch.device | str) -> "ImageData":
         move = lambda t: t.to(device)  # noqa: E731
         return ImageData(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
-                         move(self.y_test), move(self.mean), move(self.std))
+                         move(self.y_test), move(self.mean), move(self.std), self.path, self.sha256)
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float32, per-channel standardized with the train statistics."""
@@ -69,12 +74,67 @@ def _channel_stats(x_uint8: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def _from_arrays(name, x_train, y_train, x_test, y_test) -> ImageData:
+def _from_arrays(name, x_train, y_train, x_test, y_test, path="", sha256="") -> ImageData:
     mean, std = _channel_stats(x_train)
     as_images = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))  # noqa: E731
     as_labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
     return ImageData(name, as_images(x_train), as_labels(y_train), as_images(x_test),
-                     as_labels(y_test), mean, std)
+                     as_labels(y_test), mean, std, path, sha256)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checked_arrays(path: Path, z) -> list[np.ndarray]:
+    """The four arrays of an image file, or ``LandscapeError`` naming the first bad one."""
+    missing = [a for a in ARRAYS if a not in z.files]
+    if missing:
+        raise LandscapeError(f"{path}: no array {missing[0]!r} (an image file holds "
+                             f"{', '.join(ARRAYS)})")
+    arrays = [z[a] for a in ARRAYS]
+    for (name, a), split in zip(zip(ARRAYS, arrays), ("train", "train", "test", "test")):
+        if name.startswith("x"):
+            if a.dtype != np.uint8:
+                raise LandscapeError(f"{path}: {name} must be uint8 images, got {a.dtype}")
+            if a.ndim != 4 or a.shape[1:] != IMAGE_SHAPE or a.shape[0] == 0:
+                raise LandscapeError(f"{path}: {name} must have shape (N, "
+                                     f"{', '.join(map(str, IMAGE_SHAPE))}) with N > 0, got {a.shape}")
+            images = len(a)
+            continue
+        if a.dtype.kind not in "iu":
+            raise LandscapeError(f"{path}: {name} must hold integer labels, got {a.dtype}")
+        if a.shape != (images,):
+            raise LandscapeError(f"{path}: {name} must have shape ({images},), one label per "
+                                 f"{split} image, got {a.shape}")
+        if a.min() < 0 or a.max() >= NUM_CLASSES:
+            raise LandscapeError(f"{path}: {name} has labels outside 0..{NUM_CLASSES - 1} "
+                                 f"(min {a.min()}, max {a.max()})")
+    return arrays
+
+
+def load_image_file(path: str | os.PathLike, name: str | None = None) -> ImageData:
+    """An array file (.npz) with ``x_train`` (N, 3, 32, 32) uint8, ``y_train`` (N,) labels in
+    0..9, ``x_test`` and ``y_test`` likewise; normalized with its own training set's statistics.
+
+    A missing file, a missing array, a wrong dtype or shape, or a label out of range raises
+    ``LandscapeError`` naming it. ``name`` defaults to the file's stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LandscapeError(f"--dataset {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = _checked_arrays(path, z)
+    except (ValueError, OSError, EOFError) as exc:  # not an .npz, truncated, pickled objects
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LandscapeError(f"--dataset {path}: not a readable .npz array file ({reason})") from None
+    return _from_arrays(name or path.stem, *arrays, path=str(path.resolve()),
+                        sha256=file_sha256(path))
 
 
 def load_cifar10_mini(path: str | os.PathLike | None = None) -> ImageData:
@@ -82,8 +142,7 @@ def load_cifar10_mini(path: str | os.PathLike | None = None) -> ImageData:
     path = Path(path) if path is not None else mini_path()
     if not path.is_file():
         raise LandscapeError(f"cifar10-mini data file not found at {path}; reinstall the package")
-    with np.load(path) as z:
-        return _from_arrays("cifar10-mini", z["x_train"], z["y_train"], z["x_test"], z["y_test"])
+    return load_image_file(path, "cifar10-mini")
 
 
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> ImageData:

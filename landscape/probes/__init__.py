@@ -9,17 +9,18 @@ per-step consecutive-gradient statistics. Probes know nothing of files, plots or
 
 from .activations import DEFAULT_BIN_EDGES, ActivationRecord, activation_stats
 from .context import (Batch, Batches, LossFn, ModelInputs, buffer_clones, loss_and_grad, no_trace,
-                      probe_forward, trainable_parameters)
+                      in_dtype, probe_forward, probing, trainable_parameters)
 from .gradients import GradientStats, gradient_step_stats
 from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
-from .landscape import (POINT_MODES, STEP_ROUNDING_LIMIT, LandscapeRecord, StepResolutionWarning,
-                        along_gradient, evaluate_points, probe_tensors, record_from, step_rounding)
+from .landscape import (POINT_MODES, PROBE_DTYPES, STEP_ROUNDING_LIMIT, LandscapeRecord,
+                        StepResolutionWarning, along_gradient, evaluate_points, probe_tensors,
+                        record_from, step_rounding)
 
 __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensors", "record_from",
-           "POINT_MODES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
+           "POINT_MODES", "PROBE_DTYPES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
            "StepInstrument", "ICSProbe", "ActivationProbe", "internal_covariate_shift",
            "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
            "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",
            "buffer_clones", "ModelInputs", "Batch", "Batches", "probe_forward", "step_rounding",
-           "STEP_ROUNDING_LIMIT", "StepResolutionWarning"]
+           "STEP_ROUNDING_LIMIT", "StepResolutionWarning", "PROBE_DTYPES", "in_dtype", "probing"]

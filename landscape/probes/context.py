@@ -134,14 +134,34 @@ def batch_loss(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
     return total
 
 
+def in_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (a tensor, the model's inputs, ``ModelInputs``, ``Batches``, targets) with every
+    floating tensor in it cast to ``dtype``: what a probe in another precision evaluates."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Batches):
+        return Batches(tuple(Batch(in_dtype(b.inputs, dtype), in_dtype(b.targets, dtype),
+                                   in_dtype(b.weight, dtype), b.loss_kwargs) for b in value.parts))
+    if isinstance(value, ModelInputs):
+        return ModelInputs(in_dtype(value.args, dtype), in_dtype(value.kwargs, dtype),
+                           value.training)
+    if isinstance(value, (tuple, list)):
+        return type(value)(in_dtype(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: in_dtype(v, dtype) for k, v in value.items()}
+    return value
+
+
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached views of the parameters that receive gradients, by name."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def buffer_clones(model: nn.Module) -> dict[str, torch.Tensor]:
+def buffer_clones(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     # BatchNorm in train mode writes running statistics into these clones, not the model's.
-    return {n: b.clone() for n, b in model.named_buffers()}
+    # ``dtype``: floating buffers in the parameters' dtype (a float64 probe of a float32 model).
+    return {n: b.to(dtype, copy=True) if dtype is not None and b.is_floating_point()
+            else b.clone() for n, b in model.named_buffers()}
 
 
 @contextlib.contextmanager
@@ -225,13 +245,26 @@ def _full_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+_open_probes = [0]  # how many no_trace contexts are open: forward passes there are a probe's
+
+
+def probing() -> bool:
+    """Whether a probe is measuring now: hooks that keep training batches skip its passes
+    (a float64 probe's inputs are copies, not the training batch)."""
+    return _open_probes[0] > 0
+
+
 @contextlib.contextmanager
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Train-mode, float32 (no autocast, no TF32), grad-enabled probe context in which every
     evaluation draws the same random numbers, and which leaves the RNG as it was."""
-    with _train_mode(model), _same_random_draws(device), torch.enable_grad(), _full_float32(), \
-            torch.autocast(device.type, enabled=False):
-        yield
+    _open_probes[0] += 1
+    try:
+        with _train_mode(model), _same_random_draws(device), torch.enable_grad(), \
+                _full_float32(), torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        _open_probes[0] -= 1
 
 
 def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
@@ -241,7 +274,8 @@ def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
     ``inputs``: a tensor, a tuple (positional arguments), a dict (keyword arguments), a
     ``ModelInputs``, or ``Batches`` (then ``targets`` is None); see ``batch_loss``."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    loss = batch_loss(model, loss_fn, inputs, targets, leaves, buffer_clones(model))
+    dtype = next(iter(leaves.values())).dtype if leaves else None
+    loss = batch_loss(model, loss_fn, inputs, targets, leaves, buffer_clones(model, dtype))
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads)]
     return loss.detach(), grads

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..models import is_stochastic
 from .activations import DEFAULT_BIN_EDGES, activation_stats
-from .context import Batch, Batches, LossFn, ModelInputs, rng_state, same_rng_state
+from .context import Batch, Batches, LossFn, ModelInputs, probing, rng_state, same_rng_state
 from .ics import internal_covariate_shift
 from .landscape import LandscapeRecord, along_gradient
 
@@ -53,8 +53,9 @@ def _probe_passes() -> Iterator[None]:
 
 
 def measuring_now() -> bool:
-    """Whether a hook probe is measuring at this moment (its own passes, not training's)."""
-    return _measuring[0] > 0
+    """Whether a probe is measuring at this moment: its passes are not training's (a hook
+    probe's, or any ``no_trace`` measurement, e.g. a float64 probe's copies)."""
+    return _measuring[0] > 0 or probing()
 
 
 def _check_every(owner: str, every: Any) -> None:
@@ -130,6 +131,7 @@ class LandscapeProbe:
     # transforms) gets g computed by the probe anyway: the training step's dropout masks and
     # noise are not the probe's.
     reuse_grad: bool = False
+    dtype: torch.dtype | None = None  # measure in this precision (None: the parameters')
     records: list[LandscapeRecord] = field(default_factory=list)
     step: int = 0  # optimizer steps seen so far
 
@@ -188,7 +190,7 @@ class LandscapeProbe:
     def _due(self) -> bool:
         """The coming optimizer step is probed, and this is not a probe's own pass: only then
         do the hooks record anything (other steps cost a modulo per hook)."""
-        return self.step % self.every == 0 and not _measuring[0]
+        return self.step % self.every == 0 and not measuring_now()
 
     def _watch_gradients_if_due(self) -> None:
         for h in self._grad_handles:
@@ -218,12 +220,12 @@ class LandscapeProbe:
         return self._calls[-1][1] if self._calls else None
 
     def _record_backward(self, batch: Batch, loss: torch.Tensor, weight: torch.Tensor) -> None:
-        if not _measuring[0]:
+        if not measuring_now():
             self._step_batches.append((Batch(batch.inputs, batch.targets, weight.detach(),
                                              batch.loss_kwargs), loss))
 
     def _record_grad_norm(self, p: torch.Tensor) -> None:
-        if not _measuring[0]:
+        if not measuring_now():
             self._grad_norms[p] = torch.linalg.vector_norm(p.grad)
 
     def _before_step(self, optimizer, args, kwargs) -> None:
@@ -310,7 +312,7 @@ class LandscapeProbe:
                                 "measures along the loss's own gradient, not along the step")
         with _probe_passes():
             record = along_gradient(self._model, loss_fn, inputs, targets, etas,
-                                    at_theta=at_theta)
+                                    at_theta=at_theta, dtype=self.dtype)
         record.lr = lr
         return self._emit(record)
 

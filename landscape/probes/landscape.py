@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .context import (LossFn, batch_loss, contiguous_inputs, loss_and_grad, no_trace,
-                      trainable_parameters)
+from .context import (LossFn, batch_loss, buffer_clones, contiguous_inputs, in_dtype,
+                      loss_and_grad, no_trace, trainable_parameters)
+
+PROBE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Largest fraction of a step (in norm) that rounding theta - eta g may lose or add before the
 # point's grad_diff is not counted: measured ~1e-5 at lr 0.05 on VGG-A, ~0.8-1 at lr 1e-12.
@@ -164,7 +166,9 @@ def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
     moved = {n: (p.unsqueeze(0) - etas.view(-1, *([1] * p.ndim)) * g.unsqueeze(0)).contiguous()
              for (n, p), g in zip(params.items(), grad)}
     # Batched clones: BatchNorm's in-place running-statistic updates land in them, per point.
-    buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim)) for n, b in model.named_buffers()}
+    dtype = next(iter(params.values())).dtype
+    buffers = {n: b.unsqueeze(0).repeat(k, *([1] * b.ndim))
+               for n, b in buffer_clones(model, dtype).items()}
 
     def loss_at(p, b):
         return batch_loss(model, loss_fn, inputs, targets, p, b)
@@ -182,8 +186,8 @@ def _as_float64(t: torch.Tensor) -> np.ndarray:
 
 def along_gradient(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: Sequence[float],
                    points: str = "auto",
-                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
-                   ) -> LandscapeRecord:
+                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None,
+                   dtype: torch.dtype | None = None) -> LandscapeRecord:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient on a batch.
 
     ``etas`` are absolute step sizes (e.g. ``lr * [0.5, 1, 2, 4]`` as in the paper).
@@ -205,6 +209,11 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: Seq
     ``named_parameters`` order), saves the probe its first forward/backward pass: the probe
     then costs k gradient evaluations instead of k + 1. Not for a model that draws random
     numbers: the training step's draws are not the probe's.
+
+    ``dtype`` (e.g. ``torch.float64``): measure in that precision, on copies of the parameters,
+    buffers and floating inputs/targets in it (the model itself stays as it is). Near a saddle
+    of a small model, float32 rounding in ||grad L(theta - eta g) - g|| inflates beta_eff; a
+    ``dtype`` other than the parameters' ignores ``at_theta`` (float32 values).
     """
     if points not in POINT_MODES:
         raise ValueError(f"along_gradient: points must be one of {', '.join(POINT_MODES)}, "
@@ -217,7 +226,11 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: Seq
             a.shape != b.shape for a, b in zip(at_theta[1], params.values()))):
         raise ValueError("along_gradient: at_theta's gradient does not match the model's "
                          "trainable parameters")
-    eta_t = torch.as_tensor(list(etas), dtype=next(iter(params.values())).dtype, device=device)
+    model_dtype = next(iter(params.values())).dtype
+    dtype = dtype or model_dtype
+    if dtype != model_dtype:
+        at_theta = None
+    eta_t = torch.as_tensor(list(etas), dtype=dtype, device=device)
     if eta_t.ndim != 1 or len(eta_t) == 0 or not bool(((eta_t > 0) & eta_t.isfinite()).all()):
         raise ValueError(f"along_gradient: etas must be positive finite numbers, got {list(etas)}")
     with no_trace(model, device):
@@ -232,8 +245,11 @@ def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: torc
     """``along_gradient``'s arithmetic alone, on device tensors: L(theta), loss (k,),
     grad_diff (k,), ||g||, and the steps' rounding (k,) (``step_rounding``). It makes no host
     synchronization, so that it can be recorded as a CUDA graph. Call it inside
-    ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes."""
-    params = trainable_parameters(model)
+    ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes, in the dtype the probe
+    measures in (the parameters' dtype, or another one: then parameters, buffers and floating
+    inputs/targets are copies in it)."""
+    params = {n: in_dtype(p, etas.dtype) for n, p in trainable_parameters(model).items()}
+    inputs, targets = in_dtype(inputs, etas.dtype), in_dtype(targets, etas.dtype)
     if at_theta is None:
         loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
     else:

@@ -28,6 +28,7 @@ from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_run
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
+from .findings import findings
 from .pools import Pooling, distinct_runs
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
@@ -73,6 +74,11 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
     eta_text = _eta_multiples_text(runs)
     references, no_line = stability_references(runs)
     sections = [
+        Section("findings", "Findings: the paper's claims in these runs",
+                "Computed from the runs (rules: docs/report.md): runs with and without BN at "
+                "one learning rate compared over the probed steps before either stops "
+                "learning (gradient norm, running median over 1% of the steps, below 1% of "
+                "its start to the end).", body=findings_html(runs)),
         Section("loss-grid", "1a. Loss landscape across the learning-rate grid",
                 "At each training step t, the band is [min, max] over the grid's runs of the "
                 "minibatch training loss L(θ<sub>t</sub>; B<sub>t</sub>) (the course "
@@ -493,6 +499,13 @@ def activation_section(runs: Sequence[RunData], legend: Legend) -> Section | Non
         fg.activation_figure(layers, maps, "Activation distributions (Fig. 1c/2)<br><sup>"
                                            "pre-activation (after normalization, before ReLU): "
                                            "mean ± std per run; histogram over steps</sup>"))
+
+
+def findings_html(runs: Sequence[RunData]) -> str:
+    rows = [(f"{lr:g}", f.claim, f.verdict, f.numbers) for lr, found in findings(runs)
+            for f in found]
+    classes = [{"holds": "holds", "does not hold": "fails"}.get(r[2], "unmeasured") for r in rows]
+    return table_html(("lr", "claim", "verdict", "numbers"), rows, classes, text_columns=4)
 
 
 def run_table_html(runs: Sequence[RunData], legend: Legend) -> str:

@@ -20,7 +20,8 @@ from .summary import model_label
 # Attributes that say how a run went or was scheduled, not how it was trained.
 PROVENANCE_ATTRS = frozenset({"seed", "status", "seconds", "grid", "grid_size",
                               "steps_completed", "peak_memory_mib", "diverged_step",
-                              "steps_per_epoch"})  # the last: follows from dataset and batch size
+                              "steps_per_epoch",  # follows from dataset and batch size
+                              "dataset_path"})  # where the file was; its sha256 says what it held
 # Settings a label does not spell out: the model's display name says them (norm follows model).
 IN_DISPLAY_NAME = ("model", "norm")
 

@@ -13,7 +13,8 @@ from importlib import metadata
 from typing import Sequence
 
 from ..store import RunData
-from .bands import finite_median, last_finite
+from .bands import last_finite
+from .phases import phase_median, stall_step
 
 # Display names, the one table every legend, title and table uses (the paper's for its two
 # networks); a model registered later and missing here shows under its own name.
@@ -46,10 +47,12 @@ class RunRow:
     final_test_acc: float
     final_train_loss: float  # the last finite epoch mean, as for the accuracies
     final_test_loss: float
-    median_beta: float  # of the probe's effective beta-smoothness
+    median_beta: float  # of the probe's effective beta-smoothness, probed steps while learning
     seconds: float
     ics_probes: int | None = None  # probed steps of the ICS instrument; None: it was off
     activation_probes: int | None = None  # same for the activation instrument
+    stall_step: int | None = None  # the step from which it stopped learning (phases.stall_step)
+    median_beta_after: float = math.nan  # median beta_eff from stall_step on
 
     @property
     def status_text(self) -> str:
@@ -58,6 +61,8 @@ class RunRow:
 
 
 def summarize_run(run: RunData) -> RunRow:
+    stall = stall_step(run)
+    end = math.inf if stall is None else stall
     return RunRow(source=str(run.source), name=run.name, model=run.model, norm=run.norm,
                   lr=run.lr, seed=run.seed, status=run.status, diverged_step=run.diverged_step,
                   steps=len(run.steps.step), probes=len(run.probe.step),
@@ -66,14 +71,17 @@ def summarize_run(run: RunData) -> RunRow:
                   final_test_acc=last_finite(run.epochs.test_acc),
                   final_train_loss=last_finite(run.epochs.train_loss),
                   final_test_loss=last_finite(run.epochs.test_loss),
-                  median_beta=finite_median(run.probe.beta), seconds=run.seconds,
+                  median_beta=phase_median(run.probe.step, run.probe.beta, end),
+                  seconds=run.seconds, stall_step=stall,
+                  median_beta_after=phase_median(run.probe.step, run.probe.beta, end, after=True),
                   ics_probes=None if run.ics is None else len(run.ics.step),
                   activation_probes=None if run.activations is None
                   else len(run.activations.step))
 
 
 RUN_TABLE_HEADER = ("run", "model", "norm", "lr", "seed", "status", "steps", "probes", "epochs",
-                    "train acc", "test acc", "train loss", "test loss", "median β", "seconds")
+                    "train acc", "test acc", "train loss", "test loss", "stops learning",
+                    "median β learning", "median β after", "seconds")
 
 
 def run_table_cells(row: RunRow) -> tuple[str, ...]:
@@ -82,7 +90,9 @@ def run_table_cells(row: RunRow) -> tuple[str, ...]:
             row.status_text, str(row.steps), str(row.probes), str(row.epochs),
             _number(row.final_train_acc, ".4f"), _number(row.final_test_acc, ".4f"),
             _number(row.final_train_loss, ".4g"), _number(row.final_test_loss, ".4g"),
-            _number(row.median_beta, ".3g"), _number(row.seconds, ".1f"))
+            "-" if row.stall_step is None else str(row.stall_step),
+            _number(row.median_beta, ".3g"), _number(row.median_beta_after, ".3g"),
+            _number(row.seconds, ".1f"))
 
 
 def instrument_columns(rows: Sequence[RunRow]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:

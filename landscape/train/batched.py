@@ -25,7 +25,7 @@ from torch.func import functional_call, stack_module_state
 
 from ..data import eval_batches
 from ..models import build_model
-from ..probes import GradientStats, along_gradient
+from ..probes import PROBE_DTYPES, GradientStats, along_gradient
 from . import tasks
 from .config import SweepConfig
 
@@ -157,6 +157,7 @@ class GridRuns:
         self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
         self._scratch = build()  # a real module that each probe loads one run's state into
         self.stats = GradientStats()  # not attached: fed the stacked gradients of every run
+        self.probe_dtype = PROBE_DTYPES[config.probe_dtype_of(model_name)]
 
     def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.probe and step % self.config.probe_every == 0:
@@ -164,7 +165,8 @@ class GridRuns:
                 if bool(self.grid.alive[k]):
                     model = self.grid.model_at(k, into=self._scratch)
                     record = along_gradient(model, F.cross_entropy, x, y,
-                                            [e * self.lrs[k] for e in self.config.etas])
+                                            [e * self.lrs[k] for e in self.config.etas],
+                                            dtype=self.probe_dtype)
                     record.step, record.lr = step, self.lrs[k]
                     self.on_probe(k, record)
         theta = self.grid.flat(self.grid.params)

@@ -15,9 +15,11 @@ from typing import Sequence
 import torch
 
 from ..data import DATASETS
+from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
 from ..models import DLN_MODELS, MODELS, build_model
+from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
 
@@ -46,6 +48,11 @@ class SweepConfig:
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
+    # The landscape probe's arithmetic: float32 or float64 (on float64 copies; the model trains
+    # as it does). None: float64 for the deep linear network, whose float32 probe read
+    # beta_eff 1.1-3.1x too high over steps 6k-8k at its saddle and up to 13.6x after
+    # (experiments/README.md), float32 for the rest.
+    probe_dtype: str | None = None
     # How the learning rates of one model train: streams (CUDA graphs on concurrent CUDA
     # streams), batched (one vmapped model), sequential; auto = streams on a GPU where the
     # model allows, else sequential.
@@ -87,9 +94,17 @@ class SweepConfig:
         if self.precision not in PRECISIONS:
             raise LandscapeError(f"unknown --precision {self.precision!r}; choose from "
                                  f"{', '.join(PRECISIONS)}")
-        if self.dataset not in DATASETS:
+        if not isinstance(self.dataset, str) or \
+                (self.dataset not in DATASETS and not is_array_file(self.dataset)):
             raise LandscapeError(f"unknown dataset {self.dataset!r}; choose from "
-                                 f"{', '.join(DATASETS)}")
+                                 f"{', '.join(DATASETS)} or give a path to a "
+                                 f"{ARRAY_FILE_SUFFIX} array file")
+        if self.probe_dtype is not None and self.probe_dtype not in PROBE_DTYPES:
+            raise LandscapeError(f"unknown --probe-dtype {self.probe_dtype!r}; choose from "
+                                 f"{', '.join(PROBE_DTYPES)}")
+        if self.grid == "streams" and "float64" in map(self.probe_dtype_of, self.models):
+            raise LandscapeError("--grid streams records float32 probes in CUDA graphs: with "
+                                 "--probe-dtype float64 use --grid sequential or batched")
         on_gpu = resolve_device(self.device).type == "cuda"
         if not on_gpu and self.grid == "streams":
             raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
@@ -102,6 +117,12 @@ class SweepConfig:
                                  "from eager ones by 4% (benchmarks/RESULTS.md); --grid streams "
                                  "is the fast path there")
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
+
+    def probe_dtype_of(self, model: str) -> str:
+        """The probe's arithmetic for this model: ``probe_dtype``, or its default."""
+        if self.probe_dtype is not None:
+            return self.probe_dtype
+        return "float64" if model in DLN_MODELS else "float32"
 
 
 SEED_LIMIT = 2 ** 32  # as numpy's: seeds are torch generators' seeds and offsets of them

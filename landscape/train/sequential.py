@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..models import build_model
-from ..probes import GradientStats, LandscapeProbe
+from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
 from ..store import RunLog
 from . import tasks
 from .config import SweepConfig
@@ -40,7 +40,8 @@ class SequentialRun:
         exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
         self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
                                     on_record=lambda r: on_probe(0, r), keep=False,
-                                    reuse_grad=exact_step)
+                                    reuse_grad=exact_step,
+                                    dtype=PROBE_DTYPES[config.probe_dtype_of(model_name)])
         self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)

@@ -141,8 +141,8 @@ def supports_graphs(config, model_name: str, data, device: torch.device) -> bool
     """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
     if device.type != "cuda" or config.compile or config.ics_every or config.activations_every:
         return False
-    if not isinstance(data, ImageData):
-        return False
+    if not isinstance(data, ImageData) or config.probe_dtype_of(model_name) != "float32":
+        return False  # graphs record float32 probes
     return not is_stochastic(build_model(model_name, width=0.0625))
 
 

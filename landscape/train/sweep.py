@@ -114,8 +114,10 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     steps_per_epoch = task_for(data).stream(config.batch_size, config.seed,
                                             config.augment).steps_per_epoch
     precision = effective_precision(config.precision, device)
+    source = dataset_file(data)
     store = SweepStore(out, config={**asdict(config), "resolved_device": str(device),
-                                    "torch_version": torch.__version__},
+                                    "torch_version": torch.__version__,
+                                    "dataset_name": data.name, **source},
                        command=command, overwrite=overwrite)
     summaries: list[RunSummary] = []
     with training_precision(config.precision, device) as autocast:
@@ -127,7 +129,8 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
             for lrs in groups:
                 run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
                 runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs),
-                                           precision, steps_per_epoch), lr) for lr in lrs]
+                                           precision, steps_per_epoch, data.name, source), lr)
+                        for lr in lrs]
 
                 def on_probe(k, record, runs=runs):
                     runs[k].betas.append(record.beta)
@@ -145,18 +148,29 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     return summaries
 
 
+def dataset_file(data) -> dict[str, str]:
+    """For data read from an array file: ``dataset_path`` and ``dataset_sha256`` of its bytes."""
+    if isinstance(data, ImageData) and data.path:
+        return {"dataset_path": data.path, "dataset_sha256": data.sha256}
+    return {}
+
+
 def _open_run(store: SweepStore, config: SweepConfig, model_name: str, lr: float,
-              grid: str, grid_size: int, precision: str, steps_per_epoch: int) -> RunLog:
+              grid: str, grid_size: int, precision: str, steps_per_epoch: int,
+              dataset: str, source: dict[str, str]) -> RunLog:
     """The run's log; ``grid``/``grid_size``: how it trained, and with how many runs at once;
-    ``precision``: the arithmetic it really trained in (fp32 on a CPU, whatever was asked)."""
+    ``precision``: the arithmetic it really trained in (fp32 on a CPU, whatever was asked);
+    ``dataset``: the data's name (an array file's stem); ``source``: that file's path and
+    sha256 (``dataset_file``), or nothing."""
     eta = np.asarray(config.etas, dtype=np.float64) * lr
     return store.run(run_name(model_name, lr, config.seed), eta=eta, model=model_name,
                      grid=grid, grid_size=grid_size,
                      norm=MODELS[model_name].norm, lr=lr, seed=config.seed,
                      batch_size=config.batch_size, optimizer="SGD", momentum=config.momentum,
                      weight_decay=config.weight_decay, width=config.width,
-                     dataset=config.dataset, augment=config.augment, precision=precision,
-                     steps_per_epoch=steps_per_epoch)
+                     dataset=dataset, augment=config.augment, precision=precision,
+                     steps_per_epoch=steps_per_epoch,
+                     probe_dtype=config.probe_dtype_of(model_name), **source)
 
 
 def _summary(model_name: str, run: RunState, seconds: float) -> RunSummary:

@@ -1,0 +1,202 @@
+"""The paper's claims, judged on the runs of a report (plain numpy on ``read_sweep``'s runs).
+
+Each claim compares runs that share a learning rate: *without BN* (norm ``none``), *with BN*
+(norm ``batch``), *noisy BN* (``noisy_batch``) and *ℓp* (``l1``, ``l2``, ``linf``). Landscape
+measures are medians over the probed steps before the first of the compared runs stops
+learning (``phases.common_learning_end``), pooled over seeds. A claim the runs cannot speak to
+is "not measured here", with what it needs. Rules (docs/report.md says the same):
+
+1. BN narrows the loss band along the gradient: median over probed steps of
+   max_η L(θ − ηg) − min_η L(θ − ηg) is smaller with BN than without.
+2. BN's gradients are more predictive: median over probed steps of max_η ‖∇L(θ − ηg) − g‖
+   is smaller with BN than without.
+3. β_eff sits near 2/LR with BN and spikes without: BN's median β_eff lies within a factor 2
+   of the stability edge (2 + 2μ)/LR (plain or heavy-ball SGD), and the peak β_eff without BN
+   is higher than the peak with BN.
+4. BN does not reduce internal covariate shift: it holds unless BN has both a smaller median
+   ‖G − G′‖ and a larger median cos(G, G′) (over ICS steps and layers) than the run without BN.
+5. Noisy BN still trains: final test accuracy of noisy BN at least BN's minus 5 points.
+6. ℓp normalizers behave like BN: every ℓp run's final test accuracy is at least BN's minus
+   5 points, and (when a run without BN is there) its loss band along the gradient is
+   narrower than that run's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..store import RunData
+from .bands import last_finite
+from .phases import common_learning_end
+
+HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
+ACCURACY_MARGIN = 0.05  # "trains about as well": within 5 percentage points of BN
+EDGE_FACTOR = 2.0  # "near 2/LR": within a factor 2
+LP_NORMS = ("l1", "l2", "linf")
+
+CLAIMS = ("BN narrows the loss band along the gradient",
+          "BN's gradients are more predictive",
+          "effective β sits near 2/LR with BN and spikes without",
+          "BN does not reduce internal covariate shift",
+          "Noisy BN still trains",
+          "ℓp normalizers behave like BN")
+
+
+@dataclass(frozen=True)
+class Finding:
+    claim: str
+    verdict: str  # HOLDS, FAILS or UNMEASURED
+    numbers: str  # what the verdict rests on, or what a measurement would need
+
+
+def _probe_values(runs: Sequence[RunData], end: float, per_probe: Callable[[RunData], np.ndarray]
+                  ) -> np.ndarray:
+    """Per-probe values of ``runs`` at probed steps before ``end``, pooled, finite only."""
+    parts = [np.asarray(per_probe(r), dtype=np.float64)[r.probe.step < end] for r in runs]
+    values = np.concatenate(parts) if parts else np.array([])
+    return values[np.isfinite(values)]
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else math.nan
+
+
+def _over_eta(grid: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``reduce`` (e.g. max − min) over the finite η points of each probed step; NaN if none."""
+    grid = np.where(np.isfinite(grid), grid, np.nan)
+    out = np.full(len(grid), np.nan)
+    ok = np.isfinite(grid).any(axis=1) if grid.ndim == 2 and grid.shape[1] else np.zeros(0, bool)
+    out[ok] = reduce(grid[ok])
+    return out
+
+
+def _spread(grid: np.ndarray) -> np.ndarray:
+    return np.nanmax(grid, axis=1) - np.nanmin(grid, axis=1)
+
+
+def loss_band_width(runs: Sequence[RunData], end: float) -> float:
+    return _median(_probe_values(runs, end, lambda r: _over_eta(r.probe.loss, _spread)))
+
+
+def predictiveness_top(runs: Sequence[RunData], end: float) -> float:
+    return _median(_probe_values(runs, end, lambda r: _over_eta(r.probe.grad_diff, lambda g: np.nanmax(g, axis=1))))
+
+
+def _window(end: float) -> str:
+    return "all probed steps" if math.isinf(end) else f"probed steps < {end:g} (both learning)"
+
+
+def _compare(claim: str, without: list[RunData], with_bn: list[RunData], measure, what: str
+             ) -> Finding:
+    if not without or not with_bn:
+        return Finding(claim, UNMEASURED, "needs runs with and without BN at one learning rate")
+    end = common_learning_end(without + with_bn)
+    a, b = measure(without, end), measure(with_bn, end)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return Finding(claim, UNMEASURED, f"no finite {what} before {end:g}")
+    return Finding(claim, HOLDS if b < a else FAILS,
+                   f"median {what}: {b:.3g} with BN vs {a:.3g} without ({_window(end)})")
+
+
+def _stability_edge(run: RunData) -> float | None:
+    if str(run.attrs.get("optimizer", "SGD")) != "SGD":
+        return None
+    return (2.0 + 2.0 * float(run.attrs.get("momentum", 0.0))) / run.lr
+
+
+def _beta_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
+    claim = CLAIMS[2]
+    if not without or not with_bn:
+        return Finding(claim, UNMEASURED, "needs runs with and without BN at one learning rate")
+    edge = _stability_edge(with_bn[0])
+    if edge is None:
+        return Finding(claim, UNMEASURED, "the stability edge is known for SGD only")
+    end = common_learning_end(without + with_bn)
+    beta_bn = _probe_values(with_bn, end, lambda r: r.probe.beta)
+    beta_plain = _probe_values(without, end, lambda r: r.probe.beta)
+    if not len(beta_bn) or not len(beta_plain):
+        return Finding(claim, UNMEASURED, f"no finite effective β before {end:g}")
+    median_bn = float(np.median(beta_bn))
+    near = 1 / EDGE_FACTOR <= median_bn / edge <= EDGE_FACTOR
+    spikes = beta_plain.max() > beta_bn.max()
+    return Finding(claim, HOLDS if near and spikes else FAILS,
+                   f"with BN median {median_bn:.3g} = {median_bn / edge:.2f} × edge {edge:.3g} "
+                   f"(near: within ×{EDGE_FACTOR:g}: {'yes' if near else 'no'}); peak "
+                   f"{beta_plain.max():.3g} without vs {beta_bn.max():.3g} with BN "
+                   f"({_window(end)})")
+
+
+def _ics_values(runs: Sequence[RunData], end: float, field: str) -> float:
+    parts = [np.asarray(getattr(r.ics, field))[np.asarray(r.ics.step) < end].ravel()
+             for r in runs if r.ics is not None]
+    values = np.concatenate(parts) if parts else np.array([])
+    return _median(values[np.isfinite(values)])
+
+
+def _ics_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
+    claim = CLAIMS[3]
+    without = [r for r in without if r.ics is not None]
+    with_bn = [r for r in with_bn if r.ics is not None]
+    if not without or not with_bn:
+        return Finding(claim, UNMEASURED, "needs ICS probes (--ics-every) with and without BN")
+    end = common_learning_end(without + with_bn)
+    l2 = _ics_values(without, end, "l2"), _ics_values(with_bn, end, "l2")
+    cos = _ics_values(without, end, "cosine"), _ics_values(with_bn, end, "cosine")
+    if not all(math.isfinite(v) for v in l2 + cos):
+        return Finding(claim, UNMEASURED, "no finite ICS values")
+    reduced = l2[1] < l2[0] and cos[1] > cos[0]
+    return Finding(claim, FAILS if reduced else HOLDS,
+                   f"median ‖G − G′‖ {l2[1]:.3g} with BN vs {l2[0]:.3g} without; median "
+                   f"cos(G, G′) {cos[1]:.3f} with BN vs {cos[0]:.3f} without ({_window(end)})")
+
+
+def _final_accuracy(runs: Sequence[RunData]) -> float:
+    values = [last_finite(r.epochs.test_acc) for r in runs]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _trains_like_bn(claim: str, others: list[RunData], with_bn: list[RunData], name: str,
+                    without: list[RunData] | None = None) -> Finding:
+    if not others or not with_bn:
+        return Finding(claim, UNMEASURED, f"needs {name} and BN runs at one learning rate")
+    acc_bn = _final_accuracy(with_bn)
+    if not math.isfinite(acc_bn):
+        return Finding(claim, UNMEASURED, "needs test accuracies (image classification)")
+    parts, ok = [], True
+    for norm in dict.fromkeys(r.norm for r in others):
+        group = [r for r in others if r.norm == norm]
+        acc = _final_accuracy(group)
+        ok &= math.isfinite(acc) and acc >= acc_bn - ACCURACY_MARGIN
+        parts.append(f"{norm} test accuracy {acc:.3f}")
+        if without:
+            end = common_learning_end(without + group)
+            width, width_plain = loss_band_width(group, end), loss_band_width(without, end)
+            ok &= math.isfinite(width) and width < width_plain
+            parts.append(f"{norm} loss band {width:.3g} vs {width_plain:.3g} without BN")
+    parts.append(f"BN test accuracy {acc_bn:.3f} (margin {ACCURACY_MARGIN:g})")
+    return Finding(claim, HOLDS if ok else FAILS, "; ".join(parts))
+
+
+def findings(runs: Sequence[RunData]) -> list[tuple[float, list[Finding]]]:
+    """Every claim at every learning rate of ``runs``: [(lr, [Finding per claim])]."""
+    out = []
+    for lr in sorted({r.lr for r in runs}):
+        at = [r for r in runs if r.lr == lr]
+        by_norm = lambda *norms: [r for r in at if r.norm in norms]  # noqa: E731
+        without, with_bn = by_norm("none"), by_norm("batch")
+        out.append((lr, [
+            _compare(CLAIMS[0], without, with_bn, loss_band_width, "loss band width along the "
+                     "gradient (max − min over η)"),
+            _compare(CLAIMS[1], without, with_bn, predictiveness_top, "max over η of "
+                     "‖∇L(θ − ηg) − g‖"),
+            _beta_claim(without, with_bn),
+            _ics_claim(without, with_bn),
+            _trains_like_bn(CLAIMS[4], by_norm("noisy_batch"), with_bn, "noisy BN"),
+            _trains_like_bn(CLAIMS[5], by_norm(*LP_NORMS), with_bn, "ℓp", without),
+        ]))
+    return out

@@ -1,0 +1,160 @@
+"""The report's Findings (report/findings.py) and learning phases (report/phases.py), on
+hand-made sweep files whose values make each claim hold, or fail, by construction."""
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import probe_record
+from landscape.cli import main
+from landscape.report.build import build_report
+from landscape.report.findings import CLAIMS, FAILS, HOLDS, UNMEASURED, findings
+from landscape.report.phases import phase_median, stall_step
+from landscape.report.summary import summarize_run
+from landscape.store import SweepStore, read_sweep
+
+LR = 0.1
+STEPS = 100
+
+
+def add_run(store, model, norm, *, loss_spread=1.0, grad_diff=10.0, beta=20.0, grad_norm=None,
+            stall_at=None, after_beta=None, test_acc=0.8, ics=None, diverge=False):
+    """A run of ``STEPS`` steps probed every 5: loss band [2, 2 + loss_spread] over eta,
+    grad_diff rows rising to ``grad_diff``, beta_eff ``beta`` (an array: per probe). With
+    ``stall_at``, the gradient norm drops to 1e-4 of its start from that step on and beta_eff
+    becomes ``after_beta`` there. ``ics``: (l2, cosine) at every ICS step and layer."""
+    eta = np.array([0.5, 1.0, 2.0, 4.0]) * LR
+    log = store.run(f"{model}-lr{LR:g}-seed0", eta=eta, model=model, norm=norm, lr=LR, seed=0,
+                    batch_size=32, optimizer="SGD", momentum=0.0)
+    step = np.arange(STEPS)
+    norms = np.ones(STEPS) if grad_norm is None else np.asarray(grad_norm, float)
+    if stall_at is not None:
+        norms = np.where(step >= stall_at, 1e-4, norms)
+    loss = np.full(STEPS, np.inf) if diverge else 2.0 + 0 * step
+    log.add_steps(step=step, epoch=step // 10, loss=loss, grad_norm=norms,
+                  grad_diff=np.ones(STEPS), beta_consecutive=np.ones(STEPS))
+    betas = np.broadcast_to(np.asarray(beta, float), (STEPS // 5,))
+    for i, s in enumerate(range(0, STEPS, 5)):
+        b = after_beta if stall_at is not None and s >= stall_at else betas[i]
+        log.add_probe(probe_record(s, eta, 2.0 + loss_spread * np.array([0, 0.2, 0.5, 1.0]),
+                                   grad_diff * np.array([0.25, 0.5, 0.75, 1.0]), b))
+    for e in range(STEPS // 10):
+        log.add_epoch(epoch=e, steps=10, train_loss=1.0, train_acc=test_acc, test_loss=1.0,
+                      test_acc=test_acc, seconds=1.0)
+    if ics is not None:
+        log.declare("ics", {"step": (np.int64, ()), "l2": (np.float64, (2,)),
+                            "cosine": (np.float64, (2,)), "grad_norm": (np.float64, (2,))},
+                    {"layer": ["features.4", "features.12"], "layer_index": np.array([5, 10])})
+        for s in range(0, STEPS, 10):
+            log.append("ics", step=s, l2=np.full(2, ics[0]), cosine=np.full(2, ics[1]),
+                       grad_norm=np.ones(2))
+    if diverge:
+        log.set_attrs(status="diverged", diverged_step=0, steps_completed=STEPS, seconds=1.0)
+    else:
+        log.set_attrs(status="completed", steps_completed=STEPS, seconds=1.0)
+    store.flush(log)
+
+
+def sweep(tmp_path, *runs):
+    path = tmp_path / "hand-made.h5"
+    store = SweepStore(path, config={"lrs": [LR]}, command="hand-made", overwrite=True)
+    for model, norm, kwargs in runs:
+        add_run(store, model, norm, **kwargs)
+    return read_sweep(path)
+
+
+def verdicts(sweep_file):
+    ((lr, found),) = findings(sweep_file.runs)
+    assert lr == LR and [f.claim for f in found] == list(CLAIMS)
+    return {f.claim: f for f in found}
+
+
+SPIKES = np.where(np.arange(STEPS // 5) == 7, 45.0, 20.0)  # near 2/LR with one spike
+
+
+def test_every_claim_holds_when_the_numbers_say_so(tmp_path):
+    s = sweep(tmp_path,
+              ("vgg_a", "none", dict(loss_spread=3.0, grad_diff=80.0, beta=SPIKES, test_acc=0.78,
+                                     ics=(1.0, 0.9))),
+              ("vgg_a_bn", "batch", dict(loss_spread=0.4, grad_diff=25.0, beta=19.0,
+                                         test_acc=0.83, ics=(2.0, 0.5))),
+              ("vgg_a_noisy_bn", "noisy_batch", dict(test_acc=0.81)),
+              ("vgg_a_l2", "l2", dict(loss_spread=0.5, test_acc=0.82)))
+    found = verdicts(s)
+    assert all(f.verdict == HOLDS for f in found.values()), found
+    assert "0.4 with BN vs 3 without" in found[CLAIMS[0]].numbers
+    assert "25 with BN vs 80 without" in found[CLAIMS[1]].numbers
+    assert "0.95 × edge 20" in found[CLAIMS[2]].numbers and "peak 45 without" in \
+        found[CLAIMS[2]].numbers
+
+
+def test_every_claim_fails_when_the_numbers_say_so(tmp_path):
+    s = sweep(tmp_path,
+              ("vgg_a", "none", dict(loss_spread=0.4, grad_diff=25.0, beta=19.0, test_acc=0.83,
+                                     ics=(2.0, 0.5))),
+              ("vgg_a_bn", "batch", dict(loss_spread=3.0, grad_diff=80.0, beta=SPIKES,
+                                         test_acc=0.80, ics=(1.0, 0.9))),
+              ("vgg_a_noisy_bn", "noisy_batch", dict(test_acc=0.10)),
+              ("vgg_a_l2", "l2", dict(loss_spread=0.5, test_acc=0.82)))
+    found = verdicts(s)
+    assert [found[c].verdict for c in CLAIMS] == [FAILS] * 6, found
+
+
+def test_beta_far_from_the_edge_fails_even_with_spikes_without_bn(tmp_path):
+    s = sweep(tmp_path, ("vgg_a", "none", dict(beta=SPIKES * 10)),
+              ("vgg_a_bn", "batch", dict(beta=5.0)))  # 5 = 0.25 x 2/LR: not near the edge
+    assert verdicts(s)[CLAIMS[2]].verdict == FAILS
+
+
+def test_claims_without_their_runs_are_not_measured(tmp_path):
+    found = verdicts(sweep(tmp_path, ("vgg_a_bn", "batch", {})))
+    assert all(f.verdict == UNMEASURED for f in found.values())
+    assert "with and without BN" in found[CLAIMS[0]].numbers
+    found = verdicts(sweep(tmp_path, ("vgg_a", "none", {}), ("vgg_a_bn", "batch", {})))
+    assert found[CLAIMS[3]].verdict == UNMEASURED and "--ics-every" in found[CLAIMS[3]].numbers
+
+
+def test_findings_compare_the_phase_where_both_learn(tmp_path):
+    """Without BN the run stalls at step 50 and its beta_eff collapses to 1 there: over the
+    whole run its median beta would sit below BN's; while both learn it is above."""
+    s = sweep(tmp_path, ("vgg_a", "none", dict(beta=SPIKES * 1.5, stall_at=50, after_beta=1.0)),
+              ("vgg_a_bn", "batch", dict(beta=20.0)))
+    without = s.runs[0]
+    assert stall_step(without) == 50 and stall_step(s.runs[1]) is None
+    assert np.median(without.probe.beta) < 20  # the mixed median the phases avoid
+    found = verdicts(s)[CLAIMS[2]]
+    assert found.verdict == HOLDS and "probed steps < 50 (both learning)" in found.numbers
+    row = summarize_run(without)
+    assert (row.stall_step, row.median_beta, row.median_beta_after) == (50, 30.0, 1.0)
+
+
+def test_stall_step_rule(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = np.exp(rng.normal(0, 0.5, STEPS))  # minibatch noise around 1
+    dip = np.where((np.arange(STEPS) >= 30) & (np.arange(STEPS) < 40), 1e-4, 1.0)
+    s = sweep(tmp_path, ("vgg_a", "none", dict(grad_norm=noisy, stall_at=70)),
+              ("vgg_a_bn", "batch", dict(grad_norm=dip)),  # dips, then learns again
+              ("vgg_a_l1", "l1", dict(diverge=True, stall_at=10)))
+    assert [stall_step(r) for r in s.runs] == [70, None, None]
+
+
+def test_phase_median():
+    steps, values = np.arange(6), np.array([1.0, 2, np.nan, 10, 20, 30])
+    assert phase_median(steps, values, 3) == 1.5
+    assert phase_median(steps, values, 3, after=True) == 20
+    assert math.isnan(phase_median(steps, values, 0))
+
+
+def test_report_opens_with_the_findings_and_info_shows_phases(tmp_path, capsys):
+    s = sweep(tmp_path, ("vgg_a", "none", dict(loss_spread=3.0, stall_at=60, after_beta=2.0)),
+              ("vgg_a_bn", "batch", dict(loss_spread=0.4)))
+    page = build_report([s])
+    first = page.index('<section id="')
+    assert page[first:].startswith('<section id="findings">')
+    assert CLAIMS[0] in page and ">holds<" in page and ">not measured here<" in page
+    assert main(["info", str(s.path)]) == 0
+    out = capsys.readouterr().out
+    assert "stops learning" in out and "median β after" in out
+    line = next(x for x in out.splitlines() if x.startswith("vgg_a-lr0.1"))
+    assert " 60 " in line
