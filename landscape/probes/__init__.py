@@ -16,9 +16,10 @@ from .gradients import GradientStats, gradient_step_stats
 from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
 from .landscape import (POINT_MODES, LandscapeRecord, along_gradient, evaluate_points,
-                        probe_tensors, record_from)
+                        parameter_layers, probe_tensors, record_from)
 
 __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensors", "record_from",
+           "parameter_layers",
            "POINT_MODES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
            "StepInstrument", "ICSProbe", "ActivationProbe", "internal_covariate_shift",
            "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",

@@ -6,10 +6,11 @@ dataclasses. ``schema``: the field names both agree on. The room needs numpy and
 torch: the training side writes through it, the report reads through it.
 """
 
-from .read import (ActivationSeries, EpochSeries, ICSSeries, ProbeSeries, RunData, StepSeries,
-                   SweepFile, read_sweep)
-from .schema import STATUSES
+from .read import (ActivationSeries, CurvatureSeries, EpochSeries, ICSSeries, ProbeSeries, RunData,
+                   StepSeries, SweepFile, WeightSeries, read_sweep)
+from .schema import CURVATURE_FIELDS, STATUSES, WEIGHT_FIELDS
 from .write import RunLog, SweepStore
 
 __all__ = ["SweepStore", "RunLog", "read_sweep", "SweepFile", "RunData", "StepSeries",
-           "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES"]
+           "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES",
+           "CurvatureSeries", "WeightSeries", "CURVATURE_FIELDS", "WEIGHT_FIELDS"]

@@ -27,7 +27,8 @@ import torch
 
 from ..data import ImageData
 from ..models import build_model, is_stochastic
-from ..probes import gradient_step_stats, no_trace, probe_tensors, record_from
+from ..probes import (gradient_step_stats, no_trace, probe_tensors, record_from,
+                      trainable_parameters)
 from . import tasks
 from .sequential import build_run
 
@@ -187,7 +188,7 @@ class StreamRuns:
     def _deliver_probes(self) -> None:
         """Hand the probes' records over (the host reads them here, not at every step)."""
         for k, step, tensors in self._pending_probes:
-            record = record_from(*tensors)
+            record = record_from(*tensors, names=list(trainable_parameters(self.models[k])))
             record.step, record.lr = step, self.lrs[k]
             self.on_probe(k, record)
         self._pending_probes = []
