@@ -13,7 +13,7 @@ from .curvature import HessianOperator, SharpnessRecord, sharpness
 from .context import LossFn, buffer_clones, loss_and_grad, no_trace, trainable_parameters
 from .weights import WEIGHT_STAT_FIELDS, WeightStats, angle_between
 from .gradients import GradientStats, gradient_step_stats
-from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
+from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, SharpnessProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
 from .landscape import (POINT_MODES, LandscapeRecord, along_gradient, evaluate_points,
                         parameter_layers, probe_tensors, record_from)
@@ -25,4 +25,4 @@ __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensor
            "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
            "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",
            "buffer_clones", "sharpness", "SharpnessRecord", "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS",
-           "angle_between"]
+           "angle_between", "SharpnessProbe"]

@@ -139,7 +139,7 @@ class CapturedProbe:
 
 def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
     """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
-    if device.type != "cuda" or config.compile or config.ics_every or config.activations_every:
+    if device.type != "cuda" or config.compile or config.uses_hooks():
         return False
     if not isinstance(data, ImageData):
         return False
