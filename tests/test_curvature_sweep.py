@@ -1,21 +1,28 @@
 """The sharpness and weight-statistics instruments in a sweep: stored, read back, validated."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from conftest import TINY_LRS, TINY_STEPS, run_tiny_sweep
+from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, run_tiny_sweep
 from landscape.cli import main
 from landscape.read import read_sweep
+from landscape.store import SweepStore
+from test_report_cli import figure_divs
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("curvature") / "c.h5"
-    run_tiny_sweep(out, "test", lrs=TINY_LRS, steps=TINY_STEPS, probe_every=4, sharpness_every=4,
-                   sharpness_k=2, trace_samples=2, weight_stats=True)
-    return read_sweep(out)
+    return run_tiny_sweep(out, "test", lrs=TINY_LRS, steps=TINY_STEPS, probe_every=4,
+                          sharpness_every=4, sharpness_k=2, trace_samples=2, weight_stats=True)
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_file):
+    return read_sweep(sweep_file)
 
 
 def test_curvature_group_is_stored_and_read_back(sweep):
@@ -63,3 +70,51 @@ def test_bad_sharpness_options_exit_2_with_one_line(tmp_path, capsys, args, mess
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def in_figure(text: str) -> str:
+    """``text`` as plotly writes it in a figure's JSON (ASCII; "/", "<", ">" escaped)."""
+    return (json.dumps(text)[1:-1].replace("/", "\\u002f").replace("<", "\\u003c")
+            .replace(">", "\\u003e"))
+
+
+def test_plot_draws_sharpness_layers_and_weights(sweep_file, tmp_path, capsys):
+    report = tmp_path / "c.html"
+    assert main(["plot", str(sweep_file), "-o", str(report)]) == 0, capsys.readouterr().err
+    page = report.read_text(encoding="utf-8")
+    divs = figure_divs(page)
+    assert divs.index("fig-layer-split") == divs.index("fig-grad-probe") + 1  # 2c after 2b
+    assert divs[-2:] == ["fig-sharpness", "fig-weights"]
+    assert "Sharpness and the edge of stability" in page
+    for text in ("λ<sub>max</sub>", "2/LR = 20", "2/LR = 40", "(scale-invariant)", "LR / ‖w‖²",
+                 "share"):
+        assert in_figure(text) in page, text
+
+
+def synthetic_with_curvature(store, lr, **settings):
+    log = add_synthetic_run(store, "vgg_a_bn", lr, 20, flush=False, **settings)
+    log.declare("curvature", {"step": (np.int64, ()), "lambda_max": (np.float64, (1,)),
+                              "residual": (np.float64, (1,)), "trace": (np.float64, ()),
+                              "gHg": (np.float64, ()), "iterations": (np.int64, ())})
+    for step in range(0, 20, 5):
+        log.append("curvature", step=step, lambda_max=[30.0 + step], residual=[1e-4],
+                   trace=math.nan, gHg=10.0, iterations=12)
+    store.flush(log)
+
+
+@pytest.mark.parametrize("settings, line, caption", [
+    ({"momentum": 0.9}, "(2 + 2μ)/LR = 38", None),
+    ({"optimizer": "Adam"}, None, "No line for Adam: an adaptive optimizer"),
+])
+def test_sharpness_stability_line_follows_the_optimizer(tmp_path, capsys, settings, line, caption):
+    path = tmp_path / "s.h5"
+    synthetic_with_curvature(SweepStore(path, config={}, command="synthetic"), 0.1, **settings)
+    assert read_sweep(path).runs[0].curvature.lambda_max[:, 0].tolist() == [30, 35, 40, 45]
+    assert main(["plot", str(path), "-o", str(tmp_path / "s.html")]) == 0
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
+    sharpness = page[page.index('id="sharpness"'):]
+    assert in_figure("2/LR = 20") not in sharpness
+    if line:
+        assert in_figure(line) in sharpness
+    if caption:
+        assert caption in sharpness and in_figure("(2 + 2μ)/LR =") not in sharpness

@@ -105,7 +105,9 @@ class RunLog:
             raise ValueError(f"run {self.name}: probe etas {record.eta} differ from {self.eta}")
         for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS:
             self._rows["probe"][f].append(getattr(record, f))
-        layers = tuple(record.layer) if record.grad_diff_layer is not None else ()
+        # Records without the split by layer (made elsewhere, or older) store none.
+        layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
+                  else ())
         if self.probe_layers is None:  # the first record fixes whether the split is stored
             self.probe_layers = layers
             if layers:
