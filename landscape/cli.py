@@ -112,10 +112,12 @@ def cli():
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
+@click.option("--variant", default=None,
+              help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, etas,
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, sharpness_every, sharpness_k,
-        trace_samples, weight_stats, config_file, light):
+        trace_samples, weight_stats, config_file, light, variant):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
@@ -133,11 +135,13 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         ctx = click.get_current_context()
         given = {name for name in ctx.params
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-        values = merge(load_experiment(config_file, light),
+        values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
         out = values.pop("out")
     elif light:
         raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
+    elif variant is not None:
+        raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
     config.validate()
     out_path = Path(out) if out else _default_out()

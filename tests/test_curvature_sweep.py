@@ -2,12 +2,16 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, run_tiny_sweep
 from landscape.cli import main
+from landscape.errors import LandscapeError
+from landscape.train import SweepConfig
+from landscape.train.experiment import load_experiment
 from landscape.read import read_sweep
 from landscape.store import SweepStore
 from test_report_cli import figure_divs
@@ -118,3 +122,35 @@ def test_sharpness_stability_line_follows_the_optimizer(tmp_path, capsys, settin
         assert in_figure(line) in sharpness
     if caption:
         assert caption in sharpness and in_figure("(2 + 2μ)/LR =") not in sharpness
+
+
+FIG4 = Path(__file__).resolve().parents[1] / "experiments" / "fig4_landscape_vgg.toml"
+
+
+def test_fig4_curvature_variant_adds_the_instruments_and_runs(tmp_path):
+    values = load_experiment(FIG4, light=True, variant="curvature")
+    assert values.pop("out") == "runs/fig4_landscape_vgg-light-curvature.h5"
+    assert values["sharpness_every"] and values["trace_samples"] > 0 and values["weight_stats"]
+    assert values["dataset"] == "cifar10-mini" and values["steps"] <= 200
+    SweepConfig(**values).validate()
+    values.update(steps=3, probe_every=2, sharpness_every=2, lrs=values["lrs"][:1])
+    out = run_tiny_sweep(tmp_path / "v.h5", "test", **{k: v for k, v in values.items()
+                                                        if k not in ("models", "dataset",
+                                                                     "width", "batch_size")})
+    for run in read_sweep(out).runs:
+        assert run.curvature.step.tolist() == [0, 2] and len(run.weights.step) == 3
+        assert np.isfinite(run.curvature.trace).all()
+
+
+def test_variant_errors_are_one_line(tmp_path, capsys):
+    code = main(["run", "--config", str(FIG4), "--variant", "nope", "--out",
+                 str(tmp_path / "x.h5")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no [variant.nope] section (variants: curvature)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "x.h5").exists()
+    assert main(["run", "--variant", "curvature"]) == 2
+    assert "give --config FILE" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[run]\nsteps = 5\n[variant.fast]\nsharpness_every = "x"\n')
+    with pytest.raises(LandscapeError, match=r"\[variant.fast\].sharpness_every"):
+        load_experiment(bad, variant="fast")
