@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from landscape.probes import sharpness
+from landscape.probes import SharpnessProbe, sharpness
 from test_probes import Quadratic, assert_same_state, identity_loss, random_spd, snapshot
 
 
@@ -160,3 +160,24 @@ def test_tiny_model_and_bad_arguments():
     for bad in ({"k": 0}, {"k": 3}, {"trace_samples": -1}, {"tol": 1.5}):
         with pytest.raises(ValueError, match="sharpness"):
             sharpness(model, identity_loss, torch.zeros(1), torch.zeros(1), **bad)
+
+
+def test_sharpness_probe_in_a_loop_records_what_a_direct_call_gives():
+    model, x, y = small_problem(bn=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = SharpnessProbe(every=2, trace_samples=2, tol=1e-10)
+    loss_fn = probe.attach(model, opt, F.cross_entropy)
+    expected = []
+    for step in range(4):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        if step % 2 == 0:  # what the hook sees: theta_t, this batch, before the update
+            expected.append(sharpness(copy.deepcopy(model), F.cross_entropy, x, y, tol=1e-10,
+                                      trace_samples=2, seed=step))
+        opt.step()
+    assert [r.step for r in probe.records] == [0, 2]
+    for got, want in zip(probe.records, expected):
+        assert got.lambda_max == pytest.approx(want.lambda_max, rel=1e-8)
+        assert got.trace == pytest.approx(want.trace, rel=1e-10)  # same Rademacher draws
+        assert got.eigenvectors is None  # the warm start is kept by the probe, not the record
+    probe.detach()

@@ -166,8 +166,10 @@ def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
     generator = torch.Generator().manual_seed(seed)  # private: the global RNG is never drawn
     with no_trace(model, device):
         op = HessianOperator(model, loss_fn, inputs, targets, params)
-        start = (torch.randn(op.size, generator=generator, dtype=torch.float64) if v0 is None
-                 else torch.as_tensor(v0, dtype=torch.float64).reshape(-1))
+        # Drawn even when v0 is given, so that the Rademacher vectors depend on seed alone.
+        start = torch.randn(op.size, generator=generator, dtype=torch.float64)
+        if v0 is not None:
+            start = torch.as_tensor(v0, dtype=torch.float64).reshape(-1)
         if start.numel() != op.size:
             raise ValueError(f"sharpness: v0 has {start.numel()} entries, the model "
                              f"{op.size} parameters")
