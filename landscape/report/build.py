@@ -611,7 +611,7 @@ def weights_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
         "are numbered among the conv and linear layers; colour: model, dash: learning rate.",
         fg.layer_lines_figure(layers, "Weight norms and effective learning rate<br><sup>‖w‖ "
                                       "and LR / ‖w‖² per layer, every step</sup>",
-                              "‖w‖₂", "LR / ‖w‖²"))
+                              ("‖w‖₂", "LR / ‖w‖²"), ("‖w‖₂", "LR / ‖w‖²")))
 
 
 def run_table_html(runs: Sequence[RunData], legend: Legend) -> str:

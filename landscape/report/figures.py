@@ -396,40 +396,10 @@ def _selector(labels: Sequence[str], visible: Sequence[Sequence[bool]], kind: st
 def ics_figure(layers: Sequence[LayerICS], title: str) -> go.Figure:
     """Fig. 3: ||G - G'||_2 (log y, top) and cos(G, G') (bottom) over steps; one layer
     at a time (buttons), one line per run (colour: model, dash: learning rate)."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("‖G − G′‖₂ (ideal 0)", "cos(G, G′) (ideal 1)"))
-    owner: list[int] = []
-    for i, layer in enumerate(layers):
-        for row, lines in ((1, layer.l2), (2, layer.cosine)):
-            for line in lines:
-                fig.add_trace(_line_trace(line, showlegend=row == 1, visible=i == 0),
-                              row=row, col=1)
-                owner.append(i)
-        xs = np.concatenate([np.asarray(l.x, float) for l in layer.cosine] or [np.zeros(0)])
-        if len(xs):  # the ideal cosine
-            fig.add_trace(go.Scatter(x=[xs.min(), xs.max()], y=[1, 1], mode="lines",
-                                     name="ideal cos = 1", showlegend=False, hoverinfo="skip",
-                                     visible=i == 0, line=dict(color="gray", dash="dot",
-                                                               width=1)), row=2, col=1)
-            owner.append(i)
-    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.1, x=0))
-    fig.update_xaxes(title_text="training step", row=2, col=1)
-    fig.update_yaxes(title_text="‖G − G′‖₂", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="cos(G, G′)", row=2, col=1)
-    fig.update_yaxes(**Y_AXIS_STYLE)
-    menus = [_axis_toggle(log_y=True)]
-    if len(layers) > 1:
-        menus.insert(0, _selector([l.title for l in layers],
-                                  [[o == i for o in owner] for i in range(len(layers))],
-                                  "buttons"))
-    elif layers:
-        fig.layout.annotations[0].text = f"{layers[0].title}: ‖G − G′‖₂ (ideal 0)"
-    fig.update_layout(updatemenus=menus)
-    if not layers:
-        _no_data(fig)
-    return fig
+    return layer_lines_figure([LayerPanels(l.title, l.l2, l.cosine) for l in layers], title,
+                              ("‖G − G′‖₂ (ideal 0)", "cos(G, G′) (ideal 1)"),
+                              ("‖G − G′‖₂", "cos(G, G′)"), bottom_log=False,
+                              bottom_ideal=(1.0, "ideal cos = 1"))
 
 
 def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMap],
@@ -497,11 +467,13 @@ class LayerPanels:
     bottom: Sequence[Line]
 
 
-def layer_lines_figure(layers: Sequence[LayerPanels], title: str, top_title: str,
-                       bottom_title: str) -> go.Figure:
-    """Two stacked log-y panels over steps, one layer at a time (buttons), a line per run."""
+def layer_lines_figure(layers: Sequence[LayerPanels], title: str, subtitles: tuple[str, str],
+                       y_titles: tuple[str, str], bottom_log: bool = True,
+                       bottom_ideal: tuple[float, str] | None = None) -> go.Figure:
+    """Two stacked panels over steps (top log y), one layer at a time (buttons; a dropdown
+    beyond 4 layers), a line per run; ``bottom_ideal`` = (y, label) adds a dotted line."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=(top_title, bottom_title))
+                        subplot_titles=subtitles)
     owner: list[int] = []
     for i, layer in enumerate(layers):
         for row, lines in ((1, layer.top), (2, layer.bottom)):
@@ -509,12 +481,19 @@ def layer_lines_figure(layers: Sequence[LayerPanels], title: str, top_title: str
                 fig.add_trace(_line_trace(line, showlegend=row == 1, visible=i == 0),
                               row=row, col=1)
                 owner.append(i)
+        xs = np.concatenate([np.asarray(l.x, float) for l in layer.bottom] or [np.zeros(0)])
+        if bottom_ideal is not None and len(xs):
+            fig.add_trace(go.Scatter(x=[xs.min(), xs.max()], y=[bottom_ideal[0]] * 2,
+                                     mode="lines", name=bottom_ideal[1], showlegend=False,
+                                     hoverinfo="skip", visible=i == 0,
+                                     line=dict(color="gray", dash="dot", width=1)), row=2, col=1)
+            owner.append(i)
     fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
                       template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
                       legend=dict(orientation="h", y=-0.1, x=0))
     fig.update_xaxes(title_text="training step", row=2, col=1)
-    fig.update_yaxes(title_text=top_title, type="log", row=1, col=1)
-    fig.update_yaxes(title_text=bottom_title, type="log", row=2, col=1)
+    fig.update_yaxes(title_text=y_titles[0], type="log", row=1, col=1)
+    fig.update_yaxes(title_text=y_titles[1], type="log" if bottom_log else "linear", row=2, col=1)
     fig.update_yaxes(**Y_AXIS_STYLE)
     menus = [_axis_toggle(log_y=True)]
     if len(layers) > 1:  # a dropdown when a row of buttons would run into the axis toggle
@@ -522,7 +501,7 @@ def layer_lines_figure(layers: Sequence[LayerPanels], title: str, top_title: str
                                   [[o == i for o in owner] for i in range(len(layers))],
                                   "buttons" if len(layers) <= 4 else "dropdown"))
     elif layers:
-        fig.layout.annotations[0].text = f"{layers[0].title}: {top_title}"
+        fig.layout.annotations[0].text = f"{layers[0].title}: {subtitles[0]}"
     fig.update_layout(updatemenus=menus)
     if not layers:
         _no_data(fig)
