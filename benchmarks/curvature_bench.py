@@ -9,7 +9,8 @@ side by side in one run, configurations alternated (A B C A B C ...) and medians
 1. Overhead in a sweep (``run_sweep``, the code path of ``landscape run``): plain training
    (the landscape probe at its default, every 100 steps) vs the same plus ``sharpness_every=100``
    (lambda_max, k = 1) vs the same plus ``weight_stats`` (every step). Also the steady-state
-   cost of one sharpness probe in training steps, timed in the same process.
+   cost of one sharpness probe in training steps, and of the weight statistics per step,
+   timed in the same process (less exposed to the shared machine's load than whole sweeps).
 2. One lambda_max (k = 1, relative tolerance 1e-3) on one model and batch: ``probes.sharpness``
    (Lanczos) vs PyHessian's ``hessian(...).eigenvalues(top_n=1, tol=1e-3)`` (power iteration),
    both from a cold start and both including building the double-backward graph; the error of
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from landscape.data import load_cifar10_mini
 from landscape.models import build_model
-from landscape.probes import sharpness
+from landscape.probes import WeightStats, sharpness
 from landscape.train import SweepConfig, run_sweep
 
 
@@ -109,6 +110,38 @@ def step_vs_probe(width: float, device: str, repeats: int) -> list[str]:
             f"| projected overhead every 100 steps | {1 + p / s / 100:.3f}x |"]
 
 
+def weight_stats_cost(width: float, device: str, repeats: int, steps: int = 20) -> list[str]:
+    """Steady state: blocks of SGD steps with and without ``WeightStats`` attached, alternated,
+    rows drained after every step (the CPU loop's host sync)."""
+    model, x, y = one_batch(width, device, "vgg_a_bn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def block(stats) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            if stats is not None:
+                stats.pop()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) / steps
+
+    block(None)
+    plain, with_stats = [], []
+    for _ in range(repeats):
+        plain.append(block(None))
+        stats = WeightStats(model).attach(opt)
+        with_stats.append(block(stats))
+        stats.detach()
+    p, w = statistics.median(plain), statistics.median(with_stats)
+    return [f"| weight statistics (vgg_a_bn, width {width:g}, batch 128, {device}; {repeats} "
+            f"alternated blocks of {steps} steps) | median ms per step |", "|---|---|",
+            f"| plain SGD step | {p * 1e3:.1f} |", f"| with WeightStats, drained every step | "
+            f"{w * 1e3:.1f} = {w / p:.3f}x |"]
+
+
 def versus_pyhessian(width: float, device: str, repeats: int) -> list[str]:
     try:
         import pyhessian
@@ -181,7 +214,8 @@ def main(argv=None) -> int:
     if device == "cpu":
         torch.set_num_threads(1)  # a shared 2-core machine: one thread per process is fastest
     tables = [versus_pyhessian(width, device, max(args.repeats, 5)),
-              step_vs_probe(width, device, max(args.repeats, 5))]
+              step_vs_probe(width, device, max(args.repeats, 5)),
+              weight_stats_cost(width, device, max(args.repeats, 7))]
     if not args.skip_sweep:
         tables.append(overhead(device, width, args.steps, args.repeats))
     print(f"\ntorch {torch.__version__}, {device}, "

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from landscape.models import NORMALIZATION_TYPES, normalized_layers, vgg_a, weight_layers
-from landscape.probes import WeightStats
+from landscape.probes import WeightStats, update_angle
 from test_probes import small_batch
 
 
@@ -88,3 +88,17 @@ def test_weight_stats_match_direct_computation():
     stats.detach()
     opt.step()
     assert stats.pop()["norm"].shape == (0, 11)  # detached: nothing recorded
+
+
+@pytest.mark.parametrize("angle", [1e-6, 1e-4, 1e-2, 0.5, 2.0])
+@pytest.mark.parametrize("growth", [0.0, 1e-3])
+def test_update_angle_from_float32_norms(angle, growth):
+    """Exact in exact arithmetic; from float32 norms the perpendicular part is a difference,
+    so the absolute error is about 1e-3 ||d|| / ||w|| rad (tiny next to a step's angle unless
+    the step is almost purely radial)."""
+    w = torch.tensor([3.0, 0.0, 0.0])
+    new = 3.0 * (1 + growth) * torch.tensor([math.cos(angle), math.sin(angle), 0.0])
+    d = float(torch.tensor([3.0 * (1 + growth) * math.cos(angle) - 3.0,
+                            3.0 * (1 + growth) * math.sin(angle), 0.0]).norm())
+    got = update_angle(w.norm().view(1), new.norm().view(1), (new - w).norm().view(1))
+    assert abs(float(got) - angle) <= 1e-3 * d / 3.0 + 1e-6 * angle

@@ -11,7 +11,7 @@ per-step consecutive-gradient statistics. Probes know nothing of files, plots or
 from .activations import DEFAULT_BIN_EDGES, ActivationRecord, activation_stats
 from .curvature import HessianOperator, SharpnessRecord, sharpness
 from .context import LossFn, buffer_clones, loss_and_grad, no_trace, trainable_parameters
-from .weights import WEIGHT_STAT_FIELDS, WeightStats, angle_between
+from .weights import WEIGHT_STAT_FIELDS, WeightStats, update_angle
 from .gradients import GradientStats, gradient_step_stats
 from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, SharpnessProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
@@ -25,4 +25,4 @@ __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensor
            "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
            "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",
            "buffer_clones", "sharpness", "SharpnessRecord", "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS",
-           "angle_between", "SharpnessProbe"]
+           "update_angle", "SharpnessProbe"]
