@@ -104,12 +104,25 @@ def cli():
               help="Steps between activation-distribution probes [default: off].")
 @click.option("--activation-layers", default=None,
               help="Layers for --activations-every: names or 1-based indices [default: all].")
+@click.option("--sharpness-every", type=int, default=None,
+              help="Steps between Hessian sharpness probes (top eigenvalues, trace, gHg) "
+                   "[default: off].")
+@click.option("--sharpness-k", type=int, default=1, show_default=True,
+              help="How many of the largest Hessian eigenvalues each sharpness probe finds.")
+@click.option("--trace-samples", type=int, default=0, show_default=True,
+              help="Hutchinson vectors for the Hessian trace per sharpness probe (0: no trace).")
+@click.option("--weight-stats", is_flag=True,
+              help="Record weight norms, effective learning rate and angular update of every "
+                   "weight layer at every step.")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
+@click.option("--variant", default=None,
+              help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, probe_dtype, etas,
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
-        ics_every, ics_layers, activations_every, activation_layers, config_file, light):
+        ics_every, ics_layers, activations_every, activation_layers, sharpness_every, sharpness_k,
+        trace_samples, weight_stats, config_file, light, variant):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
@@ -120,16 +133,20 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
                   ics_layers=ics_layers and _name_list("--ics-layers", ics_layers),
                   activations_every=activations_every,
                   activation_layers=activation_layers and _name_list("--activation-layers",
-                                                                     activation_layers))
+                                                                     activation_layers),
+                  sharpness_every=sharpness_every, sharpness_k=sharpness_k,
+                  trace_samples=trace_samples, weight_stats=weight_stats)
     if config_file is not None:
         ctx = click.get_current_context()
         given = {name for name in ctx.params
                  if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
-        values = merge(load_experiment(config_file, light),
+        values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
         out = values.pop("out")
     elif light:
         raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
+    elif variant is not None:
+        raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
     config.validate()
     out_path = Path(out) if out else _default_out()

@@ -23,7 +23,10 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_to_frames_gives_tidy_tables_with_every_run_attribute(tiny_sweep):
     sweep, frames = read_sweep(tiny_sweep), to_frames(tiny_sweep)
-    assert set(frames) == {"runs", "steps", "probes", "epochs"}  # no ics/activations here
+    # no ics/activations here; probe_layers: the probe's split by layer, one row per
+    # run x probed step x layer x eta
+    assert set(frames) == {"runs", "steps", "probes", "epochs", "probe_layers"}
+    assert len(frames["probe_layers"]) == sum(r.probe.grad_diff_layer.size for r in sweep.runs)
     attrs = set(sweep.runs[0].attrs) - {"seconds"}
     for name, frame in frames.items():
         assert {"run", "run_seconds"} | attrs <= set(frame.columns), name  # seconds clashes
@@ -77,7 +80,7 @@ def test_export_writes_csv_tables_next_to_the_file(tiny_sweep, tmp_path, capsys)
     code, out, err = run_cli(capsys, "export", sweep)
     assert code == 0, err
     folder = tmp_path / "sweep-tables"
-    names = ("runs", "steps", "probes", "epochs")
+    names = ("runs", "steps", "probes", "epochs", "probe_layers")
     assert out.splitlines() == [f"wrote {folder / f'{n}.csv'}" for n in names]
     frames = to_frames(sweep)
     for name in names:

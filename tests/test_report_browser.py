@@ -17,7 +17,7 @@ import pytest
 from landscape.cli import main
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-FIGURES = 8  # 1a, 1b, 2a, 2b, 3, 4, and 6 (ICS) and 7 (activations) of the instrumented sweep
+FIGURES = 9  # 1a, 1b, 2a, 2b, 2c, 3, 4, and 6 (ICS) and 7 (activations) of the instrumented sweep
 
 # Injected first in <head>: records every error, before plotly.js even loads.
 ERROR_TRAP = """<script>
@@ -88,6 +88,9 @@ def test_report_draws_every_figure_in_chromium(tiny_sweep, diverged_sweep, instr
     assert len(check["figures"]) == FIGURES
     for figure in check["figures"]:
         assert figure["drawn"] and figure["main_svg"] >= 1, figure
+        if figure["id"] == "fig-layer-split":  # a heat map only: the selected run's
+            assert figure["heatmaps"] == 1, figure
+            continue
         assert figure["plots"] >= 1 and figure["traces"] >= 1 and figure["paths"] >= 1, figure
     training = next(f for f in check["figures"] if f["id"] == "fig-training")
     assert training["plots"] == 4  # train/test accuracy and loss

@@ -6,7 +6,8 @@ Importing this package imports every module that registers a model or a normaliz
 
 from . import norms, vgg, dln  # noqa: F401,I001  (each registers its own; this order lists VGG first)
 from .dln import DLN_MODELS, DeepLinear
-from .layers import default_ics_layers, preactivation_module, resolve_layers, weight_layers
+from .layers import (NORMALIZATION_TYPES, default_ics_layers, normalized_layers,
+                     preactivation_module, resolve_layers, weight_layers)
 from .norms import LpBatchNorm, NoiseInjection, seed_noise
 from .randomness import is_stochastic
 from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, glorot_init_
@@ -15,4 +16,4 @@ from .vgg import VGG, vgg_a
 __all__ = ["MODELS", "NORMS", "ModelSpec", "Norm", "build_model", "glorot_init_", "VGG", "vgg_a",
            "DeepLinear", "DLN_MODELS", "NoiseInjection", "LpBatchNorm", "is_stochastic",
            "seed_noise", "weight_layers", "resolve_layers", "default_ics_layers",
-           "preactivation_module"]
+           "preactivation_module", "normalized_layers", "NORMALIZATION_TYPES"]

@@ -17,6 +17,7 @@ from typing import Sequence
 from torch import nn
 
 from ..errors import LandscapeError
+from .norms import LpBatchNorm
 
 WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
 # Siblings that end a layer's block: the next weight layer, a nonlinearity, pooling, reshaping.
@@ -70,17 +71,38 @@ def resolve_layers(model: nn.Module, spec: Sequence[str | int] | None,
     return chosen
 
 
-def preactivation_module(model: nn.Module, layer: str) -> nn.Module:
-    """The module whose output is ``layer``'s pre-activation (see the module docstring)."""
+def _block_after(model: nn.Module, layer: str) -> list[nn.Module]:
+    """The siblings after ``layer`` in its parent ``nn.Sequential``, up to the block's end."""
     modules = dict(model.named_modules())
     parent_name, _, child = layer.rpartition(".")
     parent = modules[parent_name] if parent_name else model
     target = modules[layer]
+    block: list[nn.Module] = []
     if isinstance(parent, nn.Sequential):
         siblings = list(parent.children())
         pos = [i for i, m in enumerate(siblings) if m is target][0]
         for m in siblings[pos + 1:]:
             if isinstance(m, _BLOCK_END):
                 break
-            target = m
-    return target
+            block.append(m)
+    return block
+
+
+def preactivation_module(model: nn.Module, layer: str) -> nn.Module:
+    """The module whose output is ``layer``'s pre-activation (see the module docstring)."""
+    block = _block_after(model, layer)
+    return block[-1] if block else dict(model.named_modules())[layer]
+
+
+# Normalizations that divide by a statistic homogeneous of degree 1 in their input.
+NORMALIZATION_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, LpBatchNorm)
+
+
+def normalized_layers(model: nn.Module) -> list[str]:
+    """Weight layers whose output a normalization layer divides by its own scale (BN, GN, LN,
+    lp-BN) before the nonlinearity: their weight is scale-invariant, L(c w) = L(w) for c > 0
+    (up to the normalization's eps), hence <grad_w L, w> = 0 and its effective learning rate
+    is eta / ||w||^2."""
+    return [n for n in weight_layers(model)
+            if any(isinstance(part, NORMALIZATION_TYPES)
+                   for m in _block_after(model, n) for part in m.modules())]

@@ -2,7 +2,8 @@
 
 Each measurement is a function returning a typed record and leaving no trace (``context``):
 ``along_gradient`` (``landscape``: loss, gradient predictiveness, effective beta along the
-gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``).
+gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``), ``sharpness`` (``curvature``: Hessian eigenvalues,
+trace, curvature along the gradient).
 ``hooks`` attaches them to any training loop from outside; ``gradients`` records the
 per-step consecutive-gradient statistics. Probes know nothing of files, plots or the CLI.
 """
@@ -10,17 +11,21 @@ per-step consecutive-gradient statistics. Probes know nothing of files, plots or
 from .activations import DEFAULT_BIN_EDGES, ActivationRecord, activation_stats
 from .context import (Batch, Batches, LossFn, ModelInputs, buffer_clones, loss_and_grad, no_trace,
                       in_dtype, probe_forward, probing, trainable_parameters)
+from .curvature import HessianOperator, SharpnessRecord, sharpness
+from .weights import WEIGHT_STAT_FIELDS, WeightStats, update_angle
 from .gradients import GradientStats, gradient_step_stats
-from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, StepInstrument
+from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, SharpnessProbe, StepInstrument
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
 from .landscape import (POINT_MODES, PROBE_DTYPES, STEP_ROUNDING_LIMIT, LandscapeRecord,
-                        StepResolutionWarning, along_gradient, evaluate_points, probe_tensors,
-                        record_from, step_rounding)
+                        StepResolutionWarning, along_gradient, evaluate_points, parameter_layers,
+                        probe_tensors, record_from, step_rounding)
 
 __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensors", "record_from",
-           "POINT_MODES", "PROBE_DTYPES", "LandscapeProbe", "GradientStats", "gradient_step_stats",
-           "StepInstrument", "ICSProbe", "ActivationProbe", "internal_covariate_shift",
-           "optimizer_update", "ICSRecord", "activation_stats", "ActivationRecord",
-           "DEFAULT_BIN_EDGES", "LossFn", "no_trace", "loss_and_grad", "trainable_parameters",
-           "buffer_clones", "ModelInputs", "Batch", "Batches", "probe_forward", "step_rounding",
-           "STEP_ROUNDING_LIMIT", "StepResolutionWarning", "PROBE_DTYPES", "in_dtype", "probing"]
+           "parameter_layers", "POINT_MODES", "PROBE_DTYPES", "LandscapeProbe", "GradientStats",
+           "gradient_step_stats", "StepInstrument", "ICSProbe", "ActivationProbe",
+           "SharpnessProbe", "internal_covariate_shift", "optimizer_update", "ICSRecord",
+           "activation_stats", "ActivationRecord", "DEFAULT_BIN_EDGES", "LossFn", "no_trace",
+           "loss_and_grad", "trainable_parameters", "buffer_clones", "ModelInputs", "Batch",
+           "Batches", "probe_forward", "step_rounding", "STEP_ROUNDING_LIMIT",
+           "StepResolutionWarning", "in_dtype", "probing", "sharpness", "SharpnessRecord",
+           "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS", "update_angle"]

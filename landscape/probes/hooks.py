@@ -28,6 +28,7 @@ from torch import nn
 from ..models import is_stochastic
 from .activations import DEFAULT_BIN_EDGES, activation_stats
 from .context import Batch, Batches, LossFn, ModelInputs, probing, rng_state, same_rng_state
+from .curvature import sharpness
 from .ics import internal_covariate_shift
 from .landscape import LandscapeRecord, along_gradient
 
@@ -359,3 +360,22 @@ class ActivationProbe(StepInstrument):
 
     def measure_batch(self, loss_fn, inputs, targets):
         return activation_stats(self._model, inputs, list(self.layers), self.bin_edges)
+
+
+@dataclass
+class SharpnessProbe(StepInstrument):
+    """``curvature.sharpness`` (the k largest Hessian eigenvalues, Hutchinson's trace with
+    ``trace_samples`` vectors, gHg) every ``every`` steps. Each probe starts Lanczos from the
+    previous probe's top eigenvector: it moves little between probes, so fewer products."""
+
+    k: int = 1
+    trace_samples: int = 0
+    tol: float = 1e-3
+
+    def measure_batch(self, loss_fn, inputs, targets):
+        warm = getattr(self, "_top_vector", None)
+        record = sharpness(self._model, loss_fn, inputs, targets, k=self.k,
+                           trace_samples=self.trace_samples, tol=self.tol, seed=self.step,
+                           v0=warm, keep_vectors=True)
+        self._top_vector, record.eigenvectors = record.eigenvectors[:, 0], None
+        return record

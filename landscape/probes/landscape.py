@@ -70,10 +70,16 @@ class LandscapeRecord:
     loss_at_theta: float  # L(theta)
     step: int | None = None  # training step, when taken inside a training loop
     lr: float | None = None  # the optimizer's learning rate at that step, when known
+    # By layer (the module owning each parameter: conv, linear, BN), from the same gradients:
+    # sum over layers of grad_diff_layer[i] ** 2 is grad_diff[i] ** 2.
+    layer: tuple[str, ...] = ()  # (L,) module names
+    grad_diff_layer: np.ndarray | None = None  # (k, L) ||grad_l L(theta - eta g) - g_l||
+    grad_norm_layer: np.ndarray | None = None  # (L,) ||g_l||
 
 
-def _global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+def _tensor_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(T,) the norm of each tensor: the global norm's parts, kept for the split by layer."""
+    return torch.stack([torch.linalg.vector_norm(t) for t in tensors])
 
 
 POINT_MODES = ("auto", "sequential", "vmap", "streams")
@@ -81,10 +87,13 @@ POINT_MODES = ("auto", "sequential", "vmap", "streams")
 
 def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs, targets,
                     params: dict[str, torch.Tensor], grad: Sequence[torch.Tensor],
-                    etas: torch.Tensor, points: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    etas: torch.Tensor, points: str = "auto",
+                    by_tensor: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and ||grad L(theta - eta g) - g|| at every eta: the one place the points are evaluated.
 
-    Returns two (k,) tensors on the parameters' device. ``points`` says how the k points run:
+    Returns two (k,) tensors on the parameters' device; with ``by_tensor`` the second is
+    (k, T) instead: that norm for each of the T parameter tensors (its norm over T is the
+    global one). ``points`` says how the k points run:
     ``sequential`` one after another; ``vmap`` in one ``torch.func.vmap`` pass over stacked
     perturbed parameters; ``streams`` each on its own CUDA stream, concurrently (on the CPU:
     sequential). None of them synchronizes with the host, so each can be recorded in a CUDA
@@ -98,6 +107,12 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, inputs, targets,
     on_cuda = next(iter(params.values())).device.type == "cuda"
     if points == "auto" and not on_cuda:
         points = "sequential"
+    losses, diffs = _points_by_tensor(model, loss_fn, inputs, targets, params, grad, etas,
+                                      points, on_cuda)
+    return losses, diffs if by_tensor else torch.linalg.vector_norm(diffs, dim=1)
+
+
+def _points_by_tensor(model, loss_fn, inputs, targets, params, grad, etas, points, on_cuda):
     if points == "auto":
         try:
             return _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas)
@@ -130,7 +145,7 @@ def step_rounding(params: dict[str, torch.Tensor], grad: Sequence[torch.Tensor],
 def _evaluate_point(model, loss_fn, inputs, targets, params, grad, eta):
     moved = {n: p - eta * g for (n, p), g in zip(params.items(), grad)}
     loss, grad_there = loss_and_grad(model, loss_fn, inputs, targets, moved)
-    return loss, _global_norm([a - b for a, b in zip(grad_there, grad)])
+    return loss, _tensor_norms([a - b for a, b in zip(grad_there, grad)])
 
 
 _SIDE_STREAMS: dict[torch.device, list] = {}
@@ -175,9 +190,9 @@ def _evaluate_points_vmap(model, loss_fn, inputs, targets, params, grad, etas):
 
     grads_there, losses = torch.func.vmap(torch.func.grad_and_value(loss_at),
                                           randomness="same")(moved, buffers)
-    squared = sum((grads_there[n] - g.unsqueeze(0)).pow(2).reshape(k, -1).sum(1)
-                  for n, g in zip(params, grad))
-    return losses.detach(), squared.sqrt().detach()
+    norms = torch.stack([torch.linalg.vector_norm((grads_there[n] - g.unsqueeze(0)).reshape(k, -1),
+                                                  dim=1) for n, g in zip(params, grad)], 1)
+    return losses.detach(), norms.detach()
 
 
 def _as_float64(t: torch.Tensor) -> np.ndarray:
@@ -235,7 +250,7 @@ def along_gradient(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: Seq
         raise ValueError(f"along_gradient: etas must be positive finite numbers, got {list(etas)}")
     with no_trace(model, device):
         tensors = probe_tensors(model, loss_fn, inputs, targets, eta_t, points, at_theta)
-    return record_from(eta_t, *tensors)
+    return record_from(eta_t, *tensors, names=list(params))
 
 
 def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: torch.Tensor,
@@ -243,26 +258,33 @@ def probe_tensors(model: nn.Module, loss_fn: LossFn, inputs, targets, etas: torc
                   at_theta: tuple[torch.Tensor, Sequence[torch.Tensor]] | None = None
                   ) -> tuple[torch.Tensor, ...]:
     """``along_gradient``'s arithmetic alone, on device tensors: L(theta), loss (k,),
-    grad_diff (k,), ||g||, and the steps' rounding (k,) (``step_rounding``). It makes no host
-    synchronization, so that it can be recorded as a CUDA graph. Call it inside
-    ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes, in the dtype the probe
-    measures in (the parameters' dtype, or another one: then parameters, buffers and floating
-    inputs/targets are copies in it)."""
+    grad_diff (k,), ||g||, the steps' rounding (k,) (``step_rounding``), and the parts of
+    grad_diff and ||g|| by parameter tensor, (k, T) and (T,) (``record_from`` sums them into
+    layers). It makes no host synchronization, so that it can be recorded as a CUDA graph. Call
+    it inside ``no_trace(model, device)``; ``etas`` is a (k,) tensor of step sizes, in the dtype
+    the probe measures in (the parameters' dtype, or another one: then parameters, buffers and
+    floating inputs/targets are copies in it)."""
     params = {n: in_dtype(p, etas.dtype) for n, p in trainable_parameters(model).items()}
     inputs, targets = in_dtype(inputs, etas.dtype), in_dtype(targets, etas.dtype)
     if at_theta is None:
         loss0, g = loss_and_grad(model, loss_fn, inputs, targets, params)
     else:
         loss0, g = at_theta[0].detach(), [t.detach() for t in at_theta[1]]
-    losses, diffs = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, points)
-    return loss0, losses, diffs, _global_norm(g), step_rounding(params, g, etas)
+    losses, diff_parts = evaluate_points(model, loss_fn, inputs, targets, params, g, etas, points,
+                                         by_tensor=True)
+    g_parts = _tensor_norms(g)
+    return (loss0, losses, torch.linalg.vector_norm(diff_parts, dim=1),
+            torch.linalg.vector_norm(g_parts), step_rounding(params, g, etas), diff_parts, g_parts)
 
 
 def record_from(etas: torch.Tensor, loss0: torch.Tensor, losses: torch.Tensor,
-                diffs: torch.Tensor, g_norm: torch.Tensor, rounding: torch.Tensor
-                ) -> LandscapeRecord:
+                diffs: torch.Tensor, g_norm: torch.Tensor, rounding: torch.Tensor,
+                diff_parts: torch.Tensor | None = None, g_parts: torch.Tensor | None = None,
+                names: Sequence[str] | None = None) -> LandscapeRecord:
     """The typed record (float64 on the host) from a probe's device tensors; points whose step
-    is lost to rounding (``rounding`` > ``STEP_ROUNDING_LIMIT``) get a NaN grad_diff."""
+    is lost to rounding (``rounding`` > ``STEP_ROUNDING_LIMIT``) get a NaN grad_diff. With the
+    parts by parameter tensor and the parameters' ``names``, also split by layer
+    (``parameter_layers``)."""
     eta_np, diff_np, g_norm_f = _as_float64(etas), _as_float64(diffs), float(g_norm)
     lost = _as_float64(rounding) > STEP_ROUNDING_LIMIT
     if lost.any():
@@ -271,5 +293,28 @@ def record_from(etas: torch.Tensor, loss0: torch.Tensor, losses: torch.Tensor,
     kept = ~lost
     beta = (float(np.max(diff_np[kept] / (eta_np[kept] * g_norm_f)))
             if g_norm_f > 0 and kept.any() else math.nan)
-    return LandscapeRecord(eta=eta_np, loss=_as_float64(losses), grad_diff=diff_np, beta=beta,
-                           grad_norm=g_norm_f, loss_at_theta=float(loss0))
+    record = LandscapeRecord(eta=eta_np, loss=_as_float64(losses), grad_diff=diff_np, beta=beta,
+                             grad_norm=g_norm_f, loss_at_theta=float(loss0))
+    if diff_parts is not None and g_parts is not None and names is not None:
+        layers, index = parameter_layers(names)
+        record.layer = tuple(layers)
+        split = _sum_by_layer(_as_float64(diff_parts) ** 2, index, len(layers))
+        record.grad_diff_layer = np.where(lost[:, None], math.nan, split)
+        record.grad_norm_layer = _sum_by_layer(_as_float64(g_parts) ** 2, index, len(layers))
+    return record
+
+
+def parameter_layers(names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Layers (the module owning each parameter, e.g. ``features.0`` for ``features.0.weight``),
+    in first-seen order, and each parameter's index among them."""
+    owners = [name.rpartition(".")[0] or name for name in names]
+    layers = list(dict.fromkeys(owners))
+    return layers, np.asarray([layers.index(o) for o in owners], np.int64)
+
+
+def _sum_by_layer(squares: np.ndarray, index: np.ndarray, count: int) -> np.ndarray:
+    """sqrt of the sums of squares over each layer's parameters (last axis: tensors -> layers)."""
+    summed = np.zeros(squares.shape[:-1] + (count,))
+    for t, layer in enumerate(index):
+        summed[..., layer] += squares[..., t]
+    return np.sqrt(summed)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -119,6 +119,7 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                                      "[min, max] over η of ‖∇L(θ − ηg) − g‖<sub>2</sub></sup>",
                                      "training step", "‖∇L(θ − ηg) − g‖<sub>2</sub>", log_y=True,
                                      smooth=smooth, initial_lr=_initial_lr(runs))),
+        *[s for s in (layer_split_section(runs, legend),) if s is not None],  # not in old files
         Section("beta", "3. Effective β-smoothness (Fig. 4c)",
                 "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
                 "<sub>2</sub> (a band over seeds when there are several). " + STABILITY_TEXT
@@ -146,7 +147,8 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                 body=run_table_html(runs, legend) + provenance_html(distinct.sweeps)),
     ]
     # The instrument figures only when some run recorded them.
-    sections += [s for s in (ics_section(runs, legend), activation_section(runs, legend))
+    sections += [s for s in (ics_section(runs, legend), activation_section(runs, legend),
+                             sharpness_section(runs, legend), weights_section(runs, legend))
                  if s is not None]
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
@@ -506,6 +508,123 @@ def findings_html(runs: Sequence[RunData]) -> str:
             for f in found]
     classes = [{"holds": "holds", "does not hold": "fails"}.get(r[2], "unmeasured") for r in rows]
     return table_html(("lr", "claim", "verdict", "numbers"), rows, classes, text_columns=4)
+
+
+def sharpness_series(runs: Sequence[RunData], legend: Legend) -> dict[float, list[fg.BandSeries]]:
+    """Per learning rate and pool: beta_eff (solid) and the Hessian's lambda_max (dashed),
+    each a band over seeds."""
+    out: dict[float, list[fg.BandSeries]] = {}
+    for lr, pools in _by_lr_and_pool(runs, legend).items():
+        out[lr] = []
+        for group in pools:
+            label = legend.pool_label(group[0])
+            out[lr].append(_band_over_runs(f"{label} β<sub>eff</sub>", group, legend,
+                                           [r.probe.step for r in group],
+                                           [r.probe.beta for r in group], "β"))
+            sharp = _band_over_runs(f"{label} λ<sub>max</sub>", group, legend,
+                                    [r.curvature.step for r in group],
+                                    [r.curvature.lambda_max[:, 0] for r in group], "λ_max")
+            out[lr].append(replace(sharp, dash="dash"))
+    return out
+
+
+def sharpness_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    runs = [r for r in runs if r.curvature is not None and len(r.curvature.step)]
+    if not runs:
+        return None
+    references, no_line = stability_references(runs)
+    return Section(
+        "sharpness", "8. Sharpness and the edge of stability",
+        "Dashed bands: λ<sub>max</sub>, the largest eigenvalue of the Hessian of the minibatch "
+        "loss at θ<sub>t</sub> (train-mode BN, Lanczos on Hessian-vector products, relative "
+        "tolerance 10<sup>−3</sup>); solid: the probe's β<sub>eff</sub> (figure 3) at the "
+        "probed steps. On a quadratic, β<sub>eff</sub> = ‖Hg‖/‖g‖ lies between the curvature "
+        "along g and the largest |eigenvalue|, which may belong to a negative eigenvalue: "
+        "β<sub>eff</sub> above λ<sub>max</sub> means strong negative curvature (or a "
+        "non-quadratic step), β<sub>eff</sub> far below it a gradient that avoids the sharpest "
+        "direction. " + STABILITY_TEXT.replace("β above", "curvature above")
+        + (f" No line for {html.escape(no_line)}: an adaptive optimizer (Adam and its kin) "
+           "rescales each coordinate by its own running statistics, so its stability edge is "
+           "no fixed multiple of 1/LR and no single line exists." if no_line else ""),
+        fg.band_figure_by_lr(sharpness_series(runs, legend),
+                             "Sharpness and the edge of stability<br><sup>dashed: λ<sub>max"
+                             "</sub>(∇²L); solid: β<sub>eff</sub>; black: stability edge 2/LR "
+                             "(SGD), (2 + 2μ)/LR (momentum μ)</sup>", "training step",
+                             "curvature", log_y=None, references=references,
+                             initial_lr=_initial_lr(runs)))
+
+
+MAX_MAP_STEPS = 200  # columns of a layer x step heat map (evenly spaced, ends kept)
+
+
+def _eta_column(run: RunData, multiple: float = 1.0) -> int:
+    """The probe's eta closest to ``multiple`` x the run's learning rate."""
+    return int(np.argmin(np.abs(run.probe.eta / run.lr - multiple))) if run.lr > 0 else 0
+
+
+def layer_split_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    runs = sorted([r for r in runs if r.probe.layer and len(r.probe.grad_diff_layer)],
+                  key=lambda r: (r.lr, legend.pool_label(r), r.seed))
+    if not runs:
+        return None
+    maps = []
+    for run in runs:
+        p, col = run.probe, _eta_column(run)
+        n = min(len(p.step), len(p.grad_diff_layer))
+        keep = subsample(n, MAX_MAP_STEPS)
+        squares = p.grad_diff_layer[keep, col, :] ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = squares / squares.sum(axis=1, keepdims=True)
+        maps.append(fg.LayerMap(f"{legend.run_text(run)} · η = {p.eta[col] / run.lr:g}×LR",
+                                p.step[keep], list(p.layer), masked(share).T))
+    return Section(
+        "layer-split", "2c. Gradient predictiveness by layer: which layers carry it",
+        "For each module l owning parameters (conv, linear, BN), at each probed step: its "
+        "share ‖∇<sub>l</sub>L(θ − ηg) − g<sub>l</sub>‖² / ‖∇L(θ − ηg) − g‖² of the "
+        "gradient predictiveness of figure 2b (the shares add up to 1 over layers), at the "
+        "probe's η closest to 1 × LR, from the probe's own gradients. The dropdown picks the "
+        "run: VGG-A and VGG-A+BN at one learning rate are next to each other (BN adds its own "
+        "rows).",
+        fg.layer_map_figure(maps, "Gradient predictiveness by layer<br><sup>share of ‖∇L(θ − ηg)"
+                                  " − g‖² per layer, layer × probed step</sup>", "share"))
+
+
+MAX_LINE_STEPS = 500  # points per line of the per-step weight statistics
+
+
+def weights_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    runs = [r for r in runs if r.weights is not None and len(r.weights.step)]
+    if not runs:
+        return None
+    dash = _lr_dash(runs)
+    layers = []
+    for index in layer_indices([r.weights.layer_index for r in runs]):
+        top, bottom, names = [], [], set()
+        for run in runs:
+            w = run.weights
+            col = layer_column(w.layer_index, index)
+            if col is None:
+                continue
+            names.add(w.layer[col])
+            keep = subsample(len(w.step), MAX_LINE_STEPS)
+            text = legend.run_text(run) + (" (scale-invariant)" if w.scale_invariant[col] else "")
+            top.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
+                               masked(w.norm[keep, col])))
+            bottom.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
+                                  masked(w.effective_lr[keep, col])))
+        layers.append(fg.LayerPanels(_layer_title(index, names), top, bottom))
+    return Section(
+        "weights", "9. Weight norms and effective learning rate",
+        "For the weight w of each conv and linear layer, at every step: top ‖w‖<sub>2</sub>, "
+        "bottom the effective learning rate LR / ‖w‖². A weight followed by a normalization "
+        "(BN: marked scale-invariant) does not change the loss when scaled, L(cw) = L(w), so "
+        "its gradient is orthogonal to w and shrinks like 1/‖w‖: a step of LR turns its "
+        "direction by about (LR / ‖w‖²)·‖w‖‖∇<sub>w</sub>L‖. Growing norms anneal BN's "
+        "effective step on their own; without BN the same numbers are just norms. Layers "
+        "are numbered among the conv and linear layers; colour: model, dash: learning rate.",
+        fg.layer_lines_figure(layers, "Weight norms and effective learning rate<br><sup>‖w‖ "
+                                      "and LR / ‖w‖² per layer, every step</sup>",
+                              ("‖w‖₂", "LR / ‖w‖²"), ("‖w‖₂", "LR / ‖w‖²")))
 
 
 def run_table_html(runs: Sequence[RunData], legend: Legend) -> str:

@@ -81,6 +81,7 @@ class BandSeries:
     color: str
     band: Band
     markers: Sequence[Marker] = field(default_factory=tuple)
+    dash: str = "solid"  # of the edges: tells two quantities of one pool apart (beta, lambda)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
     for edge, values in (("max", band.upper), ("min", band.lower)):
         traces.append(go.Scatter(x=band.x, y=values, mode="lines", name=f"{series.label} {edge}",
                                  legendgroup=group, showlegend=False, opacity=edge_opacity,
-                                 line=dict(color=color, width=1), connectgaps=False))
+                                 line=dict(color=color, width=1 if series.dash == "solid" else 2,
+                                           dash=series.dash), connectgaps=False))
     isolated = [seg.start for seg in segments if seg.stop - seg.start == 1]
     if isolated:  # a stretch of one point draws no line and no fill: a point with its span
         traces.append(go.Scatter(
@@ -394,40 +396,10 @@ def _selector(labels: Sequence[str], visible: Sequence[Sequence[bool]], kind: st
 def ics_figure(layers: Sequence[LayerICS], title: str) -> go.Figure:
     """Fig. 3: ||G - G'||_2 (log y, top) and cos(G, G') (bottom) over steps; one layer
     at a time (buttons), one line per run (colour: model, dash: learning rate)."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("‖G − G′‖₂ (ideal 0)", "cos(G, G′) (ideal 1)"))
-    owner: list[int] = []
-    for i, layer in enumerate(layers):
-        for row, lines in ((1, layer.l2), (2, layer.cosine)):
-            for line in lines:
-                fig.add_trace(_line_trace(line, showlegend=row == 1, visible=i == 0),
-                              row=row, col=1)
-                owner.append(i)
-        xs = np.concatenate([np.asarray(l.x, float) for l in layer.cosine] or [np.zeros(0)])
-        if len(xs):  # the ideal cosine
-            fig.add_trace(go.Scatter(x=[xs.min(), xs.max()], y=[1, 1], mode="lines",
-                                     name="ideal cos = 1", showlegend=False, hoverinfo="skip",
-                                     visible=i == 0, line=dict(color="gray", dash="dot",
-                                                               width=1)), row=2, col=1)
-            owner.append(i)
-    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.1, x=0))
-    fig.update_xaxes(title_text="training step", row=2, col=1)
-    fig.update_yaxes(title_text="‖G − G′‖₂", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="cos(G, G′)", row=2, col=1)
-    fig.update_yaxes(**Y_AXIS_STYLE)
-    menus = [_axis_toggle(log_y=True)]
-    if len(layers) > 1:
-        menus.insert(0, _selector([l.title for l in layers],
-                                  [[o == i for o in owner] for i in range(len(layers))],
-                                  "buttons"))
-    elif layers:
-        fig.layout.annotations[0].text = f"{layers[0].title}: ‖G − G′‖₂ (ideal 0)"
-    fig.update_layout(updatemenus=menus)
-    if not layers:
-        _no_data(fig)
-    return fig
+    return layer_lines_figure([LayerPanels(l.title, l.l2, l.cosine) for l in layers], title,
+                              ("‖G − G′‖₂ (ideal 0)", "cos(G, G′) (ideal 1)"),
+                              ("‖G − G′‖₂", "cos(G, G′)"), bottom_log=False,
+                              bottom_ideal=(1.0, "ideal cos = 1"))
 
 
 def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMap],
@@ -481,6 +453,88 @@ def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMa
         fig.update_layout(updatemenus=[_selector([m.label for m in maps],
                                                  [shown(p) for p in range(len(maps))],
                                                  "dropdown")])
+    if not maps:
+        _no_data(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class LayerPanels:
+    """Two panels of per-run lines for one layer (e.g. ||w|| on top, eta / ||w||^2 below)."""
+
+    title: str  # e.g. "layer #5 (features.8)"
+    top: Sequence[Line]
+    bottom: Sequence[Line]
+
+
+def layer_lines_figure(layers: Sequence[LayerPanels], title: str, subtitles: tuple[str, str],
+                       y_titles: tuple[str, str], bottom_log: bool = True,
+                       bottom_ideal: tuple[float, str] | None = None) -> go.Figure:
+    """Two stacked panels over steps (top log y), one layer at a time (buttons; a dropdown
+    beyond 4 layers), a line per run; ``bottom_ideal`` = (y, label) adds a dotted line."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=subtitles)
+    owner: list[int] = []
+    for i, layer in enumerate(layers):
+        for row, lines in ((1, layer.top), (2, layer.bottom)):
+            for line in lines:
+                fig.add_trace(_line_trace(line, showlegend=row == 1, visible=i == 0),
+                              row=row, col=1)
+                owner.append(i)
+        xs = np.concatenate([np.asarray(l.x, float) for l in layer.bottom] or [np.zeros(0)])
+        if bottom_ideal is not None and len(xs):
+            fig.add_trace(go.Scatter(x=[xs.min(), xs.max()], y=[bottom_ideal[0]] * 2,
+                                     mode="lines", name=bottom_ideal[1], showlegend=False,
+                                     hoverinfo="skip", visible=i == 0,
+                                     line=dict(color="gray", dash="dot", width=1)), row=2, col=1)
+            owner.append(i)
+    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
+                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
+                      legend=dict(orientation="h", y=-0.1, x=0))
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    fig.update_yaxes(title_text=y_titles[0], type="log", row=1, col=1)
+    fig.update_yaxes(title_text=y_titles[1], type="log" if bottom_log else "linear", row=2, col=1)
+    fig.update_yaxes(**Y_AXIS_STYLE)
+    menus = [_axis_toggle(log_y=True)]
+    if len(layers) > 1:  # a dropdown when a row of buttons would run into the axis toggle
+        menus.insert(0, _selector([l.title for l in layers],
+                                  [[o == i for o in owner] for i in range(len(layers))],
+                                  "buttons" if len(layers) <= 4 else "dropdown"))
+    elif layers:
+        fig.layout.annotations[0].text = f"{layers[0].title}: {subtitles[0]}"
+    fig.update_layout(updatemenus=menus)
+    if not layers:
+        _no_data(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """One run's per-layer values over steps: ``z`` is (layers, steps)."""
+
+    label: str  # the selector's text, e.g. "VGG-A+BN LR 0.1"
+    x: np.ndarray  # steps
+    layers: Sequence[str]  # y axis, in forward order
+    z: np.ndarray
+
+
+def layer_map_figure(maps: Sequence[LayerMap], title: str, z_title: str) -> go.Figure:
+    """A heat map layer x step of one run at a time (dropdown)."""
+    fig = go.Figure()
+    for i, m in enumerate(maps):
+        fig.add_trace(go.Heatmap(x=m.x, y=[f"{j + 1}. {name}" for j, name in enumerate(m.layers)],
+                                 z=np.round(m.z, 5), colorscale="Viridis", zmin=0,
+                                 name=m.label, visible=i == 0, colorbar=dict(title=z_title),
+                                 hovertemplate="step %{x}<br>%{y}<br>" + z_title
+                                               + " %{z:.4f}<extra></extra>"))
+    fig.update_layout(title=_title(title), height=int(1.3 * FIGURE_HEIGHT),
+                      template="plotly_white", margin=dict(t=110, l=150, r=20, b=50))
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="layer (forward order)", autorange="reversed")
+    if len(maps) > 1:
+        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
+                                                 [[j == i for j in range(len(maps))]
+                                                  for i in range(len(maps))], "dropdown")])
     if not maps:
         _no_data(fig)
     return fig

@@ -8,10 +8,11 @@ export``). The room needs numpy, h5py and pandas, never torch: the training side
 through it, the report reads through it.
 """
 
-from .read import (ActivationSeries, EpochSeries, ICSSeries, ProbeSeries, RunData, StepSeries,
-                   SweepFile, read_sweep)
-from .schema import STATUSES
+from .read import (ActivationSeries, CurvatureSeries, EpochSeries, ICSSeries, ProbeSeries, RunData,
+                   StepSeries, SweepFile, WeightSeries, read_sweep)
+from .schema import CURVATURE_FIELDS, STATUSES, WEIGHT_FIELDS
 from .write import RunLog, SweepStore
 
 __all__ = ["SweepStore", "RunLog", "read_sweep", "SweepFile", "RunData", "StepSeries",
-           "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES"]
+           "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES",
+           "CurvatureSeries", "WeightSeries", "CURVATURE_FIELDS", "WEIGHT_FIELDS"]

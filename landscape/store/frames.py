@@ -9,6 +9,9 @@ run attribute as columns, so a pandas user can filter, group and plot without kn
 ``probes``                one row per run x probed step x eta (``probe/``; the per-step
                           ``beta``, ``grad_norm``, ``loss_at_theta`` repeat over eta)
 ``epochs``                one row per run x epoch (``epochs/``)
+``probe_layers``          one row per run x probed step x layer x eta: the probe split by layer
+``curvature``             one row per run x measured step x eigenvalue rank (``curvature/``)
+``weights``               one row per run x step x layer (``weights/``)
 ``ics``                   one row per run x probed step x layer (when a run has ``ics/``)
 ``activations``           one row per run x probed step x layer (when a run has
                           ``activations/``): ``mean``, ``std``
@@ -94,9 +97,28 @@ def _run_tables(run: RunData) -> dict[str, dict[str, np.ndarray]]:
     tables = {
         "steps": _long([vars(steps)]),
         "probes": _long([{"step": probe.step}, {"eta": probe.eta}],
-                        {f: getattr(probe, f) for f in vars(probe) if f not in ("step", "eta")}),
+                        {f: getattr(probe, f) for f in vars(probe) if f not in PROBE_AXES}),
         "epochs": _long([vars(epochs)]),
     }
+    if probe.layer and len(probe.grad_diff_layer):
+        layers = {"layer": np.asarray(probe.layer, dtype=object)}
+        tables["probe_layers"] = _long(
+            [{"step": probe.step}, layers, {"eta": probe.eta}],
+            {"grad_norm_layer": probe.grad_norm_layer,
+             "grad_diff_layer": np.swapaxes(probe.grad_diff_layer, 1, 2)})
+    if run.curvature is not None:
+        c = run.curvature
+        rank = {"eigenvalue": np.arange(1, c.lambda_max.shape[1] + 1)}
+        tables["curvature"] = _long([{"step": c.step}, rank],
+                                    {"trace": c.trace, "gHg": c.gHg, "iterations": c.iterations,
+                                     "lambda_max": c.lambda_max})
+    if run.weights is not None:
+        w = run.weights
+        tables["weights"] = _long([{"step": w.step}, {**_layers(w),
+                                                      "scale_invariant": w.scale_invariant}],
+                                  {f: getattr(w, f) for f in ("norm", "effective_lr",
+                                                              "effective_grad_norm",
+                                                              "angular_update")})
     if run.ics is not None:
         ics = run.ics
         tables["ics"] = _long([{"step": ics.step}, _layers(ics)],
@@ -110,6 +132,10 @@ def _run_tables(run: RunData) -> dict[str, dict[str, np.ndarray]]:
             [{"step": a.step}, _layers(a), bins],
             {"fraction": a.hist})
     return tables
+
+
+# Axes of the probe table, and the split by layer that has a table of its own.
+PROBE_AXES = ("step", "eta", "layer", "grad_diff_layer", "grad_norm_layer")
 
 
 def _layers(series) -> dict[str, np.ndarray]:

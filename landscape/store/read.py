@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import LandscapeError
 from .schema import (ADDED_FIELDS, EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
-                     STEP_FIELDS)
+                     STEP_FIELDS, WEIGHT_FIELDS)
 
 # A read that fails while a writer is mid-flush succeeds a moment later; a corrupt file
 # fails every time. These pauses (seconds) bound how long a bad file delays the error.
@@ -54,6 +54,10 @@ class ProbeSeries:
     beta: np.ndarray  # (n,): effective beta-smoothness
     grad_norm: np.ndarray  # (n,): ||g||
     loss_at_theta: np.ndarray  # (n,): L(theta)
+    # Split by layer (the L modules owning parameters); empty in files written before it.
+    layer: tuple[str, ...] = ()  # (L,)
+    grad_diff_layer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # (n, k, L)
+    grad_norm_layer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n, L)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,31 @@ class ActivationSeries:
 
 
 @dataclass(frozen=True)
+class CurvatureSeries:
+    """Hessian sharpness (``/runs/<name>/curvature``): n probed steps, k top eigenvalues."""
+
+    step: np.ndarray  # (n,)
+    lambda_max: np.ndarray  # (n, k): the k largest Hessian eigenvalues, descending
+    trace: np.ndarray  # (n,): Hutchinson's tr H (NaN: not measured)
+    gHg: np.ndarray  # (n,): curvature along the normalized gradient
+    iterations: np.ndarray  # (n,): Hessian-vector products of the eigensolver
+
+
+@dataclass(frozen=True)
+class WeightSeries:
+    """Weight statistics (``/runs/<name>/weights``): every step, L weight layers."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,)
+    layer_index: np.ndarray  # (L,) 1-based among the conv and linear layers
+    scale_invariant: np.ndarray  # (L,) bool: a normalization follows the layer
+    norm: np.ndarray  # (n, L): ||w||
+    effective_lr: np.ndarray  # (n, L): lr / ||w||^2
+    effective_grad_norm: np.ndarray  # (n, L): ||w|| ||grad_w L||
+    angular_update: np.ndarray  # (n, L): angle(w_t, w_t+1), radians
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run (model, learning rate, seed) of a sweep file."""
 
@@ -115,6 +144,8 @@ class RunData:
     attrs: dict[str, Any] = field(default_factory=dict)  # every attribute, as stored
     ics: ICSSeries | None = None  # None when the run had no ICS probe
     activations: ActivationSeries | None = None  # None when it had no activation probe
+    curvature: CurvatureSeries | None = None  # None when it had no sharpness probe
+    weights: WeightSeries | None = None  # None when it recorded no weight statistics
 
 
 @dataclass(frozen=True)
@@ -184,9 +215,10 @@ def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
         diverged_step=None if diverged_step is None else int(diverged_step),
         seconds=float(attrs.get("seconds", np.nan)),
         steps_completed=None if steps_completed is None else int(steps_completed),
-        steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe),
+        steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe, **_probe_layers(group)),
         epochs=EpochSeries(**epochs, partial=_partial(epochs["steps"], attrs)), attrs=attrs, ics=_read_ics(group),
-        activations=_read_activations(group))
+        activations=_read_activations(group), curvature=_read_curvature(group),
+        weights=_read_weights(group))
 
 
 def _layered(run: h5py.Group, group_name: str, row_fields: dict[str, tuple[int, ...]]) -> dict | None:
@@ -224,6 +256,42 @@ def _read_activations(run: h5py.Group) -> ActivationSeries | None:
     columns = _layered(run, "activations",
                        {"mean": (), "std": (), "hist": (max(len(edges) - 1, 0),)})
     return None if columns is None else ActivationSeries(bin_edges=edges, **columns)
+
+
+def _probe_layers(run: h5py.Group) -> dict:
+    """The probe's split by layer, cut to the probe's rows; nothing when the file lacks it."""
+    columns = _layered(run, "probe", {"grad_norm_layer": ()})
+    if columns is None or not columns["layer"]:
+        return {}
+    n_eta, n_layers = len(_dataset(run, "probe", "eta", ndim=1)), len(columns["layer"])
+    diff = _dataset(run, "probe", "grad_diff_layer", ndim=3)
+    if diff.shape[1:] != (n_eta, n_layers):
+        return {}
+    rows = min(len(diff), len(columns["grad_norm_layer"]), len(columns["step"]))
+    return {"layer": columns["layer"], "grad_diff_layer": diff[:rows],
+            "grad_norm_layer": columns["grad_norm_layer"][:rows]}
+
+
+def _read_curvature(run: h5py.Group) -> CurvatureSeries | None:
+    if not isinstance(run.get("curvature"), h5py.Group):
+        return None
+    columns = {"step": _dataset(run, "curvature", "step", ndim=1).astype(np.int64),
+               "lambda_max": _dataset(run, "curvature", "lambda_max", ndim=2),
+               "trace": _dataset(run, "curvature", "trace", ndim=1),
+               "gHg": _dataset(run, "curvature", "gHg", ndim=1),
+               "iterations": _dataset(run, "curvature", "iterations", ndim=1).astype(np.int64)}
+    n = min(len(v) for v in columns.values())
+    return CurvatureSeries(**{name: values[:n] for name, values in columns.items()})
+
+
+def _read_weights(run: h5py.Group) -> WeightSeries | None:
+    columns = _layered(run, "weights", {f: () for f in WEIGHT_FIELDS})
+    if columns is None:
+        return None
+    invariant = _dataset(run, "weights", "scale_invariant", ndim=1).astype(bool)
+    if len(invariant) != len(columns["layer"]):
+        invariant = np.zeros(len(columns["layer"]), dtype=bool)
+    return WeightSeries(scale_invariant=invariant, **columns)
 
 
 def _partial(steps: np.ndarray, attrs: dict) -> np.ndarray:

@@ -52,6 +52,10 @@ GROUPS: dict[str, str] = {
            "step, one column per layer",
     "activations": "pre-activation distributions (after the normalization, before the ReLU), one "
                    "row per probed step, one column per layer",
+    "curvature": "the Hessian of the minibatch loss at probed steps: top eigenvalues (Lanczos), "
+                 "Hutchinson trace, curvature along the gradient (--sharpness-every)",
+    "weights": "per-layer weight statistics at every step: norm, effective learning rate, "
+               "effective gradient norm, angular update (--weight-stats)",
 }
 
 FIELDS: dict[str, dict[str, Field]] = {
@@ -104,6 +108,46 @@ FIELDS: dict[str, dict[str, Field]] = {
                            ("step",)),
         "loss_at_theta": Field(DIMENSIONLESS, "L(theta): the minibatch loss before the step",
                                ("step",)),
+        "layer": Field(NO_UNITS, "modules owning parameters (conv, linear, normalization), in "
+                                 "registration order: the split of grad_diff by layer",
+                       ("layer",)),
+        "grad_diff_layer": Field(DIMENSIONLESS, "||grad_l L(theta - eta g) - g_l||_2 over the "
+                                                "parameters of layer l; squares sum over layers "
+                                                "to grad_diff^2", ("step", "eta", "layer")),
+        "grad_norm_layer": Field(DIMENSIONLESS, "||g_l||_2, the gradient norm of layer l's "
+                                                "parameters", ("step", "layer")),
+    },
+    "curvature": {
+        "step": Field(DIMENSIONLESS, "0-based training step measured, at theta before its "
+                                     "update, on its minibatch (BN in train mode)", ("step",)),
+        "eigenvalue": Field(DIMENSIONLESS, "1-based rank of a Hessian eigenvalue (1: the "
+                                           "largest)", ("eigenvalue",)),
+        "lambda_max": Field(DIMENSIONLESS, "the k largest eigenvalues of the Hessian of the "
+                                           "minibatch loss, descending (Lanczos)",
+                            ("step", "eigenvalue")),
+        "residual": Field(DIMENSIONLESS, "||Hv - lambda v|| / |lambda| of each eigenpair",
+                          ("step", "eigenvalue")),
+        "trace": Field(DIMENSIONLESS, "Hutchinson estimate of tr H (Rademacher vectors); NaN "
+                                      "with --trace-samples 0", ("step",)),
+        "gHg": Field(DIMENSIONLESS, "curvature along the normalized gradient, g^T H g / "
+                                    "||g||^2", ("step",)),
+        "iterations": Field(DIMENSIONLESS, "Hessian-vector products the eigensolver used",
+                            ("step",)),
+    },
+    "weights": {
+        "step": Field(DIMENSIONLESS, "0-based training step, before its update", ("step",)),
+        "layer": _LAYER,
+        "layer_index": _LAYER_INDEX,
+        "scale_invariant": Field(DIMENSIONLESS, "1 where the weight feeds a normalization "
+                                                "layer, so that L(c w) = L(w)", ("layer",)),
+        "norm": Field(DIMENSIONLESS, "||w||_2 of the layer's weight", ("step", "layer")),
+        "effective_lr": Field(DIMENSIONLESS, "learning rate / ||w||^2 (the step's effect on a "
+                                             "scale-invariant weight's direction)",
+                              ("step", "layer")),
+        "effective_grad_norm": Field(DIMENSIONLESS, "||w||_2 * ||grad_w L||_2",
+                                     ("step", "layer")),
+        "angular_update": Field(DIMENSIONLESS, "angle between w_t and w_{t+1}, in radians",
+                                ("step", "layer")),
     },
     "ics": {
         "step": Field(DIMENSIONLESS, "0-based training step probed", ("step",)),
@@ -139,5 +183,12 @@ EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_
 ADDED_FIELDS = {("epochs", "steps"): -1}
 PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
 PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
+# The probe split by layer (L modules owning parameters), with a ``layer`` (L,) name dataset;
+# absent in files written before it existed. Field -> its row shape from (k, L).
+PROBE_LAYER_FIELDS = {"grad_diff_layer": lambda k, n_layers: (k, n_layers),
+                      "grad_norm_layer": lambda k, n_layers: (n_layers,)}
+# Instrument groups declared at run time (train/instruments.py), read back by read.py.
+CURVATURE_FIELDS = ("step", "lambda_max", "trace", "gHg", "iterations")  # lambda_max (n, k)
+WEIGHT_FIELDS = ("norm", "effective_lr", "effective_grad_norm", "angular_update")  # (n, L)
 INT_FIELDS = {"step", "epoch", "steps"}
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")

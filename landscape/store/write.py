@@ -6,7 +6,9 @@ Layout (see README, "HDF5 schema")::
     /runs/<name>            attrs model, norm, lr, seed, batch_size, optimizer, status, ...
     /runs/<name>/steps/     step, epoch, loss, grad_norm, grad_diff, beta_consecutive   (n,)
     /runs/<name>/probe/     step (n,), eta (k,), loss (n,k), grad_diff (n,k), beta (n,),
-                            grad_norm (n,), loss_at_theta (n,)
+                            grad_norm (n,), loss_at_theta (n,); split by layer (L modules
+                            owning parameters): layer (L,), grad_diff_layer (n,k,L),
+                            grad_norm_layer (n,L)
     /runs/<name>/epochs/    epoch, train_loss, train_acc, test_loss, test_acc, seconds
     /runs/<name>/<group>/   extra groups declared by instruments (``RunLog.declare``):
                             ics/ and activations/ (see landscape/train/instruments.py)
@@ -35,8 +37,8 @@ import numpy as np
 
 from ..errors import LandscapeError, os_reason
 from ..version import __version__
-from .schema import (EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
-                     SCHEMA_VERSION, STATUSES, STEP_FIELDS)
+from .schema import (EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS,
+                     PROBE_LAYER_FIELDS, PROBE_ROW_FIELDS, SCHEMA_VERSION, STATUSES, STEP_FIELDS)
 
 TEXT = h5py.string_dtype("utf-8")  # variable-length UTF-8: netCDF strings, str through asstr()
 
@@ -92,6 +94,7 @@ class RunLog:
             "probe": {f: [] for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS},
         }
         self._attrs: dict[str, Any] = {}
+        self.probe_layers: tuple[str, ...] | None = None  # set by the first probe record
         self._extra: dict[str, tuple[dict, dict]] = {}  # group -> (fields, constants)
 
     def declare(self, group: str, fields: dict[str, tuple[Any, tuple]],
@@ -138,6 +141,19 @@ class RunLog:
             raise ValueError(f"run {self.name}: probe etas {record.eta} differ from {self.eta}")
         for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS:
             self._rows["probe"][f].append(getattr(record, f))
+        # Records without the split by layer (made elsewhere, or older) store none.
+        layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
+                  else ())
+        if self.probe_layers is None:  # the first record fixes whether the split is stored
+            self.probe_layers = layers
+            if layers:
+                self._rows["probe"].update({f: [] for f in PROBE_LAYER_FIELDS})
+        if layers != self.probe_layers:
+            raise ValueError(f"run {self.name}: probe layers {layers} differ from "
+                             f"{self.probe_layers}")
+        if layers:
+            for f in PROBE_LAYER_FIELDS:
+                self._rows["probe"][f].append(getattr(record, f))
 
     def set_attrs(self, **attrs) -> None:
         """Run attributes (status, diverged_step, ...) written at the next flush."""
@@ -151,6 +167,8 @@ class RunLog:
         run = root[f"runs/{self.name}"]
         for group_name in self._extra.keys() - run.keys():
             self._create_extra(run.create_group(group_name), group_name)
+        if self.probe_layers and "layer" not in run["probe"]:
+            self._create_probe_layers(run["probe"])
         run.attrs.update(self._attrs)
         for group_name, columns in self._rows.items():
             for f, values in columns.items():
@@ -164,6 +182,8 @@ class RunLog:
             return np.asarray(values, dtype=dtype).reshape((len(values),) + shape)
         dtype = np.int64 if field in INT_FIELDS else np.float64
         width = (len(self.eta),) if group == "probe" and field in PROBE_GRID_FIELDS else ()
+        if group == "probe" and field in PROBE_LAYER_FIELDS:
+            width = PROBE_LAYER_FIELDS[field](len(self.eta), len(self.probe_layers))
         return np.asarray(values, dtype=dtype).reshape((len(values),) + width)
 
     def _create(self, run: h5py.Group) -> None:
@@ -180,6 +200,21 @@ class RunLog:
         run["probe"].create_dataset("eta", data=self.eta)
         for group_name in run:
             _describe(run[group_name], group_name)
+
+    def _create_probe_layers(self, probe: h5py.Group) -> None:
+        layer = probe.create_dataset("layer", data=list(self.probe_layers), dtype=TEXT)
+        layer.attrs["units"], layer.attrs["description"] = (FIELDS["probe"]["layer"].units,
+                                                            FIELDS["probe"]["layer"].description)
+        layer.make_scale("layer")
+        for f in PROBE_LAYER_FIELDS:
+            empty = self._array("probe", f, [])
+            ds = probe.create_dataset(f, shape=empty.shape, dtype=empty.dtype,
+                                      maxshape=(None,) + empty.shape[1:],
+                                      chunks=(256,) + empty.shape[1:])
+            ds.attrs["units"], ds.attrs["description"] = (FIELDS["probe"][f].units,
+                                                          FIELDS["probe"][f].description)
+            for axis, dim in enumerate(FIELDS["probe"][f].dims):
+                ds.dims[axis].attach_scale(probe[dim])
 
     def _create_extra(self, group: h5py.Group, group_name: str) -> None:
         fields, constants = self._extra[group_name]

@@ -63,6 +63,16 @@ class SweepConfig:
     ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
     activations_every: int | None = None  # steps between activation-distribution probes
     activation_layers: Sequence[str | int] | None = None  # default: every weight layer
+    sharpness_every: int | None = None  # steps between Hessian sharpness probes
+    sharpness_k: int = 1  # how many of the largest Hessian eigenvalues
+    trace_samples: int = 0  # Hutchinson vectors per sharpness probe; 0 = no trace
+    weight_stats: bool = False  # weight norms, effective lr, angular update, every step
+
+    def uses_hooks(self) -> bool:
+        """Whether an instrument hooks one eager module and ``torch.optim`` optimizer: such
+        runs train sequentially (not as a batched grid or CUDA graphs)."""
+        return bool(self.ics_every or self.activations_every or self.sharpness_every
+                    or self.weight_stats)
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -163,6 +173,17 @@ def _optional_positive_int(name: str, value) -> None:
 def _validate_extras(config) -> None:
     _optional_positive_int("--ics-every", config.ics_every)
     _optional_positive_int("--activations-every", config.activations_every)
+    _optional_positive_int("--sharpness-every", config.sharpness_every)
+    _positive("--sharpness-k", config.sharpness_k, int)
+    if isinstance(config.trace_samples, bool) or not isinstance(config.trace_samples, int) \
+            or config.trace_samples < 0:
+        raise LandscapeError(f"--trace-samples must be an integer >= 0, got "
+                             f"{config.trace_samples!r}")
+    if config.sharpness_every is None and (config.sharpness_k != 1 or config.trace_samples):
+        raise LandscapeError("--sharpness-k and --trace-samples are given but the sharpness probe "
+                             "is off: add --sharpness-every N")
+    if not isinstance(config.weight_stats, bool):
+        raise LandscapeError(f"weight_stats must be true or false, got {config.weight_stats!r}")
     for option, spec, every, every_option in (
             ("--ics-layers", config.ics_layers, config.ics_every, "--ics-every"),
             ("--activation-layers", config.activation_layers, config.activations_every,

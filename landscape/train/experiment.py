@@ -1,4 +1,4 @@
-"""Experiment files: ``landscape run --config experiments/<file>.toml [--light]``.
+"""Experiment files: ``landscape run --config experiments/<file>.toml [--light] [--variant V]``.
 
 A file (TOML, read with the standard library's ``tomllib``) has::
 
@@ -12,10 +12,14 @@ A file (TOML, read with the standard library's ``tomllib``) has::
     width = 0.25
     dataset = "cifar10-mini"
     steps = 300
+    [variant.curvature]               # named overrides, chosen with --variant curvature,
+    sharpness_every = 50              # applied after [run] (and [light] with --light)
+    weight_stats = true
 
 Keys of ``[run]`` and ``[light]`` are the fields of ``train.config.SweepConfig`` (``batch_size``,
 ``probe_every``, ``ics_layers``, ...) and ``out``; values are checked against the field's
-type (an integer is accepted where a float is expected). Options given on the command line
+type (an integer is accepted where a float is expected). A variant without its own ``out``
+writes next to the file's ``out`` with ``-<variant>`` before the suffix. Options given on the command line
 override the file. Unknown keys, wrong types and unreadable files raise ``LandscapeError``.
 """
 
@@ -32,7 +36,7 @@ from typing import Any
 from ..errors import LandscapeError
 from .config import SweepConfig
 
-TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict}
+TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict, "variant": dict}
 EXTRA_KEYS = {"out": str}  # run keys that are not SweepConfig fields
 
 
@@ -77,8 +81,10 @@ def _section(table: dict, where: str, types_: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load_experiment(path: str | Path, light: bool = False) -> dict[str, Any]:
-    """The ``[run]`` values of an experiment file, updated by ``[light]`` when ``light``."""
+def load_experiment(path: str | Path, light: bool = False,
+                    variant: str | None = None) -> dict[str, Any]:
+    """The ``[run]`` values of an experiment file, updated by ``[light]`` when ``light`` and
+    then by ``[variant.<variant>]`` when a variant is named."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -98,11 +104,27 @@ def load_experiment(path: str | Path, light: bool = False) -> dict[str, Any]:
     field_types = _field_types()
     values = _section(doc.get("run", {}), f"{path} [run]", field_types)
     light_values = _section(doc.get("light", {}), f"{path} [light]", field_types)
+    variants = {name: _section(table, f"{path} [variant.{name}]", field_types)
+                if isinstance(table, dict) else _not_a_table(path, name, table)
+                for name, table in doc.get("variant", {}).items()}
     if light:
         if "light" not in doc:
             raise LandscapeError(f"--light: {path} has no [light] section")
         values.update(light_values)
+    if variant is not None:
+        if variant not in variants:
+            known = ", ".join(variants) or "none"
+            raise LandscapeError(f"--variant {variant}: {path} has no [variant.{variant}] "
+                                 f"section (variants: {known})")
+        if "out" in values and "out" not in variants[variant]:
+            out = Path(values["out"])
+            values["out"] = str(out.with_name(f"{out.stem}-{variant}{out.suffix}"))
+        values.update(variants[variant])
     return values
+
+
+def _not_a_table(path: Path, name: str, value) -> dict:
+    raise LandscapeError(f"{path}: variant.{name} must be a table, got {value!r}")
 
 
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], given: set[str]) -> dict[str, Any]:

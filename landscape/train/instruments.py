@@ -10,6 +10,14 @@ layers, b histogram bins; float64 unless said)::
     /runs/<name>/activations/  step (n,) int64, layer (L,) str, layer_index (L,) int64,
                                bin_edges (b + 1,), bin (b,) centers, mean (n, L), std (n, L),
                                hist (n, L, b) (fractions)
+    /runs/<name>/curvature/    step (n,) int64, lambda_max (n, k) (descending), residual (n, k),
+                               trace (n,) (NaN: --trace-samples 0), gHg (n,), iterations (n,) int64
+    /runs/<name>/weights/      every step: step (n,) int64, layer (L,) str, layer_index (L,) int64,
+                               scale_invariant (L,) bool, norm, effective_lr, effective_grad_norm,
+                               angular_update (n, L)
+
+``WeightRecorder`` is not a step instrument: it records every step, on the device, and its
+rows reach the log when the training loop syncs with the host (``drain``).
 
 Units, descriptions and dimension names of every field: ``landscape.store.schema.FIELDS``.
 """
@@ -22,7 +30,8 @@ import numpy as np
 from torch import nn
 
 from ..models import default_ics_layers, resolve_layers, weight_layers
-from ..probes import DEFAULT_BIN_EDGES, ActivationProbe, ICSProbe, StepInstrument
+from ..probes import (DEFAULT_BIN_EDGES, WEIGHT_STAT_FIELDS, ActivationProbe, ICSProbe,
+                      SharpnessProbe, StepInstrument, WeightStats)
 
 
 def _layer_constants(model: nn.Module, layers: Sequence[str]) -> dict:
@@ -67,4 +76,39 @@ def build_instruments(config, model: nn.Module, log) -> list[StepInstrument]:
                                            on_record=lambda r: log.append(
                                                "activations", step=r.step, mean=r.mean, std=r.std,
                                                hist=r.hist)))
+    if config.sharpness_every is not None:
+        k = config.sharpness_k
+        log.declare("curvature", {"step": (np.int64, ()), "lambda_max": (np.float64, (k,)),
+                                  "residual": (np.float64, (k,)), "trace": (np.float64, ()),
+                                  "gHg": (np.float64, ()), "iterations": (np.int64, ())},
+                    {"eigenvalue": np.arange(1, k + 1, dtype=np.int64)})
+        instruments.append(SharpnessProbe(every=config.sharpness_every, k=k,
+                                          trace_samples=config.trace_samples, keep=False,
+                                          on_record=lambda r: log.append(
+                                              "curvature", step=r.step, lambda_max=r.lambda_max,
+                                              residual=r.residual, trace=r.trace, gHg=r.gHg,
+                                              iterations=r.iterations)))
     return instruments
+
+
+class WeightRecorder:
+    """``probes.WeightStats`` of a run, its rows appended to the run's ``weights`` group."""
+
+    def __init__(self, model: nn.Module, optimizer, log):
+        self.stats = WeightStats(model).attach(optimizer)
+        self.log, self.step = log, 0
+        n = len(self.stats.layers)
+        log.declare("weights", {"step": (np.int64, ()),
+                                **{f: (np.float64, (n,)) for f in WEIGHT_STAT_FIELDS}},
+                    {**_layer_constants(model, self.stats.layers),
+                     "scale_invariant": self.stats.scale_invariant})
+
+    def drain(self) -> None:
+        """Move the recorded steps (device tensors) into the log: call at a host sync."""
+        rows = self.stats.pop()
+        for i in range(len(rows["norm"])):
+            self.log.append("weights", step=self.step, **{f: rows[f][i] for f in WEIGHT_STAT_FIELDS})
+            self.step += 1
+
+    def detach(self) -> None:
+        self.stats.detach()

@@ -12,7 +12,7 @@ from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
 from ..store import RunLog
 from . import tasks
 from .config import SweepConfig
-from .instruments import build_instruments
+from .instruments import WeightRecorder, build_instruments
 
 
 def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
@@ -47,7 +47,9 @@ class SequentialRun:
         self.stats = GradientStats().attach(self.optimizer)
         # Compiled for training steps only; probes call the eager module through functional_call.
         self.forward = torch.compile(self.model) if config.compile else self.model
-        self.instruments = build_instruments(config, self.model, log)  # ICS, activations
+        self.instruments = build_instruments(config, self.model, log)  # ICS, activations, ...
+        self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.weight_stats
+                        else None)
         for instrument in self.instruments:
             self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
         self.k = 1
@@ -64,6 +66,8 @@ class SequentialRun:
             return loss.detach().view(1), self.task.correct(out, y).view(1)
 
     def pop_grad_rows(self) -> np.ndarray:
+        if self.weights is not None:  # the loop's host sync: the weight rows go to the log too
+            self.weights.drain()
         return self.stats.pop()[:, None, :]  # (n, 1, 3)
 
     def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
@@ -74,5 +78,6 @@ class SequentialRun:
         """Run k diverged: nothing more to do for a single run (the loop stops)."""
 
     def close(self) -> None:
-        for hooks in [self.probe, self.stats, *self.instruments]:
-            hooks.detach()
+        for hooks in [self.probe, self.stats, *self.instruments, self.weights]:
+            if hooks is not None:
+                hooks.detach()

@@ -28,7 +28,8 @@ import torch
 
 from ..data import ImageData
 from ..models import build_model, is_stochastic
-from ..probes import gradient_step_stats, no_trace, probe_tensors, record_from
+from ..probes import (gradient_step_stats, no_trace, probe_tensors, record_from,
+                      trainable_parameters)
 from . import tasks
 from .sequential import build_run
 
@@ -139,7 +140,7 @@ class CapturedProbe:
 
 def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
     """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
-    if device.type != "cuda" or config.compile or config.ics_every or config.activations_every:
+    if device.type != "cuda" or config.compile or config.uses_hooks():
         return False
     if not isinstance(data, ImageData) or config.probe_dtype_of(model_name) != "float32":
         return False  # graphs record float32 probes
@@ -188,7 +189,7 @@ class StreamRuns:
     def _deliver_probes(self) -> None:
         """Hand the probes' records over (the host reads them here, not at every step)."""
         for k, step, tensors in self._pending_probes:
-            record = record_from(*tensors)
+            record = record_from(*tensors, names=list(trainable_parameters(self.models[k])))
             record.step, record.lr = step, self.lrs[k]
             self.on_probe(k, record)
         self._pending_probes = []

@@ -35,7 +35,8 @@ def run_name(model: str, lr: float, seed: int) -> str:
 def grid_mode(config: SweepConfig, model_name: str, data, device) -> str:
     """How this model's learning rates train: ``streams``, ``batched`` or ``sequential``.
 
-    Runs with ICS or activation instruments, and non-image tasks (the DLN), go sequentially:
+    Runs with instruments (ICS, activations, sharpness, weight statistics), and non-image
+    tasks (the DLN), go sequentially:
     those hooks observe one eager ``nn.Module`` and one ``torch.optim`` optimizer. A model
     that vmap (batched) or a CUDA graph (streams) cannot hold goes sequentially too.
     """
@@ -43,7 +44,7 @@ def grid_mode(config: SweepConfig, model_name: str, data, device) -> str:
         return "streams" if supports_graphs(config, model_name, data, device) else "sequential"
     if len(config.lrs) < 2 or config.grid == "sequential":
         return "sequential"
-    if config.ics_every or config.activations_every or not isinstance(data, ImageData):
+    if config.uses_hooks() or not isinstance(data, ImageData):
         return "sequential"
     # Measured (benchmarks/RESULTS.md): vmap turns the K models' convolutions into grouped
     # convolutions, slower than K separate runs on the CPU and on an H100 alike; so only on request.
