@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import curvature_bench  # noqa: E402
 from reference_course import course_sweep  # noqa: E402
 
 import landscape.train.sweep as sweep_module  # noqa: E402
@@ -422,6 +423,16 @@ def experiments_suite(args, device: torch.device) -> None:
     print_table(("file", "measured", "paper setting", "projected"), rows)
 
 
+def curvature_suite(args, device: torch.device) -> None:
+    """The curvature instruments' cost (issue 14): one lambda_max against PyHessian, a probe
+    in training steps, weight statistics per step, and the sweep overhead of sharpness."""
+    tables = curvature_bench.curvature_tables(device.type, args.repeat, args.steps,
+                                              sweep=not args.quick)
+    print(f"\ntorch {torch.__version__}, {device}\n")
+    for table in tables:
+        print("\n".join(table) + "\n")
+
+
 # --------------------------------------------------------------------------- command line
 
 # suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
@@ -433,6 +444,8 @@ SUITES = {
     "fig4": (fig4_suite, "cuda", {"epochs": FIG4_EPOCHS, "precision": "tf32", "no_probe": False,
                                   "device": "cuda"}),
     "gpucheck": (gpucheck_suite, "cuda", {"device": "cuda"}),
+    "curvature": (curvature_suite, None, {"repeat": 3, "steps": 200, "quick": False,
+                                          "device": "auto"}),
     "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
                                               "device": "auto", "files": []}),
 }

@@ -21,7 +21,6 @@ side by side in one run, configurations alternated (A B C A B C ...) and medians
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -202,28 +201,15 @@ def versus_pyhessian(width: float, device: str, repeats: int) -> list[str]:
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--skip-sweep", action="store_true", help="only the probe timings")
-    args = parser.parse_args(argv)
-    device = "cuda" if args.suite == "gpu" else "cpu"
-    width = 1.0 if args.suite == "gpu" else 0.25
+def curvature_tables(device: str, repeats: int = 3, steps: int = 200,
+                     sweep: bool = True) -> list[list[str]]:
+    """The curvature benchmark's tables (``python benchmarks/bench.py --suite curvature``)."""
+    width = 1.0 if device == "cuda" else 0.25
     if device == "cpu":
         torch.set_num_threads(1)  # a shared 2-core machine: one thread per process is fastest
-    tables = [versus_pyhessian(width, device, max(args.repeats, 5)),
-              step_vs_probe(width, device, max(args.repeats, 5)),
-              weight_stats_cost(width, device, max(args.repeats, 7))]
-    if not args.skip_sweep:
-        tables.append(overhead(device, width, args.steps, args.repeats))
-    print(f"\ntorch {torch.__version__}, {device}, "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else 'threads 1'}\n")
-    for table in tables:
-        print("\n".join(table) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    tables = [versus_pyhessian(width, device, max(repeats, 5)),
+              step_vs_probe(width, device, max(repeats, 5)),
+              weight_stats_cost(width, device, max(repeats, 7))]
+    if sweep:
+        tables.append(overhead(device, width, steps, repeats))
+    return tables
