@@ -6,6 +6,8 @@
     python benchmarks/bench.py --suite fig4         # the paper's Fig. 4 grid end to end on one GPU
     python benchmarks/bench.py --suite gpucheck     # correctness on a GPU: the probe against float64
                                                     # on the CPU, graphed sweeps against eager ones
+    python benchmarks/bench.py --suite curvature    # lambda_max against PyHessian (when installed),
+                                                    # weight statistics, sharpness sweep overhead
     python benchmarks/bench.py --suite experiments  # each experiment file's runs, N steps, projected
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
