@@ -111,9 +111,9 @@ def cli():
               help="How many of the largest Hessian eigenvalues each sharpness probe finds.")
 @click.option("--trace-samples", type=int, default=0, show_default=True,
               help="Hutchinson vectors for the Hessian trace per sharpness probe (0: no trace).")
-@click.option("--weight-stats", is_flag=True,
+@click.option("--weight-stats/--no-weight-stats", default=None,
               help="Record weight norms, effective learning rate and angular update of every "
-                   "weight layer at every step.")
+                   "weight layer at every step [default: on with --sharpness-every, else off].")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")

@@ -55,7 +55,7 @@ GROUPS: dict[str, str] = {
     "curvature": "the Hessian of the minibatch loss at probed steps: top eigenvalues (Lanczos), "
                  "Hutchinson trace, curvature along the gradient (--sharpness-every)",
     "weights": "per-layer weight statistics at every step: norm, effective learning rate, "
-               "effective gradient norm, angular update (--weight-stats)",
+               "effective gradient norm, angular update (--weight-stats; on by default with --sharpness-every)",
 }
 
 FIELDS: dict[str, dict[str, Field]] = {

@@ -66,13 +66,23 @@ class SweepConfig:
     sharpness_every: int | None = None  # steps between Hessian sharpness probes
     sharpness_k: int = 1  # how many of the largest Hessian eigenvalues
     trace_samples: int = 0  # Hutchinson vectors per sharpness probe; 0 = no trace
-    weight_stats: bool = False  # weight norms, effective lr, angular update, every step
+    # Weight norms, effective lr, angular update, every step. None: on with the sharpness
+    # probe (the curvature instruments read together: lambda_max against 2/lr, and how much
+    # of BN's smoothness is weight-norm growth), off otherwise.
+    weight_stats: bool | None = None
 
     def uses_hooks(self) -> bool:
         """Whether an instrument hooks one eager module and ``torch.optim`` optimizer: such
         runs train sequentially (not as a batched grid or CUDA graphs)."""
         return bool(self.ics_every or self.activations_every or self.sharpness_every
-                    or self.weight_stats)
+                    or self.records_weights())
+
+    def records_weights(self) -> bool:
+        """Whether runs record weight statistics: ``weight_stats``, or by default with the
+        sharpness probe."""
+        if self.weight_stats is None:
+            return self.sharpness_every is not None
+        return self.weight_stats
 
     def validate(self) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
@@ -182,7 +192,7 @@ def _validate_extras(config) -> None:
     if config.sharpness_every is None and (config.sharpness_k != 1 or config.trace_samples):
         raise LandscapeError("--sharpness-k and --trace-samples are given but the sharpness probe "
                              "is off: add --sharpness-every N")
-    if not isinstance(config.weight_stats, bool):
+    if config.weight_stats is not None and not isinstance(config.weight_stats, bool):
         raise LandscapeError(f"weight_stats must be true or false, got {config.weight_stats!r}")
     for option, spec, every, every_option in (
             ("--ics-layers", config.ics_layers, config.ics_every, "--ics-every"),

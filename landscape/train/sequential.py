@@ -48,7 +48,7 @@ class SequentialRun:
         # Compiled for training steps only; probes call the eager module through functional_call.
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.instruments = build_instruments(config, self.model, log)  # ICS, activations, ...
-        self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.weight_stats
+        self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.records_weights()
                         else None)
         for instrument in self.instruments:
             self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
