@@ -15,6 +15,7 @@ import click
 
 from .errors import LandscapeError, os_reason
 from .report.build import default_report_path, write_report
+from .report.grid import Facets, parse_band
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
 from .store import read_sweep
@@ -234,10 +235,23 @@ def _summary_table(summaries) -> str:
 @click.option("--smooth", type=int, default=1, show_default=True,
               help="Also draw band edges smoothed over N points (the raw band stays).")
 @click.option("--title", default=None, help="Page title [default: the input file names].")
-def plot(files, out, overwrite, smooth, title):
+@click.option("--band", default="10,90", show_default=True,
+              help="Seed band: LOW,HIGH percent quantiles over seeds (min-max where fewer than "
+                   "5 runs; 0,100: always min-max).")
+@click.option("--color", default=None,
+              help="Axis that colours the faceted figure (model, lr, dropout, batch_size, ...) "
+                   "[default: model].")
+@click.option("--panel", default=None,
+              help="Axis whose values split the faceted figure into panels [default: none].")
+@click.option("--best", type=int, default=None,
+              help="Draw only the K settings with the lowest final test loss (median over "
+                   "seeds) in the training curves and the faceted figure [default: all].")
+def plot(files, out, overwrite, smooth, title, band, color, panel, best):
     """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
+    facets = Facets(color=color, panel=panel, best=best, quantiles=parse_band(band))
     out_path = Path(out) if out else default_report_path(files[0])
-    written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title)
+    written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title,
+                           facets=facets)
     moved = "" if out or written.parent == Path(files[0]).parent else \
         f" (the folder of {files[0]} is not writable)"
     click.echo(f"wrote {written}{moved}")
