@@ -28,7 +28,7 @@ from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_run
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
-from .findings import findings
+from .findings import findings, trains_by_sgd
 from .pools import Pooling, distinct_runs
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
@@ -213,7 +213,7 @@ STABILITY_TEXT = ("Dashed: the stability edge of the runs' optimizer, the β abo
 
 def stability_edge(run: RunData) -> fg.Reference | None:
     """The run's dashed line on the β figure, or None for an optimizer without one."""
-    if str(run.attrs.get("optimizer", "SGD")).upper() != "SGD" or not run.lr > 0:
+    if not trains_by_sgd(run) or not run.lr > 0:
         return None
     mu = float(run.attrs.get("momentum", 0.0) or 0.0)
     if mu == 0:

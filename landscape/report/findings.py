@@ -102,8 +102,14 @@ def _compare(claim: str, without: list[RunData], with_bn: list[RunData], measure
                    f"median {what}: {b:.3g} with BN vs {a:.3g} without ({_window(end)})")
 
 
+def trains_by_sgd(run: RunData) -> bool:
+    """Whether the run's optimizer is (heavy-ball) SGD: ``sgd`` as files name it now, ``SGD``
+    in files written before the optimizer became an axis; a run without the attribute is SGD."""
+    return str(run.attrs.get("optimizer", "sgd")).lower() == "sgd"
+
+
 def _stability_edge(run: RunData) -> float | None:
-    if str(run.attrs.get("optimizer", "SGD")) != "SGD":
+    if not trains_by_sgd(run):
         return None
     return (2.0 + 2.0 * float(run.attrs.get("momentum", 0.0))) / run.lr
 
