@@ -48,7 +48,10 @@ class SequentialRun:
         # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the
         # probe computes g itself, with its own draws (LandscapeProbe.reuse_grad).
         exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
-        self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
+        # Absolute step sizes (the run's LR times --etas): with adam/adamw too, the probe steps
+        # along the raw gradient, theta - eta g, as for SGD (the paper's probe).
+        self.probe = LandscapeProbe(every=config.probe_every,
+                                    etas=tuple(e * lr for e in config.etas), relative=False,
                                     on_record=lambda r: on_probe(0, r), keep=False,
                                     reuse_grad=exact_step,
                                     dtype=PROBE_DTYPES[config.probe_dtype_of(model_name)])
