@@ -15,7 +15,7 @@ from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
 from landscape.train import (AXES, MAX_RUNS_UNASKED, OPTIMIZERS, SweepConfig, build_run,
-                             check_size, load_experiment, run_name, run_sweep)
+                             check_size, grid_mode, load_experiment, run_name, run_sweep)
 
 from conftest import one_cpu_thread
 
@@ -201,3 +201,14 @@ def test_batch_size_keeps_the_order_of_each_epoch():
     fresh = torch.cat([y for _, y in data_mod.BatchStream(data, 16, seed=7).epoch()])
     assert not torch.equal(other, fresh)
     np.testing.assert_array_equal(np.sort(other.numpy()), np.sort(fresh.numpy()))
+
+
+@pytest.mark.parametrize("change,mode", [({}, "batched"), (dict(dropout=0.2), "sequential"),
+                                         (dict(optimizer="adam"), "sequential"),
+                                         (dict(optimizer="adamw"), "sequential")])
+def test_the_batched_grid_takes_only_sgd_runs_without_random_draws(change, mode, one_cpu_thread):
+    """vmap cannot replay dropout masks and BatchedGrid writes SGD's update: such runs of a
+    --grid batched sweep train one after another (their `grid` attribute says so)."""
+    cell = SweepConfig(models=("mlp_bn",), lrs=(0.01, 0.02), width=0.125, grid="batched",
+                       device="cpu", **change)
+    assert grid_mode(cell, "mlp_bn", tiny_data(), torch.device("cpu")) == mode
