@@ -20,7 +20,8 @@ from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cel
                              text_table)
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
-from .train import SweepConfig, load_experiment, merge, out_of_memory, run_sweep
+from .train import (MAX_RUNS_UNASKED, SweepConfig, check_size, load_experiment, merge,
+                    out_of_memory, run_sweep)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -41,6 +42,22 @@ def _float_list(option: str, text: str) -> tuple[float, ...]:
             raise LandscapeError(f"{option}: {item!r} must be a positive, finite number")
         values.append(value)
     return tuple(values)
+
+
+def _axis(option: str, text: str, convert, kind: str):
+    """One value or a comma-separated list of an axis (``--seed 0,1,2``): a single value, or a
+    tuple of them. Only the spelling is checked here; ``SweepConfig.validate`` checks values."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise LandscapeError(f"{option}: {text!r} is not a comma-separated list of {kind}s")
+    values = []
+    for item in items:
+        try:
+            values.append(convert(item))
+        except ValueError:
+            raise LandscapeError(f"{option}: {item!r} is not {'an' if kind[0] in 'aeiou' else 'a'} "
+                                 f"{kind}") from None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _name_list(option: str, text: str) -> tuple[str, ...]:
@@ -67,9 +84,17 @@ def cli():
 @click.option("--lrs", default="0.1", show_default=True, help="Comma-separated learning rates.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per run.")
 @click.option("--steps", type=int, default=None, help="Steps per run (overrides --epochs).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--batch-size", default="128", show_default=True,
+              help="Minibatch size, or a comma-separated list to sweep.")
+@click.option("--momentum", default="0", show_default=True,
+              help="Heavy-ball momentum of --optimizer sgd (a list sweeps).")
+@click.option("--weight-decay", default="0", show_default=True,
+              help="L2 weight decay (decoupled for adamw); a list sweeps.")
+@click.option("--dropout", default="0", show_default=True,
+              help="Dropout rate of the model's dropout layers (mlp*, cnn*, vgg_a*: classifier); "
+                   "0 = none; a list sweeps.")
+@click.option("--optimizer", default="sgd", show_default=True,
+              help="sgd, adam or adamw, or a comma-separated list to sweep.")
 @click.option("--probe-every", type=int, default=100, show_default=True,
               help="Steps between landscape probes.")
 @click.option("--probe-dtype", type=click.Choice(["float32", "float64"]), default=None,
@@ -85,7 +110,8 @@ def cli():
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,
               help="Scale every channel count (0.25 for light CPU runs).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", "--seeds", "seed", default="0", show_default=True,
+              help="Seed (initial weights, minibatch order), or a list: --seeds 0,1,2,3,4.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", default="tf32", show_default=True,
               help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
@@ -120,16 +146,26 @@ def cli():
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
 @click.option("--variant", default=None,
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
-def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, probe_dtype, etas,
-        dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
-        ics_every, ics_layers, activations_every, activation_layers, sharpness_every, sharpness_k,
-        trace_samples, weight_stats, config_file, light, variant):
-    """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
+@click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
+def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
+        probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
+        precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
+        activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
+        light, variant, yes):
+    """Train every model at every learning rate and every value of the listed axes (seed,
+    batch size, momentum, weight decay, dropout, optimizer), probing the landscape; write one
+    HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
-                  epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
-                  weight_decay=weight_decay, probe_every=probe_every, probe_dtype=probe_dtype,
+                  epochs=epochs, steps=steps,
+                  batch_size=_axis("--batch-size", batch_size, int, "integer"),
+                  momentum=_axis("--momentum", momentum, float, "number"),
+                  weight_decay=_axis("--weight-decay", weight_decay, float, "number"),
+                  dropout=_axis("--dropout", dropout, float, "number"),
+                  optimizer=_axis("--optimizer", optimizer, str, "name"),
+                  probe_every=probe_every, probe_dtype=probe_dtype,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
-                  augment=augment, width=width, seed=seed, device=device, precision=precision,
+                  augment=augment, width=width, seed=_axis("--seed", seed, int, "integer"),
+                  device=device, precision=precision,
                   grid=grid, compile=compile_, ics_every=ics_every,
                   ics_layers=ics_layers and _name_list("--ics-layers", ics_layers),
                   activations_every=activations_every,
@@ -150,6 +186,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
     config.validate()
+    check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
         raise LandscapeError(f"{out_path} exists; pass --overwrite to replace it or choose another --out")
@@ -160,7 +197,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     try:
         summaries = run_sweep(config, str(out_path), overwrite=overwrite,
                               command=shlex.join(["landscape"] + sys.argv[1:]),
-                              on_progress=bar.update)
+                              on_progress=bar.update, allow_large=yes)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"interrupted; partial results kept in {out_path}", err=True)

@@ -155,6 +155,7 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                                           "settings; dash: learning rate</sup>",
                                           x_title="epoch (0 = the first pass, as in the file)")),
         facet_section(runs, shown, facets),
+        *[s for s in (mode_section(runs, legend),) if s is not None],  # not in old files
         Section("runs", "5. Runs and provenance",
                 "Diverged runs are flagged with the step at which the loss stopped being "
                 "finite; their non-finite values are masked in every band and marked ✕. "
@@ -424,6 +425,28 @@ def epoch_values(run: RunData, attr: str) -> np.ndarray:
     minibatches: not drawn. Its test values are a full evaluation at that point and stay."""
     values = masked(getattr(run.epochs, attr))
     return np.where(run.epochs.partial, np.nan, values) if attr.startswith("train") else values
+
+
+def mode_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    """4c: train mode vs eval mode on the fixed training subset, for the runs that have it."""
+    runs = [r for r in runs if np.isfinite(r.epochs.train_mode_loss).any()]
+    if not runs:
+        return None
+    curves = [fg.ModeCurve(legend.run_text(r), legend.color(r), r.epochs.epoch,
+                           masked(r.epochs.train_mode_acc), masked(r.epochs.eval_mode_acc),
+                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss))
+              for r in runs]
+    return Section(
+        "modes", "4c. Train mode vs eval mode (batch vs running statistics)",
+        "After each epoch, on a fixed subset of the training set (the same images every epoch, "
+        "at least 1,024, in batches of the run's batch size): loss and accuracy with the model "
+        "in train mode (BatchNorm normalizes each batch by its own statistics; dropout and "
+        "noise off) and in eval mode (BatchNorm uses its running averages), measured without "
+        "changing the model. A network without normalization (and without dropout) computes "
+        "the same in both modes: its gaps are 0. Colour: model and settings.",
+        fg.mode_figure(curves, "Train mode vs eval mode<br><sup>fixed training subset: batch "
+                               "statistics (solid) vs running statistics (dotted)</sup>",
+                       x_title="epoch (0 = the first pass, as in the file)"))
 
 
 QUANTILES = {"5%": 0.05, "50%": 0.5, "95%": 0.95}

@@ -365,6 +365,52 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
     return fig
 
 
+@dataclass(frozen=True)
+class ModeCurve:
+    """One run's per-epoch statistics of a fixed training subset in train and eval mode."""
+
+    label: str
+    color: str
+    epoch: np.ndarray
+    train_mode_acc: np.ndarray
+    eval_mode_acc: np.ndarray
+    train_mode_loss: np.ndarray
+    eval_mode_loss: np.ndarray
+
+
+MODE_PANELS = ("accuracy: train mode (solid), eval mode (dotted)",
+               "loss: train mode (solid), eval mode (dotted)",
+               "accuracy gap: train mode − eval mode", "loss gap: eval mode − train mode")
+
+
+def mode_figure(curves: Sequence[ModeCurve], title: str,
+                x_title: str = "epoch") -> go.Figure:
+    """Train mode vs eval mode: top, each run's accuracy and loss in both modes; bottom,
+    their gaps (0: the running statistics give what the batch statistics give)."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=MODE_PANELS, vertical_spacing=0.14,
+                        horizontal_spacing=0.08)
+    for c in curves:
+        panels = ((1, 1, c.train_mode_acc, "solid", True), (1, 1, c.eval_mode_acc, "dot", False),
+                  (1, 2, c.train_mode_loss, "solid", False),
+                  (1, 2, c.eval_mode_loss, "dot", False),
+                  (2, 1, c.train_mode_acc - c.eval_mode_acc, "solid", False),
+                  (2, 2, c.eval_mode_loss - c.train_mode_loss, "solid", False))
+        for row, col, y, dash, legend in panels:
+            fig.add_trace(_line_trace(Line(c.label, c.color, dash, c.epoch, y), legend),
+                          row=row, col=col)
+    for col in (1, 2):
+        fig.add_hline(y=0, line=dict(color="black", width=1, dash="dash"), row=2, col=col)
+    fig.update_yaxes(**Y_AXIS_STYLE)
+    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
+    few = len(epochs) and epochs.max() - epochs.min() <= 20
+    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
+                      margin=dict(t=110, l=70, r=20, b=50))
+    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
+    if not curves:
+        _no_data(fig)
+    return fig
+
+
 def _no_data(fig: go.Figure) -> None:
     """An explicit note instead of an empty, unexplained panel."""
     fig.add_annotation(text="no data recorded yet", showarrow=False, xref="paper", yref="paper",
