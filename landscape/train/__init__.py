@@ -4,18 +4,23 @@
 ``device`` (device, TF32/bf16, out of memory), ``tasks`` (what a dataset needs of the loop),
 ``instruments`` (the probes a sweep attaches, bound to a run's log), the three trainers --
 ``sequential`` (one eager run, probes as hooks), ``batched`` (the grid as one vmapped model),
-``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``) and
-``sweep`` (``run_sweep``: every model at every learning rate, one HDF5 file).
+``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``),
+``checkpoint`` (a trainer and the loop position, saved and restored), ``signals`` (SIGINT and
+SIGTERM stop at a step boundary) and ``sweep`` (``run_sweep``: every model at every learning
+rate, one HDF5 file; ``resume=True`` continues one).
 """
 
 from .batched import BatchedGrid, GridRuns, supports_batched
-from .config import GRID_MODES, PRECISIONS, SweepConfig
+from .checkpoint import (Checkpoint, Checkpointing, LoopPosition, load_checkpoint, restore,
+                         save_checkpoint)
+from .config import GRID_MODES, PRECISIONS, SweepConfig, resumed_config
 from .device import out_of_memory, resolve_device, training_precision
 from .experiment import load_experiment, merge
 from .loop import Progress, RunSummary, train_runs
 from .sequential import SequentialRun, build_run
 from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns, supports_graphs
-from .sweep import grid_chunks, grid_mode, run_name, run_sweep
+from .signals import SweepInterrupted, stop_on_signals
+from .sweep import grid_chunks, grid_mode, plan_resume, resume_action, run_name, run_sweep
 from .tasks import ClassificationTask, RegressionTask, dln_loss, evaluate, task_for
 
 __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "PRECISIONS",
@@ -23,4 +28,6 @@ __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "
            "train_runs", "SequentialRun", "build_run", "BatchedGrid", "GridRuns",
            "supports_batched", "WARMUP", "CapturedStep", "CapturedProbe", "StreamRuns",
            "supports_graphs", "grid_chunks", "grid_mode", "run_name", "ClassificationTask",
-           "RegressionTask", "dln_loss", "evaluate", "task_for"]
+           "RegressionTask", "dln_loss", "evaluate", "task_for", "Checkpoint", "Checkpointing",
+           "LoopPosition", "load_checkpoint", "restore", "save_checkpoint", "resumed_config",
+           "SweepInterrupted", "stop_on_signals", "plan_resume", "resume_action"]

@@ -8,8 +8,12 @@ grid, or one sequential run after another), splits them into groups that fit in 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,12 +21,16 @@ import torch
 
 from ..data import ImageData, load_dataset
 from ..models import MODELS, build_model
-from ..store import RunLog, SweepStore
+from ..errors import LandscapeError
+from ..store import RunLog, SweepLock, SweepStore, read_sweep, remove_stale_temporaries
 from .batched import GridRuns, supports_batched
-from .config import SweepConfig
+from .checkpoint import (Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints,
+                         load_checkpoint)
+from .config import SweepConfig, resumed_config
 from .device import (effective_precision, free_memory, out_of_memory, resolve_device,
                      training_precision)
 from .loop import Progress, RunState, RunSummary, train_runs
+from .signals import stop_on_signals
 from .sequential import SequentialRun
 from .streams import WARMUP, StreamRuns, supports_graphs
 from .tasks import task_for
@@ -99,13 +107,28 @@ def grid_chunks(mode: str, model_name: str, lrs: Sequence[float], config: SweepC
 
 def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command: str = "",
               on_progress: Callable[[Progress], None] | None = None,
-              data: ImageData | None = None) -> list[RunSummary]:
+              data: ImageData | None = None, resume: bool = False,
+              checkpoint_every: int | None = None,
+              keep_checkpoints: bool = False) -> list[RunSummary]:
     """Train every (model, lr) of ``config`` and write one HDF5 file at ``out``.
 
     All inputs are checked (and the dataset loaded) before the file is created, so a bad
     setting leaves nothing on disk. Diverged runs are recorded and the sweep goes on.
+
+    ``resume``: continue the sweep in ``out`` (``resumed_config``: ``config`` may add models
+    and learning rates, nothing else may differ from the file's). Completed and diverged runs
+    are kept; the others continue from their checkpoint, or start afresh without one; new
+    runs start. Checkpoints (``FILE.checkpoints/``) are saved every ``checkpoint_every`` steps
+    (None: every epoch) and on SIGINT/SIGTERM, which end the sweep with ``SweepInterrupted``;
+    a run's checkpoint is removed when it completes unless ``keep_checkpoints``. A second
+    process writing ``out`` at the same time gets ``LandscapeError`` (a lock beside it).
     """
     config.validate()
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool)
+                                         or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise LandscapeError(f"--checkpoint-every must be a positive integer, got "
+                             f"{checkpoint_every!r}")
     device = resolve_device(config.device)
     if data is None:
         data = load_dataset(config.dataset, config.data_root)
@@ -116,37 +139,171 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                                             config.augment).steps_per_epoch
     precision = effective_precision(config.precision, device)
     source = dataset_file(data)
-    store = SweepStore(out, config={**asdict(config), "resolved_device": str(device),
-                                    "torch_version": torch.__version__,
-                                    "dataset_name": data.name, **source},
-                       command=command, overwrite=overwrite)
-    summaries: list[RunSummary] = []
-    with training_precision(config.precision, device) as autocast:
-        for model_name in config.models:
-            mode = grid_mode(config, model_name, data, device)
-            groups = ([[lr] for lr in config.lrs] if mode == "sequential"
-                      else grid_chunks(mode, model_name, config.lrs, config, data, device,
-                                       autocast))
-            for lrs in groups:
-                run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
-                runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs),
-                                           precision, steps_per_epoch, data.name, source), lr)
-                        for lr in lrs]
+    with SweepLock(out):  # before anything is read or written: one writer at a time
+        remove_stale_temporaries(Path(out))
+        if resume:
+            store = SweepStore.reopen(out)
+            config = resumed_config(_stored_config(store, out), asdict(config), out, source)
+            plan = plan_resume(config, store.run_attrs, find_checkpoints(out), device)
+        else:
+            if overwrite:  # checkpoints of a sweep this file replaces are not this sweep's
+                _remove_checkpoints(out)
+            plan = None
+        file_config = {**asdict(config), "resolved_device": str(device),
+                       "torch_version": torch.__version__, "dataset_name": data.name, **source}
+        if resume:
+            store.truncate(plan.truncate)
+            resumed = json.loads(store.attrs.get("resumed", "[]")) + [
+                {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+            store.set_root_attrs(config=file_config, resumed=resumed)
+        else:
+            store = SweepStore(out, config=file_config, command=command, overwrite=overwrite)
+        runs_total = len(config.models) * len(config.lrs)
+        summaries: dict[str, RunSummary] = {}
+        with stop_on_signals() as stop, training_precision(config.precision, device) as autocast:
+            for model_name in config.models:
+                stop.check()
+                for lrs, mode, checkpoint in _groups(config, model_name, plan, data, device,
+                                                     autocast):
+                    stop.check()
+                    names = [run_name(model_name, lr, config.seed) for lr in lrs]
+                    done = {n for n in names if plan is not None and n in plan.kept}
+                    runs = [RunState(RunLog(n, np.asarray(config.etas) * lr), lr, done=True)
+                            if n in done else
+                            RunState(_open_run(store, config, model_name, lr, mode, len(lrs),
+                                               precision, steps_per_epoch, data.name, source), lr)
+                            for n, lr in zip(names, lrs)]
 
-                def on_probe(k, record, runs=runs):
-                    runs[k].betas.append(record.beta)
-                    runs[k].log.add_probe(record)
+                    def on_probe(k, record, runs=runs):
+                        runs[k].betas.append(record.beta)
+                        runs[k].log.add_probe(record)
 
-                trainer = make_trainer(run_mode, model_name, lrs, config, data, device,
-                                       on_probe, runs[0].log, autocast)
-                label = runs[0].log.name if len(runs) == 1 else \
-                    f"{model_name} x{len(runs)} lrs ({run_mode})"
-                seconds = train_runs(trainer, runs, config, data, device,
-                                     lambda runs=runs: store.flush(*(r.log for r in runs)),
-                                     on_progress, label, len(summaries),
-                                     len(config.models) * len(config.lrs), autocast)
-                summaries += [_summary(model_name, run, seconds) for run in runs]
-    return summaries
+                    trainer = make_trainer(mode, model_name, lrs, config, data, device,
+                                           on_probe, runs[0].log, autocast)
+                    label = runs[0].log.name if len(runs) == 1 else \
+                        f"{model_name} x{len(runs)} lrs ({mode})"
+                    start = None if checkpoint is None else load_checkpoint(checkpoint, device)
+                    checkpointing = Checkpointing(checkpoint_path(out, names), checkpoint_every,
+                                                  keep_checkpoints)
+                    seconds = train_runs(
+                        trainer, runs, config, data, device,
+                        lambda runs=runs: store.flush(*(r.log for r in runs if not r.done)),
+                        on_progress, label, len(summaries), runs_total, autocast,
+                        checkpointing=checkpointing, start=start, stop=stop)
+                    summaries.update({r.log.name: _summary(model_name, r, seconds)
+                                      for r in runs if not r.done})
+        if plan is not None and plan.kept:
+            kept = {r.name: r for r in read_sweep(out).runs if r.name in plan.kept}
+            summaries.update({name: _kept_summary(run) for name, run in kept.items()})
+        with contextlib.suppress(OSError):  # empty once every run completed: no clutter left
+            checkpoint_dir(out).rmdir()
+    order = [run_name(m, lr, config.seed) for m in config.models for lr in config.lrs]
+    return [summaries[name] for name in order if name in summaries]
+
+
+@dataclass
+class ResumePlan:
+    """What ``--resume`` does with each run of the sweep (``plan_resume``)."""
+
+    kept: set[str] = field(default_factory=set)  # completed or diverged: left as they are
+    continued: dict[Path, list[str]] = field(default_factory=dict)  # checkpoint -> its runs
+    fresh: set[str] = field(default_factory=set)  # not in the file, or without a checkpoint
+    modes: dict[Path, str] = field(default_factory=dict)  # checkpoint -> the trainer it fits
+    truncate: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> rows it keeps
+
+
+def resume_action(status: str | None, has_checkpoint: bool) -> str:
+    """What a resumed sweep does with one run: ``keep`` (completed, diverged), ``continue``
+    (running, interrupted or failed, with a checkpoint), ``fresh`` (never started, or no
+    checkpoint: its rows are dropped and it starts again)."""
+    if status in ("completed", "diverged"):
+        return "keep"
+    if status is not None and has_checkpoint:
+        return "continue"
+    return "fresh"
+
+
+def plan_resume(config: SweepConfig, run_attrs: dict[str, dict],
+                checkpoints: dict[str, Path], device: torch.device) -> ResumePlan:
+    """Decide, run by run (by name), what a resumed sweep does; read every checkpoint's row
+    counts. A checkpoint holding several runs (a grid) continues them together, in the
+    trainer it was saved from (the runs' ``grid`` attribute)."""
+    plan = ResumePlan()
+    names = {run_name(m, lr, config.seed) for m in config.models for lr in config.lrs}
+    for name in sorted(names):
+        status = run_attrs.get(name, {}).get("status")
+        action = resume_action(status, name in checkpoints)
+        if action == "keep":
+            plan.kept.add(name)
+        elif action == "continue":
+            plan.continued.setdefault(checkpoints[name], [])
+        else:
+            plan.fresh.add(name)
+            if name in run_attrs:
+                plan.truncate[name] = {}  # starts again: none of its rows stay
+    for path in list(plan.continued):
+        checkpoint = load_checkpoint(path)
+        stray = set(checkpoint.runs) - names
+        if stray:
+            raise LandscapeError(f"checkpoint {path} holds runs the sweep does not list: "
+                                 f"{', '.join(sorted(stray))}")
+        plan.continued[path] = checkpoint.runs
+        mode = run_attrs.get(checkpoint.runs[0], {}).get("grid", "sequential")
+        plan.modes[path] = mode if mode == "streams" or len(checkpoint.runs) > 1 else "sequential"
+        if plan.modes[path] == "streams" and device.type != "cuda":
+            raise LandscapeError(f"checkpoint {path} holds CUDA-graph runs (--grid streams): "
+                                 "resume them on a GPU")
+        plan.truncate.update({n: checkpoint.rows.get(n, {}) for n in checkpoint.runs
+                              if n not in plan.kept})
+    return plan
+
+
+def _groups(config: SweepConfig, model_name: str, plan: ResumePlan | None, data, device,
+            autocast) -> list[tuple[list[float], str, Path | None]]:
+    """(learning rates, trainer mode, checkpoint to continue from) of each trainer of a model:
+    the groups of continued checkpoints first, then the fresh runs, grouped to fit in memory."""
+    lr_of = {run_name(model_name, lr, config.seed): lr for lr in config.lrs}
+    groups: list[tuple[list[float], str, Path | None]] = []
+    fresh = list(config.lrs)
+    if plan is not None:
+        for path, names in plan.continued.items():
+            if names[0] in lr_of:
+                groups.append(([lr_of[n] for n in names], plan.modes[path], path))
+        fresh = [lr for n, lr in lr_of.items() if n in plan.fresh]
+    if fresh:
+        mode = grid_mode(config, model_name, data, device)
+        chunks = ([[lr] for lr in fresh] if mode == "sequential"
+                  else grid_chunks(mode, model_name, fresh, config, data, device, autocast))
+        groups += [(lrs, mode if mode == "streams" or len(lrs) > 1 else "sequential", None)
+                   for lrs in chunks]
+    return groups
+
+
+def _stored_config(store: SweepStore, out) -> dict:
+    try:
+        return json.loads(store.attrs.get("config", ""))
+    except json.JSONDecodeError:
+        raise LandscapeError(f"{out}: its config attribute is not JSON; it cannot be resumed") \
+            from None
+
+
+def _remove_checkpoints(out) -> None:
+    folder = checkpoint_dir(out)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file():
+                path.unlink()
+        folder.rmdir()
+
+
+def _kept_summary(run) -> RunSummary:
+    """The summary line of a run the file holds complete (a resumed sweep kept it)."""
+    betas = run.probe.beta
+    median_beta = float(np.nanmedian(betas)) if np.isfinite(betas).any() else math.nan
+    acc = float(run.epochs.test_acc[-1]) if run.status == "completed" and len(run.epochs.test_acc) \
+        else math.nan
+    return RunSummary(run.name, run.model, run.lr, run.status, int(run.steps_completed or 0), acc,
+                      median_beta, float(run.seconds), run.diverged_step)
 
 
 def dataset_file(data) -> dict[str, str]:
