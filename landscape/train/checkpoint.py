@@ -26,6 +26,7 @@ as it trains and continues from one.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,16 +89,21 @@ def save_checkpoint(path: str | os.PathLike, trainer, position: LoopPosition,
     state = {"format": FORMAT, "runs": list(runs), "rows": rows, "position": asdict(position),
              "trainer": trainer.state_dict(), "rng": rng_states()}
 
+    # Serialized in memory, written by Python: a failed write is an OSError with its errno
+    # (torch's own file writer reports ENOSPC as an "unexpected pos" RuntimeError).
+    serialized = io.BytesIO()
+    torch.save(state, serialized)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(serialized.getbuffer())
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(path, write, copy=False)
-    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
-        reason = os_reason(error) if isinstance(error, OSError) else str(error).splitlines()[0]
-        raise LandscapeError(f"cannot write checkpoint {path}: {reason}") from None
+    except OSError as error:
+        raise LandscapeError(f"cannot write checkpoint {path}: {os_reason(error)}; the sweep "
+                             "file keeps every row it had") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
