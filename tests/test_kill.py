@@ -72,21 +72,22 @@ def reference(tmp_path_factory, npz):
     return make
 
 
-def inode(path: Path) -> int | None:
+def version(path: Path) -> tuple[int, int] | None:
+    """Which version of the file is there: a commit makes a new inode (and a new mtime)."""
     try:
-        return os.stat(path).st_ino
+        stat = os.stat(path)
     except FileNotFoundError:
         return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def wait_commits(path: Path, proc: subprocess.Popen, commits: int) -> bool:
-    """Wait until the file was replaced ``commits`` times (each commit is a new inode), or the
-    process ended (False)."""
-    seen = inode(path)
+    """Wait until the file was written ``commits`` times, or the process ended (False)."""
+    seen = version(path)
     while commits > 0:
         if proc.poll() is not None:
             return False
-        now = inode(path)
+        now = version(path)
         if now != seen:
             seen, commits = now, commits - 1
         time.sleep(0.002)
@@ -125,10 +126,11 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
     started = time.perf_counter()
     while True:
         proc = start(first if sessions == 0 else
-                     ["run", "--resume", str(out), "--checkpoint-every", "2"], pause=0.01)
+                     ["run", "--resume", str(out), "--checkpoint-every", "2"], pause=0.02)
         sessions += 1
         if kills < KILLS and wait_commits(out, proc, rng.randint(1, 3)):
-            time.sleep(rng.uniform(0.0, 0.2))
+            # Half the kills right after a commit (where the checkpoint is written), half later.
+            time.sleep(rng.uniform(0.0, 0.03 if rng.random() < 0.5 else 0.2))
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
             if proc.returncode != -signal.SIGKILL:
