@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sweep_args(npz: Path, steps: int) -> list[str]:
     return ["run", "--dataset", str(npz), "--models", "vgg_a_bn", "--lrs", "0.05,0.1",
-            "--width", "0.125", "--steps", str(steps), "--batch-size", "16", "--probe-every", "5",
+            "--width", "0.0625", "--steps", str(steps), "--batch-size", "16", "--probe-every", "5",
             "--momentum", "0.9", "--augment", "--device", "cpu", "--grid", "sequential"]
 
 
@@ -181,15 +181,17 @@ def test_sigterm_checkpoints_marks_interrupted_and_says_how_to_resume(tmp_path, 
 def test_second_process_on_the_same_file_is_refused_and_the_first_unharmed(tmp_path, npz,
                                                                            reference):
     out = tmp_path / "sweep.h5"
-    # Commits slowed down (1.5 s each): the first is still writing when the others start.
-    first = start(sweep_args(npz, 24) + ["--out", str(out)], pause=1.5)
-    assert wait_commits(out, first, 1)
-    others = [start(args) for args in (["run", "--resume", str(out)],
-                                       sweep_args(npz, 24) + ["--out", str(out), "--overwrite"])]
-    for second in others:
-        _, err = second.communicate()
-        assert second.returncode == 2 and "in use by another sweep" in one_error_line(err)
-    assert first.poll() is None  # the refusals came while it was writing
+    first = start(sweep_args(npz, 24) + ["--out", str(out)])
+    assert wait_commits(out, first, 2)
+    first.send_signal(signal.SIGSTOP)  # held where it is, lock and all, while the others try
+    try:
+        for args in (["run", "--resume", str(out)],
+                     sweep_args(npz, 24) + ["--out", str(out), "--overwrite"]):
+            second = start(args)
+            _, err = second.communicate()
+            assert second.returncode == 2 and "in use by another sweep" in one_error_line(err)
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, err = first.communicate()
     assert first.returncode == 0, err
     assert_same_sweep(out, reference(24))
@@ -229,10 +231,10 @@ def test_failing_write_is_one_line_and_the_file_keeps_its_rows(tmp_path, npz, re
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_full_disk_is_one_line_and_the_file_keeps_its_rows(tmp_path, npz, reference):
-    """A real ENOSPC: the sweep on a 3 MiB tmpfs fills it."""
+    """A real ENOSPC: the sweep on a 1 MiB tmpfs fills it."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:

@@ -28,12 +28,12 @@ from resume_util import assert_same_sweep, assert_whole, tiny_data
 # sharpness (warm-started Lanczos), weight statistics; 40 steps = two epochs of 16 and a
 # partial third.
 INSTRUMENTED = SweepConfig(models=("vgg_a_noisy_bn",), lrs=(0.05,), steps=40, batch_size=16,
-                           probe_every=10, dataset="cifar10-mini", width=0.125, device="cpu",
+                           probe_every=10, dataset="cifar10-mini", width=0.0625, device="cpu",
                            augment=True, momentum=0.9, ics_every=10, activations_every=10,
                            sharpness_every=20, weight_stats=True)
 # Two sequential runs, one after the other.
 SEQUENTIAL = SweepConfig(models=("vgg_a_bn",), lrs=(0.05, 0.1), steps=24, batch_size=16,
-                         probe_every=5, dataset="cifar10-mini", width=0.125, device="cpu",
+                         probe_every=5, dataset="cifar10-mini", width=0.0625, device="cpu",
                          augment=True, momentum=0.9, grid="sequential")
 # The learning rates as one vmapped grid (no instruments there).
 BATCHED = dataclasses.replace(SEQUENTIAL, grid="batched")

@@ -123,7 +123,8 @@ class SweepLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as error:
-            raise LandscapeError(f"cannot lock {self.path}: {os_reason(error)}") from None
+            raise LandscapeError(f"cannot write {self.sweep_path}: {os_reason(error)} (taking its "
+                                 f"lock {self.path.name})") from None
         self._fd = fd
         return self
 

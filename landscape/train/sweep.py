@@ -146,7 +146,7 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
             config = resumed_config(_stored_config(store, out), asdict(config), out, source)
             plan = plan_resume(config, store.run_attrs, find_checkpoints(out), device)
         else:
-            if overwrite:  # checkpoints of a sweep this file replaces are not this sweep's
+            if overwrite or not Path(out).exists():  # checkpoints there are another sweep's
                 _remove_checkpoints(out)
             plan = None
         file_config = {**asdict(config), "resolved_device": str(device),
@@ -188,7 +188,8 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                     seconds = train_runs(
                         trainer, runs, config, data, device,
                         lambda runs=runs: store.flush(*(r.log for r in runs if not r.done)),
-                        on_progress, label, len(summaries), runs_total, autocast,
+                        on_progress, label, len(summaries) + len(plan.kept if plan else ()),
+                        runs_total, autocast,
                         checkpointing=checkpointing, start=start, stop=stop)
                     summaries.update({r.log.name: _summary(model_name, r, seconds)
                                       for r in runs if not r.done})
