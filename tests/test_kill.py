@@ -1,8 +1,9 @@
 """Hard stops of a real ``python -m landscape run``: kill -9, SIGTERM, a write that fails.
 
-The stress test kills the sweep at random instants, again and again -- inside training steps,
-inside the file's commits and inside checkpoint writes (``LANDSCAPE_WRITE_PAUSE`` stretches
-those so that random kills land there often) -- while a reader polls the file. After each
+The stress test kills the sweep again and again, after 1-3 checkpoints, in turn: as soon as a
+commit of the file has begun, as soon as a checkpoint write has begun (``LANDSCAPE_WRITE_PAUSE``
+stretches both, so the kill lands inside them), or at a random instant -- while a reader polls
+the file. After each
 kill the file must open with h5py with no torn row, ``landscape info`` and ``landscape plot``
 must read it, and ``--resume`` goes on; the final file must equal the uninterrupted sweep.
 ``LANDSCAPE_STRESS_KILLS`` sets the number of kills (5 by default; 30 or more by hand).
@@ -81,17 +82,30 @@ def version(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def wait_commits(path: Path, proc: subprocess.Popen, commits: int) -> bool:
-    """Wait until the file was written ``commits`` times, or the process ended (False)."""
-    seen = version(path)
-    while commits > 0:
+def wait_for(condition, proc: subprocess.Popen) -> bool:
+    """Poll until ``condition()``, or until the process ended (False)."""
+    while not condition():
         if proc.poll() is not None:
             return False
-        now = version(path)
-        if now != seen:
-            seen, commits = now, commits - 1
-        time.sleep(0.002)
+        time.sleep(0.001)
     return True
+
+
+def wait_commits(path: Path, proc: subprocess.Popen, commits: int) -> bool:
+    """Wait until the file was written ``commits`` times, or the process ended (False)."""
+    seen = [version(path)]
+
+    def committed() -> bool:
+        now = version(path)
+        if now != seen[-1]:
+            seen.append(now)
+        return len(seen) > commits
+
+    return wait_for(committed, proc)
+
+
+def checkpoints_of(out: Path) -> dict:
+    return {p.name: version(p) for p in checkpoint_dir(out).glob("*.pt")}
 
 
 class Poller(threading.Thread):
@@ -128,9 +142,21 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
         proc = start(first if sessions == 0 else
                      ["run", "--resume", str(out), "--checkpoint-every", "2"], pause=0.02)
         sessions += 1
-        if kills < KILLS and wait_commits(out, proc, rng.randint(1, 3)):
-            # Half the kills right after a commit (where the checkpoint is written), half later.
-            time.sleep(rng.uniform(0.0, 0.03 if rng.random() < 0.5 else 0.2))
+        # Training goes on for 1-3 checkpoints, then the kill comes, in turn: as soon as a
+        # commit of the file or a checkpoint write has begun (its temporary file is there), or
+        # at a random instant.
+        where = ("commit", "checkpoint", "anywhere")[kills % 3]
+        seen = [checkpoints_of(out)]
+
+        def checkpointed(times=rng.randint(1, 3)) -> bool:
+            if checkpoints_of(out) != seen[-1]:
+                seen.append(checkpoints_of(out))
+            return len(seen) > times
+
+        writing = {"commit": lambda: any(tmp_path.glob(f".{out.name}.tmp-*")),
+                   "checkpoint": lambda: any(checkpoint_dir(out).glob(".*.tmp-*")),
+                   "anywhere": lambda: time.sleep(rng.uniform(0.0, 0.2)) or True}[where]
+        if kills < KILLS and wait_for(checkpointed, proc) and wait_for(writing, proc):
             proc.send_signal(signal.SIGKILL)
             proc.communicate()
             if proc.returncode != -signal.SIGKILL:
@@ -154,6 +180,7 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
           f"checkpoint write), {sessions} sessions, {poller.reads} reads while writing, "
           f"{time.perf_counter() - started:.0f} s")
     assert kills >= KILLS
+    assert KILLS < 3 or (in_commit and in_checkpoint)  # kills did land inside both writes
     assert poller.failure is None, poller.failure
     assert poller.reads > 0
     assert_same_sweep(out, reference(steps))

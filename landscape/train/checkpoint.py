@@ -170,6 +170,16 @@ def checkpoint_path(sweep_path: str | os.PathLike, runs: list[str]) -> Path:
     return checkpoint_dir(sweep_path) / f"{runs[0]}{more}{SUFFIX}"
 
 
+def checkpoint_header(path: str | os.PathLike) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """A checkpoint's runs and file row counts, read without loading its tensors (mmap)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return list(state["runs"]), state["rows"]
+    except (OSError, RuntimeError, EOFError, KeyError) as error:
+        raise LandscapeError(f"cannot read checkpoint {path}: "
+                             f"{str(error).splitlines()[0] if str(error) else error}") from None
+
+
 def find_checkpoints(sweep_path: str | os.PathLike) -> dict[str, Path]:
     """Run name -> the checkpoint holding it, for every checkpoint beside a sweep file (call
     with the sweep's lock held: temporary files of a killed writer are removed)."""
@@ -180,10 +190,5 @@ def find_checkpoints(sweep_path: str | os.PathLike) -> dict[str, Path]:
     for tmp in folder.glob(f".*{SUFFIX}.tmp-*"):  # a killed writer's: never a checkpoint
         tmp.unlink(missing_ok=True)
     for path in sorted(folder.glob(f"*{SUFFIX}")):
-        try:
-            runs = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["runs"]
-        except (OSError, RuntimeError, EOFError, KeyError) as error:
-            raise LandscapeError(f"cannot read checkpoint {path}: "
-                                 f"{str(error).splitlines()[0] if str(error) else error}") from None
-        found.update({name: path for name in runs})
+        found.update({name: path for name in checkpoint_header(path)[0]})
     return found

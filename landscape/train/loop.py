@@ -84,7 +84,8 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
         position = restore(trainer, start)
         stream.load_state_dict(position.stream)
         for run, kept in zip(runs, position.runs, strict=True):
-            run.status, run.steps, run.diverged_step = kept["status"], kept["steps"], kept["diverged_step"]
+            run.status, run.steps, run.diverged_step = (kept["status"], kept["steps"],
+                                                        kept["diverged_step"])
             run.test_acc, run.betas = kept["test_acc"], list(kept["betas"])
     alive = [not run.done and (start is None or kept["alive"])
              for run, kept in zip(runs, position.runs or [{}] * len(runs))]

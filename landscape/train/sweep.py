@@ -24,8 +24,8 @@ from ..models import MODELS, build_model
 from ..errors import LandscapeError
 from ..store import RunLog, SweepLock, SweepStore, read_sweep, remove_stale_temporaries
 from .batched import GridRuns, supports_batched
-from .checkpoint import (Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints,
-                         load_checkpoint)
+from .checkpoint import (Checkpointing, checkpoint_dir, checkpoint_header, checkpoint_path,
+                         find_checkpoints, load_checkpoint)
 from .config import SweepConfig, resumed_config
 from .device import (effective_precision, free_memory, out_of_memory, resolve_device,
                      training_precision)
@@ -153,6 +153,8 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
                        "torch_version": torch.__version__, "dataset_name": data.name, **source}
         if resume:
             store.truncate(plan.truncate)
+            for path in plan.finished if not keep_checkpoints else ():
+                path.unlink(missing_ok=True)
             resumed = json.loads(store.attrs.get("resumed", "[]")) + [
                 {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
             store.set_root_attrs(config=file_config, resumed=resumed)
@@ -211,6 +213,7 @@ class ResumePlan:
     fresh: set[str] = field(default_factory=set)  # not in the file, or without a checkpoint
     modes: dict[Path, str] = field(default_factory=dict)  # checkpoint -> the trainer it fits
     truncate: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> rows it keeps
+    finished: set[Path] = field(default_factory=set)  # checkpoints of completed runs only
 
 
 def resume_action(status: str | None, has_checkpoint: bool) -> str:
@@ -243,19 +246,20 @@ def plan_resume(config: SweepConfig, run_attrs: dict[str, dict],
             if name in run_attrs:
                 plan.truncate[name] = {}  # starts again: none of its rows stay
     for path in list(plan.continued):
-        checkpoint = load_checkpoint(path)
-        stray = set(checkpoint.runs) - names
+        runs, rows = checkpoint_header(path)
+        stray = set(runs) - names
         if stray:
             raise LandscapeError(f"checkpoint {path} holds runs the sweep does not list: "
                                  f"{', '.join(sorted(stray))}")
-        plan.continued[path] = checkpoint.runs
-        mode = run_attrs.get(checkpoint.runs[0], {}).get("grid", "sequential")
-        plan.modes[path] = mode if mode == "streams" or len(checkpoint.runs) > 1 else "sequential"
+        plan.continued[path] = runs
+        mode = run_attrs.get(runs[0], {}).get("grid", "sequential")
+        plan.modes[path] = mode if mode == "streams" or len(runs) > 1 else "sequential"
         if plan.modes[path] == "streams" and device.type != "cuda":
             raise LandscapeError(f"checkpoint {path} holds CUDA-graph runs (--grid streams): "
                                  "resume them on a GPU")
-        plan.truncate.update({n: checkpoint.rows.get(n, {}) for n in checkpoint.runs
-                              if n not in plan.kept})
+        plan.truncate.update({n: rows.get(n, {}) for n in runs if n not in plan.kept})
+    # Checkpoints of runs all complete (a kill came between their last flush and the removal).
+    plan.finished = set(checkpoints.values()) - set(plan.continued)
     return plan
 
 
