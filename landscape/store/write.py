@@ -217,6 +217,7 @@ class RunLog:
         self.rows_in_file: dict[str, int] = {}
         self._written: dict[str, dict[str, int]] = {}  # rows the pending commit takes
         self._counted: dict[str, int] = {}
+        self.dirty = True  # holds something the file has not: a flush must commit
 
     def declare(self, group: str, fields: dict[str, tuple[Any, tuple]],
                 constants: dict[str, Any] | None = None) -> None:
@@ -236,6 +237,7 @@ class RunLog:
                              "not described in landscape/store/schema.py")
         self._extra[group] = ({f: (np.dtype(d), tuple(shape)) for f, (d, shape) in fields.items()},
                               dict(constants or {}))
+        self.dirty = True
         self._rows[group] = {f: [] for f in fields}
 
     def append(self, group: str, **row) -> None:
@@ -246,15 +248,18 @@ class RunLog:
                              f"got {sorted(row)}")
         for f, (dtype, shape) in fields.items():
             self._rows[group][f].append(np.asarray(row[f], dtype=dtype).reshape(shape))
+        self.dirty = True
 
     def add_steps(self, **columns) -> None:
         """Append steps: each of STEP_FIELDS as an equal-length 1-D array."""
         for f in STEP_FIELDS:
             self._rows["steps"][f].extend(np.asarray(columns[f]).reshape(-1).tolist())
+        self.dirty = True
 
     def add_epoch(self, **values) -> None:
         for f in EPOCH_FIELDS:
             self._rows["epochs"][f].append(values[f])
+        self.dirty = True
 
     def add_probe(self, record) -> None:
         """Append a ``probes.LandscapeRecord`` taken on this run's eta grid."""
@@ -262,6 +267,7 @@ class RunLog:
             raise ValueError(f"run {self.name}: probe etas {record.eta} differ from {self.eta}")
         for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS:
             self._rows["probe"][f].append(getattr(record, f))
+        self.dirty = True
         # Records without the split by layer (made elsewhere, or older) store none.
         layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
                   else ())
@@ -281,6 +287,7 @@ class RunLog:
         if "status" in attrs and attrs["status"] not in STATUSES:
             raise ValueError(f"unknown status {attrs['status']!r}")
         self._attrs.update(attrs)
+        self.dirty = True
 
     def _write(self, root: h5py.Group) -> None:
         if f"runs/{self.name}" not in root:
@@ -306,6 +313,7 @@ class RunLog:
                 del self._rows[group_name][f][:n]
         self._written = {}
         self.rows_in_file = self._counted
+        self.dirty = False
 
     def _array(self, group: str, field: str, values) -> np.ndarray:
         if group in self._extra:
@@ -432,8 +440,11 @@ class SweepStore:
                                  "row of its last flush") from None
 
     def flush(self, *logs: RunLog) -> None:
-        """Append the buffered rows of ``logs`` (all runs when none given) in one commit."""
-        logs = logs or tuple(self.runs.values())
+        """Append the buffered rows of ``logs`` (all runs when none given) in one commit; none
+        when they hold nothing new (a commit copies the file)."""
+        logs = tuple(log for log in logs or self.runs.values() if log.dirty)
+        if not logs:
+            return
 
         def write(f: h5py.File) -> None:
             for log in logs:
