@@ -223,3 +223,24 @@ def test_resume_decides_by_status_and_checkpoint():
     assert [resume_action(s, True) for s in ("running", "interrupted", "failed")] == \
         ["continue"] * 3
     assert resume_action("interrupted", False) == "fresh" and resume_action(None, False) == "fresh"
+
+
+def test_failed_run_continues_from_its_end_of_epoch_checkpoint(tmp_path, data, references):
+    """An error at step 20 (no checkpoint of its own): the run is ``failed``, its last
+    checkpoint the one after epoch 0's evaluation; resumed from there, rows 16-19 dropped."""
+    out = tmp_path / "sweep.h5"
+
+    def crash(p):
+        if p.step == 20:
+            raise RuntimeError("a crash at step 20")
+
+    with one_cpu_thread(), pytest.raises(RuntimeError, match="step 20"):
+        run_sweep(INSTRUMENTED, str(out), data=data, on_progress=crash)
+    with h5py.File(out, "r") as f:
+        assert f["runs/vgg_a_noisy_bn-lr0.05-seed0"].attrs["status"] == "failed"
+    (path,) = checkpoint_dir(out).iterdir()
+    assert load_checkpoint(path).position.step == 16 and assert_whole(out) == {
+        "vgg_a_noisy_bn-lr0.05-seed0": 20}
+    with one_cpu_thread():
+        run_sweep(INSTRUMENTED, str(out), data=data, resume=True)
+    assert_same_sweep(out, references(INSTRUMENTED))
