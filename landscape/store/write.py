@@ -145,9 +145,7 @@ class RunLog:
         layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
                   else ())
         if self.probe_layers is None:  # the first record fixes whether the split is stored
-            self.probe_layers = layers
-            if layers:
-                self._rows["probe"].update({f: [] for f in PROBE_LAYER_FIELDS})
+            self._set_probe_layers(layers)
         if layers != self.probe_layers:
             raise ValueError(f"run {self.name}: probe layers {layers} differ from "
                              f"{self.probe_layers}")
@@ -155,11 +153,49 @@ class RunLog:
             for f in PROBE_LAYER_FIELDS:
                 self._rows["probe"][f].append(getattr(record, f))
 
+    def _set_probe_layers(self, layers: tuple[str, ...]) -> None:
+        self.probe_layers = layers
+        if layers:
+            self._rows["probe"].update({f: [] for f in PROBE_LAYER_FIELDS})
+
     def set_attrs(self, **attrs) -> None:
         """Run attributes (status, diverged_step, ...) written at the next flush."""
         if "status" in attrs and attrs["status"] not in STATUSES:
             raise ValueError(f"unknown status {attrs['status']!r}")
         self._attrs.update(attrs)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The run's attributes as last set (a copy): ``status``, ``steps_completed``, ..."""
+        return dict(self._attrs)
+
+    def take_pending(self) -> dict:
+        """The rows buffered since the last take, handed over (the buffers empty), with the
+        run's attributes and declarations so far: a log kept in another process (a Ray
+        worker's) replays them into the writer's log with ``absorb``. Plain data: picklable."""
+        rows = {group: {f: values for f, values in columns.items() if values}
+                for group, columns in self._rows.items()}
+        for columns in self._rows.values():
+            for f in columns:
+                columns[f] = []
+        return {"name": self.name, "eta": self.eta, "attrs": dict(self._attrs),
+                "extra": dict(self._extra), "probe_layers": self.probe_layers, "rows": rows}
+
+    def absorb(self, pending: dict) -> None:
+        """Replay ``take_pending``'s block: its declarations, rows and attributes, as if the
+        calls that made them had been made on this log."""
+        if pending["name"] != self.name or not np.array_equal(pending["eta"], self.eta):
+            raise ValueError(f"rows of run {pending['name']!r} replayed into run {self.name!r}")
+        for group, (fields, constants) in pending["extra"].items():
+            if group not in self._extra:
+                self._extra[group] = (fields, constants)
+                self._rows[group] = {f: [] for f in fields}
+        if pending["probe_layers"] is not None and self.probe_layers is None:
+            self._set_probe_layers(pending["probe_layers"])
+        for group, columns in pending["rows"].items():
+            for f, values in columns.items():
+                self._rows[group][f].extend(values)
+        self._attrs.update(pending["attrs"])
 
     def _write(self, root: h5py.Group) -> None:
         if f"runs/{self.name}" not in root:
@@ -263,6 +299,14 @@ class SweepStore:
         self.runs[name] = log
         self.flush(log)
         return log
+
+    def forget(self, name: str) -> None:
+        """Remove run ``name`` from the file and from this store (its rows are gone): a run
+        trained again from its start replaces it."""
+        self.runs.pop(name, None)
+        with h5py.File(self.path, "a") as f:
+            if f"runs/{name}" in f:
+                del f[f"runs/{name}"]
 
     def flush(self, *logs: RunLog) -> None:
         """Append the buffered rows of ``logs`` (all runs when none given) and close the file."""
