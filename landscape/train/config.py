@@ -74,8 +74,11 @@ class SweepConfig:
         return bool(self.ics_every or self.activations_every or self.sharpness_every
                     or self.weight_stats)
 
-    def validate(self) -> None:
-        """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
+    def validate(self, on_gpu: bool | None = None) -> None:
+        """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk.
+
+        ``on_gpu``: whether the runs train on a GPU; None: where ``device`` resolves here
+        (a Ray sweep's workers, not the driver, say where its runs train)."""
         def known_model(name):
             if name not in MODELS:
                 raise LandscapeError(f"unknown model {name!r} in --models; choose from "
@@ -115,7 +118,11 @@ class SweepConfig:
         if self.grid == "streams" and "float64" in map(self.probe_dtype_of, self.models):
             raise LandscapeError("--grid streams records float32 probes in CUDA graphs: with "
                                  "--probe-dtype float64 use --grid sequential or batched")
-        on_gpu = resolve_device(self.device).type == "cuda"
+        if on_gpu is None:
+            on_gpu = resolve_device(self.device).type == "cuda"
+        elif self.device not in ("auto", "cpu", "cuda"):  # cuda:N names a GPU of this machine
+            raise LandscapeError(f"--device {self.device!r} on Ray workers: choose auto, cpu or "
+                                 "cuda (Ray gives each task its own GPUs)")
         if not on_gpu and self.grid == "streams":
             raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
                                  "(--device cuda); use --grid sequential or batched here")

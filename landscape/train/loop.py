@@ -30,6 +30,7 @@ class RunSummary:
     median_beta: float
     seconds: float
     diverged_step: int | None = None
+    error: str | None = None  # why a failed run failed (a Ray sweep goes on past it)
 
 
 @dataclass
@@ -43,6 +44,9 @@ class Progress:
     step: int
     steps_total: int
     loss: float | None = None  # last loss seen on the host (None between host syncs)
+    # Steps done in the whole sweep, where runs train in parallel (a Ray sweep); None: the
+    # runs go one after another, run_index * steps_total + step.
+    sweep_step: int | None = None
 
 
 @dataclass

@@ -110,42 +110,65 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     if data is None:
         data = load_dataset(config.dataset, config.data_root)
     data = data.to(device)
-    # Settings that only the data can judge (a batch larger than the training set, the DLN's
-    # full batch) are checked here, before the file exists: a bad one leaves nothing on disk.
+    store = SweepStore(out, config=sweep_attributes(config, data, device), command=command,
+                       overwrite=overwrite)
+    summaries: list[RunSummary] = []
+    with training_precision(config.precision, device) as autocast:
+        for model_name in config.models:
+            summaries += train_model(store, config, model_name, data, device, autocast,
+                                     on_progress, len(summaries),
+                                     len(config.models) * len(config.lrs))
+    return summaries
+
+
+def sweep_attributes(config: SweepConfig, data, device: torch.device) -> dict:
+    """The file's ``config`` attribute: the settings, the device and torch that trained them,
+    the data's name (and array file). Settings that only the data can judge (a batch larger
+    than the training set, the DLN's full batch) raise here, before the file exists: a bad one
+    leaves nothing on disk."""
+    task_for(data).stream(config.batch_size, config.seed, config.augment)
+    return {**asdict(config), "resolved_device": str(device), "torch_version": torch.__version__,
+            "dataset_name": data.name, **dataset_file(data)}
+
+
+def train_model(store: SweepStore, config: SweepConfig, model_name: str, data, device,
+                autocast, on_progress: Callable[[Progress], None] | None = None,
+                run_index: int = 0, runs_total: int | None = None) -> list[RunSummary]:
+    """Every learning rate of ``config.lrs`` for one model, its runs written to ``store``
+    (a ``SweepStore``, or anything with its ``run`` and ``flush``: a Ray worker's relay).
+
+    Chooses how the learning rates train (``grid_mode``), splits them into groups that fit in
+    memory (``grid_chunks``) and trains each group with ``loop.train_runs``. ``run_index``,
+    ``runs_total``: where these runs stand in the whole sweep, for progress.
+    """
+    runs_total = len(config.lrs) if runs_total is None else runs_total
     steps_per_epoch = task_for(data).stream(config.batch_size, config.seed,
                                             config.augment).steps_per_epoch
     precision = effective_precision(config.precision, device)
     source = dataset_file(data)
-    store = SweepStore(out, config={**asdict(config), "resolved_device": str(device),
-                                    "torch_version": torch.__version__,
-                                    "dataset_name": data.name, **source},
-                       command=command, overwrite=overwrite)
+    mode = grid_mode(config, model_name, data, device)
+    groups = ([[lr] for lr in config.lrs] if mode == "sequential"
+              else grid_chunks(mode, model_name, config.lrs, config, data, device, autocast))
     summaries: list[RunSummary] = []
-    with training_precision(config.precision, device) as autocast:
-        for model_name in config.models:
-            mode = grid_mode(config, model_name, data, device)
-            groups = ([[lr] for lr in config.lrs] if mode == "sequential"
-                      else grid_chunks(mode, model_name, config.lrs, config, data, device,
-                                       autocast))
-            for lrs in groups:
-                run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
-                runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs),
-                                           precision, steps_per_epoch, data.name, source), lr)
-                        for lr in lrs]
+    for lrs in groups:
+        run_mode = mode if mode == "streams" or len(lrs) > 1 else "sequential"
+        runs = [RunState(_open_run(store, config, model_name, lr, run_mode, len(lrs),
+                                   precision, steps_per_epoch, data.name, source), lr)
+                for lr in lrs]
 
-                def on_probe(k, record, runs=runs):
-                    runs[k].betas.append(record.beta)
-                    runs[k].log.add_probe(record)
+        def on_probe(k, record, runs=runs):
+            runs[k].betas.append(record.beta)
+            runs[k].log.add_probe(record)
 
-                trainer = make_trainer(run_mode, model_name, lrs, config, data, device,
-                                       on_probe, runs[0].log, autocast)
-                label = runs[0].log.name if len(runs) == 1 else \
-                    f"{model_name} x{len(runs)} lrs ({run_mode})"
-                seconds = train_runs(trainer, runs, config, data, device,
-                                     lambda runs=runs: store.flush(*(r.log for r in runs)),
-                                     on_progress, label, len(summaries),
-                                     len(config.models) * len(config.lrs), autocast)
-                summaries += [_summary(model_name, run, seconds) for run in runs]
+        trainer = make_trainer(run_mode, model_name, lrs, config, data, device,
+                               on_probe, runs[0].log, autocast)
+        label = runs[0].log.name if len(runs) == 1 else \
+            f"{model_name} x{len(runs)} lrs ({run_mode})"
+        seconds = train_runs(trainer, runs, config, data, device,
+                             lambda runs=runs: store.flush(*(r.log for r in runs)),
+                             on_progress, label, run_index + len(summaries), runs_total,
+                             autocast)
+        summaries += [_summary(model_name, run, seconds) for run in runs]
     return summaries
 
 
