@@ -9,6 +9,7 @@ import math
 import shlex
 import sys
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import click
@@ -19,10 +20,13 @@ from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cel
                              text_table)
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
-from .train import SweepConfig, load_experiment, merge, out_of_memory, run_sweep
+from .train import (RayOptions, SweepConfig, load_experiment, merge, out_of_memory, run_sweep,
+                    run_sweep_ray)
+from .train.distributed import import_ray
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_RUNS_FAILED = 1  # a Ray sweep finished, some of its runs failed
 
 
 def _float_list(option: str, text: str) -> tuple[float, ...]:
@@ -114,6 +118,20 @@ def cli():
 @click.option("--weight-stats", is_flag=True,
               help="Record weight norms, effective learning rate and angular update of every "
                    "weight layer at every step.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
+                   "\"landscape[ray]\"); the driver writes the one --out file.")
+@click.option("--ray-address", default=None,
+              help="Run on an existing Ray cluster: HOST:PORT of its head node, or auto "
+                   "(implies --ray).")
+@click.option("--ray-gpus-per-task", type=float, default=None,
+              help="GPUs each Ray task asks for (fractions share a GPU) [default: 1 where the "
+                   "cluster has GPUs, else 0].")
+@click.option("--ray-cpus-per-task", type=float, default=None,
+              help="CPUs each Ray task asks for, and its torch threads [default: 1].")
+@click.option("--max-retries", type=int, default=None,
+              help="With --ray: times a unit whose worker died starts again before its runs "
+                   "are marked failed [default: 2].")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
@@ -122,7 +140,8 @@ def cli():
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, probe_dtype, etas,
         dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
         ics_every, ics_layers, activations_every, activation_layers, sharpness_every, sharpness_k,
-        trace_samples, weight_stats, config_file, light, variant):
+        trace_samples, weight_stats, config_file, light, variant, use_ray, ray_address,
+        ray_gpus_per_task, ray_cpus_per_task, max_retries):
     """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
@@ -148,7 +167,12 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     elif variant is not None:
         raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
-    config.validate()
+    ray = _ray_options(use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries)
+    if ray is None:
+        config.validate()
+    else:  # where the runs train is the cluster's to say: run_sweep_ray validates the rest
+        ray.validate()
+        import_ray()
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
         raise LandscapeError(f"{out_path} exists; pass --overwrite to replace it or choose another --out")
@@ -157,9 +181,10 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
 
     bar = _SweepProgress()
     try:
-        summaries = run_sweep(config, str(out_path), overwrite=overwrite,
-                              command=shlex.join(["landscape"] + sys.argv[1:]),
-                              on_progress=bar.update)
+        sweep = run_sweep if ray is None else partial(run_sweep_ray, options=ray)
+        summaries = sweep(config, str(out_path), overwrite=overwrite,
+                          command=shlex.join(["landscape"] + sys.argv[1:]),
+                          on_progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"interrupted; partial results kept in {out_path}", err=True)
@@ -173,6 +198,25 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     bar.close()
     click.echo(_summary_table(summaries))
     click.echo(f"wrote {out_path}")
+    failed = [s for s in summaries if s.error is not None]
+    for s in failed:
+        click.echo(f"failed: {s.name}: {s.error}", err=True)
+    if failed:  # the sweep went on past them (Ray); the exit status still says so
+        sys.exit(EXIT_RUNS_FAILED)
+
+
+def _ray_options(use_ray: bool, address, gpus, cpus, max_retries) -> RayOptions | None:
+    """The Ray options, when the sweep runs on Ray (--ray or --ray-address); else None, and
+    a Ray option given alone is refused."""
+    if use_ray or address is not None:
+        return RayOptions(address=address, gpus_per_task=gpus,
+                          cpus_per_task=1.0 if cpus is None else cpus,
+                          max_retries=2 if max_retries is None else max_retries)
+    for option, value in (("--ray-gpus-per-task", gpus), ("--ray-cpus-per-task", cpus),
+                          ("--max-retries", max_retries)):
+        if value is not None:
+            raise LandscapeError(f"{option} applies to Ray sweeps: add --ray (or --ray-address)")
+    return None
 
 
 class _SweepProgress:
@@ -195,7 +239,8 @@ class _SweepProgress:
         elif label != self.bar.label:
             self.bar.label = label
             self.bar.render_progress()
-        self.bar.update(p.run_index * p.steps_total + p.step - self.bar.pos, current_item=p)
+        done = p.run_index * p.steps_total + p.step if p.sweep_step is None else p.sweep_step
+        self.bar.update(done - self.bar.pos, current_item=p)
 
     @staticmethod
     def _describe(p) -> str | None:
