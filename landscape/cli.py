@@ -202,7 +202,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     for s in failed:
         click.echo(f"failed: {s.name}: {s.error}", err=True)
     if failed:  # the sweep went on past them (Ray); the exit status still says so
-        sys.exit(EXIT_RUNS_FAILED)
+        raise click.exceptions.Exit(EXIT_RUNS_FAILED)
 
 
 def _ray_options(use_ray: bool, address, gpus, cpus, max_retries) -> RayOptions | None:
@@ -322,7 +322,9 @@ def export(file, file_format, out, overwrite):
 def main(argv=None) -> int:
     """Console entry point: click's own errors and ours become one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="landscape", standalone_mode=False)
+        # Without standalone mode click returns the code of a click.exceptions.Exit raised
+        # inside a command (a Ray sweep whose runs failed), and a command's value otherwise.
+        code = cli.main(args=argv, prog_name="landscape", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help, --version
         return e.exit_code
     except click.exceptions.Abort:
@@ -338,7 +340,7 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{os_reason(e)}", err=True)
         return EXIT_USAGE
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -414,6 +414,6 @@ def _report(p: Progress, units: list[_Unit], running: dict, runs_total: int,
     and the steps done by every unit."""
     training = {id(u) for u in running.values()}
     finished = sum(len(u.lrs) for u in units if id(u) not in training)
-    on_progress(Progress(f"{p.run} ({len(running)} units training)",
+    on_progress(Progress(f"{p.run} ({len(running)} of {len(units)} units training)",
                          min(finished, runs_total - 1), runs_total, p.epoch, p.step,
                          p.steps_total, p.loss, sum(u.done_steps for u in units)))
