@@ -239,7 +239,7 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
         units = [_Unit(model, lrs) for model, lrs in sweep_units(config, data, gpus > 0)]
         task = ray.remote(train_unit).options(num_gpus=gpus, num_cpus=options.cpus_per_task,
                                               max_retries=0)  # the driver retries, from the file
-        _drive(ray, task, store, config, ray.put(data), units, options, on_progress)
+        _Driver(ray, task, store, config, ray.put(data), units, options, on_progress).run()
     finally:
         if started:
             ray.shutdown()
@@ -311,105 +311,127 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
 
 
-def _drive(ray, task, store: SweepStore, config: SweepConfig, data_ref, units: list[_Unit],
-           options: RayOptions, on_progress) -> None:
-    """Submit every unit, replay their rows into ``store`` as they come, retry lost workers."""
-    specs = {m: MODELS[m] for m in config.models}
-    threads = max(1, int(options.cpus_per_task))
-    runs_total = len(config.models) * len(config.lrs)
-    running: dict = {}
-    latest: list[Progress] = []  # the last progress any unit reported
+class _Driver:
+    """Submits the units, replays their rows into ``store`` as they come, retries lost ones."""
 
-    def submit(unit: _Unit) -> None:
+    def __init__(self, ray, task, store: SweepStore, config: SweepConfig, data_ref,
+                 units: list[_Unit], options: RayOptions, on_progress):
+        self.ray, self.task, self.store, self.config = ray, task, store, config
+        self.data_ref, self.units, self.options, self.on_progress = data_ref, units, options, \
+            on_progress
+        self.specs = {m: MODELS[m] for m in config.models}
+        self.threads = max(1, int(options.cpus_per_task))
+        self.running: dict = {}  # generator -> unit
+        self.latest: Progress | None = None  # the last progress any unit reported
+        self.touched: dict[str, RunLog] = {}  # runs with rows to flush
+
+    def run(self) -> None:
+        ray = self.ray
+        for unit in self.units:
+            self.submit(unit)
+        try:
+            while self.running:
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+                if ready:  # and whatever else is ready now: one flush for all of them
+                    ready, _ = ray.wait(list(self.running), num_returns=len(self.running),
+                                        timeout=0)
+                for gen in ready:
+                    self.take(gen)
+                if self.touched:
+                    self.store.flush(*self.touched.values())
+                    self.touched = {}
+                if ready and self.latest is not None and self.on_progress is not None:
+                    _report(self.latest, self.units, self.running, self.on_progress,
+                            len(self.config.models) * len(self.config.lrs))
+        except BaseException:  # Ctrl-C, or the driver's own failure: the file says how runs ended
+            for gen in self.running:
+                ray.cancel(gen, force=True)
+            for unit in self.running.values():
+                for name in unit.runs:
+                    if self.store.runs[name].attrs.get("status") == "running":
+                        self.store.runs[name].set_attrs(status="interrupted")
+            self.store.flush()
+            raise
+
+    def submit(self, unit: _Unit) -> None:
         unit.attempts += 1
         unit.done_steps, unit.progress = 0, None
-        unit_config = replace(config, models=(unit.model,), lrs=unit.lrs)
-        spec = specs[unit.model]
-        running[task.remote(unit_config, spec, NORMS[spec.norm], data_ref, threads)] = unit
+        spec = self.specs[unit.model]
+        unit_config = replace(self.config, models=(unit.model,), lrs=unit.lrs)
+        gen = self.task.remote(unit_config, spec, NORMS[spec.norm], self.data_ref, self.threads)
+        self.running[gen] = unit
 
-    def fail(unit: _Unit, message: str, touched: dict) -> None:
+    def take(self, gen) -> None:
+        """Every message the unit has ready now, in order: a driver that falls behind writes
+        more rows per flush, not more flushes (a flush costs per run, hardly per row)."""
+        ray, unit = self.ray, self.running[gen]
+        refs, ended = [], False
+        while not refs or ray.wait([gen], timeout=0)[0]:
+            try:
+                refs.append(next(gen))
+            except StopIteration:
+                ended = True
+                break
+        try:
+            for ref in refs:
+                self.receive(unit, ray.get(ref))
+        except ray.exceptions.RayTaskError as error:  # the unit's code raised
+            del self.running[gen]
+            self.fail(unit, _error_text(error))
+        except ray.exceptions.RayError as error:  # its worker died: start it again
+            del self.running[gen]
+            if unit.attempts > self.options.max_retries:
+                self.fail(unit, f"{_error_text(error)} (its worker was lost {unit.attempts} "
+                                "times)")
+                return
+            for name in unit.runs:
+                self.store.forget(name)
+                self.touched.pop(name, None)
+            unit.runs.clear()
+            self.submit(unit)
+        else:
+            if ended:
+                del self.running[gen]
+                unit.done_steps = len(unit.lrs) * (unit.progress.steps_total
+                                                   if unit.progress else 0)
+
+    def receive(self, unit: _Unit, messages: list) -> None:
+        for kind, payload in messages:
+            if kind == "rows":
+                for pending in payload:
+                    log = self.store.runs.get(pending["name"])
+                    if log is None:
+                        log = self.store.run(pending["name"], pending["eta"])
+                        unit.runs.append(pending["name"])
+                    log.absorb(pending)
+                    self.touched[log.name] = log
+            elif kind == "progress":
+                unit.progress = self.latest = payload
+                unit.done_steps = payload.run_index * payload.steps_total + payload.step
+            elif kind == "done":
+                unit.summaries = payload
+
+    def fail(self, unit: _Unit, message: str) -> None:
         """The unit's runs that did not end on their own are failed, with the error."""
-        done = {s.name for s in unit.summaries}
         for name in unit.runs:
-            log = store.runs[name]
+            log = self.store.runs[name]
             if log.attrs.get("status") not in ("completed", "diverged"):
                 log.set_attrs(status="failed", error=message)
-                touched[name] = log
+                self.touched[name] = log
+        done = {s.name for s in unit.summaries}
         for lr in unit.lrs:
-            name = run_name(unit.model, lr, config.seed)
+            name = run_name(unit.model, lr, self.config.seed)
             if name in done:
                 continue
-            attrs = store.runs[name].attrs if name in store.runs else {}
+            attrs = self.store.runs[name].attrs if name in self.store.runs else {}
             unit.summaries.append(RunSummary(name, unit.model, lr, attrs.get("status", "failed"),
                                              int(attrs.get("steps_completed", 0)), math.nan,
                                              math.nan, float(attrs.get("seconds", 0.0)),
                                              attrs.get("diverged_step"), message))
 
-    for unit in units:
-        submit(unit)
-    try:
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            if ready:  # and whatever else is ready now: one flush for all of them
-                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
-            touched: dict[str, RunLog] = {}
-            for gen in ready:
-                unit = running[gen]
-                try:
-                    messages = ray.get(next(gen))
-                except StopIteration:
-                    del running[gen]
-                    unit.done_steps = len(unit.lrs) * (unit.progress.steps_total
-                                                       if unit.progress else 0)
-                    continue
-                except ray.exceptions.RayTaskError as error:  # the unit's code raised
-                    del running[gen]
-                    fail(unit, _error_text(error), touched)
-                    continue
-                except ray.exceptions.RayError as error:  # its worker died: start it again
-                    del running[gen]
-                    if unit.attempts > options.max_retries:
-                        fail(unit, f"{_error_text(error)} (its worker was lost "
-                                   f"{unit.attempts} times)", touched)
-                        continue
-                    for name in unit.runs:
-                        store.forget(name)
-                        touched.pop(name, None)
-                    unit.runs.clear()
-                    submit(unit)
-                    continue
-                for kind, payload in messages:
-                    if kind == "rows":
-                        for pending in payload:
-                            log = store.runs.get(pending["name"])
-                            if log is None:
-                                log = store.run(pending["name"], pending["eta"])
-                                unit.runs.append(pending["name"])
-                            log.absorb(pending)
-                            touched[log.name] = log
-                    elif kind == "progress":
-                        unit.progress = payload
-                        latest[:] = [payload]
-                        unit.done_steps = payload.run_index * payload.steps_total + payload.step
-                    elif kind == "done":
-                        unit.summaries = payload
-            if touched:
-                store.flush(*touched.values())
-            if ready and latest and on_progress is not None:
-                _report(latest[0], units, running, runs_total, on_progress)
-    except BaseException:  # Ctrl-C (or the driver's own failure): the file says how runs ended
-        for gen in running:
-            ray.cancel(gen, force=True)
-        for unit in running.values():
-            for name in unit.runs:
-                if store.runs[name].attrs.get("status") == "running":
-                    store.runs[name].set_attrs(status="interrupted")
-        store.flush()
-        raise
 
-
-def _report(p: Progress, units: list[_Unit], running: dict, runs_total: int,
-            on_progress) -> None:
+def _report(p: Progress, units: list[_Unit], running: dict, on_progress,
+            runs_total: int) -> None:
     """One progress line for the whole sweep: the latest report's run, epoch, step and loss,
     and the steps done by every unit."""
     training = {id(u) for u in running.values()}

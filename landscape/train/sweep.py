@@ -1,9 +1,10 @@
 """A sweep: every model at every learning rate (one seed), written to one HDF5 file.
 
 ``run_sweep(SweepConfig(...), out="runs/x.h5")`` is what ``landscape run`` calls. For each
-model it chooses how the learning rates train (``grid_mode``: CUDA-graph streams, a batched
-grid, or one sequential run after another), splits them into groups that fit in memory
-(``grid_chunks``), and trains each group with ``loop.train_runs``.
+model, ``train_model`` chooses how the learning rates train (``grid_mode``: CUDA-graph streams,
+a batched grid, or one sequential run after another), splits them into groups that fit in
+memory (``grid_chunks``), and trains each group with ``loop.train_runs``; a Ray sweep's
+workers call ``train_model`` too (``distributed.py``).
 """
 
 from __future__ import annotations
