@@ -20,6 +20,7 @@ sweep starts, so that the package imports, and runs locally, without it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -345,7 +346,8 @@ class _Driver:
                             len(self.config.models) * len(self.config.lrs))
         except BaseException:  # Ctrl-C, or the driver's own failure: the file says how runs ended
             for gen in self.running:
-                ray.cancel(gen, force=True)
+                with contextlib.suppress(Exception):  # the interrupt, not this, is the news
+                    ray.cancel(gen, force=True)
             for unit in self.running.values():
                 for name in unit.runs:
                     if self.store.runs[name].attrs.get("status") == "running":
