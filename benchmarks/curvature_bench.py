@@ -49,7 +49,8 @@ def overhead(device: str, width: float, steps: int, repeats: int) -> list[str]:
     base = SweepConfig(models=("vgg_a_bn",), lrs=(0.1,), steps=steps, dataset="cifar10-mini",
                        width=width, device=device, probe_every=100, grid="sequential")
     variants = {"plain (probe every 100)": base,
-                "+ lambda_max every 100": SweepConfig(**{**base.__dict__, "sharpness_every": 100}),
+                "+ lambda_max every 100": SweepConfig(**{**base.__dict__, "sharpness_every": 100,
+                                                         "weight_stats": False}),
                 "+ weight stats every step": SweepConfig(**{**base.__dict__,
                                                             "weight_stats": True})}
     times = {name: [] for name in variants}

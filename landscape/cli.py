@@ -16,12 +16,13 @@ import click
 
 from .errors import LandscapeError, os_reason
 from .report.build import default_report_path, write_report
+from .report.grid import Facets, parse_band
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
-from .train import (RayOptions, SweepConfig, load_experiment, merge, out_of_memory, run_sweep,
-                    run_sweep_ray)
+from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, check_size, load_experiment,
+                    merge, out_of_memory, run_sweep, run_sweep_ray)
 from .train.distributed import import_ray
 
 EXIT_USAGE = 2
@@ -44,6 +45,22 @@ def _float_list(option: str, text: str) -> tuple[float, ...]:
             raise LandscapeError(f"{option}: {item!r} must be a positive, finite number")
         values.append(value)
     return tuple(values)
+
+
+def _axis(option: str, text: str, convert, kind: str):
+    """One value or a comma-separated list of an axis (``--seed 0,1,2``): a single value, or a
+    tuple of them. Only the spelling is checked here; ``SweepConfig.validate`` checks values."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not items or any(not t for t in items):
+        raise LandscapeError(f"{option}: {text!r} is not a comma-separated list of {kind}s")
+    values = []
+    for item in items:
+        try:
+            values.append(convert(item))
+        except ValueError:
+            raise LandscapeError(f"{option}: {item!r} is not {'an' if kind[0] in 'aeiou' else 'a'} "
+                                 f"{kind}") from None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _name_list(option: str, text: str) -> tuple[str, ...]:
@@ -70,9 +87,17 @@ def cli():
 @click.option("--lrs", default="0.1", show_default=True, help="Comma-separated learning rates.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per run.")
 @click.option("--steps", type=int, default=None, help="Steps per run (overrides --epochs).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--batch-size", default="128", show_default=True,
+              help="Minibatch size, or a comma-separated list to sweep.")
+@click.option("--momentum", default="0", show_default=True,
+              help="Heavy-ball momentum of --optimizer sgd (a list sweeps).")
+@click.option("--weight-decay", default="0", show_default=True,
+              help="L2 weight decay (decoupled for adamw); a list sweeps.")
+@click.option("--dropout", default="0", show_default=True,
+              help="Dropout rate of the model's dropout layers (mlp*, cnn*, vgg_a*: classifier); "
+                   "0 = none; a list sweeps.")
+@click.option("--optimizer", default="sgd", show_default=True,
+              help="sgd, adam or adamw, or a comma-separated list to sweep.")
 @click.option("--probe-every", type=int, default=100, show_default=True,
               help="Steps between landscape probes.")
 @click.option("--probe-dtype", type=click.Choice(["float32", "float64"]), default=None,
@@ -88,7 +113,8 @@ def cli():
 @click.option("--augment", is_flag=True, help="Random crop (pad 4) and horizontal flip.")
 @click.option("--width", type=float, default=1.0, show_default=True,
               help="Scale every channel count (0.25 for light CPU runs).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", "--seeds", "seed", default="0", show_default=True,
+              help="Seed (initial weights, minibatch order), or a list: --seeds 0,1,2,3,4.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", default="tf32", show_default=True,
               help="Training arithmetic on a GPU: fp32, tf32 or bf16 (autocast). Probes are float32.")
@@ -115,9 +141,9 @@ def cli():
               help="How many of the largest Hessian eigenvalues each sharpness probe finds.")
 @click.option("--trace-samples", type=int, default=0, show_default=True,
               help="Hutchinson vectors for the Hessian trace per sharpness probe (0: no trace).")
-@click.option("--weight-stats", is_flag=True,
+@click.option("--weight-stats/--no-weight-stats", default=None,
               help="Record weight norms, effective learning rate and angular update of every "
-                   "weight layer at every step.")
+                   "weight layer at every step [default: on with --sharpness-every, else off].")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
                    "\"landscape[ray]\"); the driver writes the one --out file.")
@@ -137,17 +163,27 @@ def cli():
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
 @click.option("--variant", default=None,
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
-def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_every, probe_dtype, etas,
-        dataset, data_root, augment, width, seed, device, precision, grid, compile_, out, overwrite,
-        ics_every, ics_layers, activations_every, activation_layers, sharpness_every, sharpness_k,
-        trace_samples, weight_stats, config_file, light, variant, use_ray, ray_address,
-        ray_gpus_per_task, ray_cpus_per_task, max_retries):
-    """Train every model at every learning rate, probing the landscape; write one HDF5 file."""
+@click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
+def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
+        probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
+        precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
+        activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
+        light, variant, yes, use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task,
+        max_retries):
+    """Train every model at every learning rate and every value of the listed axes (seed,
+    batch size, momentum, weight decay, dropout, optimizer), probing the landscape; write one
+    HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
-                  epochs=epochs, steps=steps, batch_size=batch_size, momentum=momentum,
-                  weight_decay=weight_decay, probe_every=probe_every, probe_dtype=probe_dtype,
+                  epochs=epochs, steps=steps,
+                  batch_size=_axis("--batch-size", batch_size, int, "integer"),
+                  momentum=_axis("--momentum", momentum, float, "number"),
+                  weight_decay=_axis("--weight-decay", weight_decay, float, "number"),
+                  dropout=_axis("--dropout", dropout, float, "number"),
+                  optimizer=_axis("--optimizer", optimizer, str, "name"),
+                  probe_every=probe_every, probe_dtype=probe_dtype,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
-                  augment=augment, width=width, seed=seed, device=device, precision=precision,
+                  augment=augment, width=width, seed=_axis("--seed", seed, int, "integer"),
+                  device=device, precision=precision,
                   grid=grid, compile=compile_, ics_every=ics_every,
                   ics_layers=ics_layers and _name_list("--ics-layers", ics_layers),
                   activations_every=activations_every,
@@ -173,6 +209,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
     else:  # where the runs train is the cluster's to say: run_sweep_ray validates the rest
         ray.validate()
         import_ray()
+    check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
         raise LandscapeError(f"{out_path} exists; pass --overwrite to replace it or choose another --out")
@@ -184,7 +221,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, probe_ev
         sweep = run_sweep if ray is None else partial(run_sweep_ray, options=ray)
         summaries = sweep(config, str(out_path), overwrite=overwrite,
                           command=shlex.join(["landscape"] + sys.argv[1:]),
-                          on_progress=bar.update)
+                          on_progress=bar.update, allow_large=yes)
     except KeyboardInterrupt:
         bar.close()
         click.echo(f"interrupted; partial results kept in {out_path}", err=True)
@@ -279,10 +316,23 @@ def _summary_table(summaries) -> str:
 @click.option("--smooth", type=int, default=1, show_default=True,
               help="Also draw band edges smoothed over N points (the raw band stays).")
 @click.option("--title", default=None, help="Page title [default: the input file names].")
-def plot(files, out, overwrite, smooth, title):
+@click.option("--band", default="10,90", show_default=True,
+              help="Seed band: LOW,HIGH percent quantiles over seeds (min-max where fewer than "
+                   "5 runs; 0,100: always min-max).")
+@click.option("--color", default=None,
+              help="Axis that colours the faceted figure (model, lr, dropout, batch_size, ...) "
+                   "[default: model].")
+@click.option("--panel", default=None,
+              help="Axis whose values split the faceted figure into panels [default: none].")
+@click.option("--best", type=int, default=None,
+              help="Draw only the K settings with the lowest final test loss (median over "
+                   "seeds) in the training curves and the faceted figure [default: all].")
+def plot(files, out, overwrite, smooth, title, band, color, panel, best):
     """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
+    facets = Facets(color=color, panel=panel, best=best, quantiles=parse_band(band))
     out_path = Path(out) if out else default_report_path(files[0])
-    written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title)
+    written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title,
+                           facets=facets)
     moved = "" if out or written.parent == Path(files[0]).parent else \
         f" (the folder of {files[0]} is not writable)"
     click.echo(f"wrote {written}{moved}")

@@ -128,7 +128,7 @@ def add_synthetic_run(store: SweepStore, model: str, lr: float, steps: int,
     ``settings``: more run attributes (momentum=0.9, ...), or replacements of the defaults."""
     eta = np.array([0.5, 1.0, 2.0, 4.0]) * lr
     attrs = dict(model=model, norm="batch" if model.endswith("_bn") else "none", lr=lr,
-                 seed=seed, batch_size=32, optimizer="SGD")
+                 seed=seed, batch_size=32, optimizer="sgd")
     log = store.run(f"{model}-lr{lr:g}-seed{seed}", eta=eta, **{**attrs, **settings})
     last = steps if diverge_at is None else diverge_at + 1
     step = np.arange(last)

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -19,9 +20,31 @@ from test_report_cli import figure_divs
 
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory):
+    # No weight_stats: the sharpness probe brings the weight statistics with it by default.
     out = tmp_path_factory.mktemp("curvature") / "c.h5"
     return run_tiny_sweep(out, "test", lrs=TINY_LRS, steps=TINY_STEPS, probe_every=4,
-                          sharpness_every=4, sharpness_k=2, trace_samples=2, weight_stats=True)
+                          sharpness_every=4, sharpness_k=2, trace_samples=2)
+
+
+@pytest.mark.parametrize("settings, records", [
+    ({}, False), ({"sharpness_every": 20}, True),
+    ({"sharpness_every": 20, "weight_stats": False}, False), ({"weight_stats": True}, True)])
+def test_weight_statistics_come_with_the_sharpness_probe_unless_turned_off(settings, records):
+    config = SweepConfig(**settings)
+    config.validate()
+    assert config.records_weights() is records
+    assert config.uses_hooks() is (records or "sharpness_every" in settings)
+
+
+def test_cli_no_weight_stats_turns_them_off_beside_the_sharpness_probe(tmp_path, capsys):
+    out = tmp_path / "n.h5"
+    assert main(["run", "--dataset", "cifar10-mini", "--models", "vgg_a_bn", "--lrs", "0.1",
+                 "--width", "0.125", "--steps", "2", "--probe-every", "2",
+                 "--sharpness-every", "2", "--no-weight-stats", "--device", "cpu",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    with h5py.File(out, "r") as f:
+        run = f["runs"][next(iter(f["runs"]))]
+        assert "curvature" in run and "weights" not in run
 
 
 @pytest.fixture(scope="module")

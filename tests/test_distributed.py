@@ -116,10 +116,12 @@ def register():
 
 def test_ray_sweep_gives_the_local_sweeps_numbers_and_a_file_readable_as_it_grows(
         ray_instance, small_data, tmp_path):
-    """Two models x two learning rates with every instrument: every dataset equal to a local
-    sweep's at one thread, bit for bit (only wall-clock times differ); the workers run this
-    checkout's package; rows reach the file while other runs still train."""
-    config = small_config(ics_every=8, activations_every=8, weight_stats=True)
+    """Two models x two seeds with every instrument: every run of the axes' product, named and
+    attributed as locally, every dataset equal to a local sweep's at one thread, bit for bit
+    (only wall-clock times differ); the workers run this checkout's package; rows reach the
+    file while other runs still train."""
+    config = small_config(lrs=(0.1,), seed=(0, 1), ics_every=8, activations_every=8,
+                          weight_stats=True)
     with one_cpu_thread():
         run_sweep(config, tmp_path / "local.h5", data=small_data)
     seen = []  # (runs with rows, runs completed) in the file, read at each progress report
@@ -132,9 +134,13 @@ def test_ray_sweep_gives_the_local_sweeps_numbers_and_a_file_readable_as_it_grow
     summaries = run_sweep_ray(config, tmp_path / "ray.h5", data=small_data,
                               on_progress=read_while_training)
     assert [s.status for s in summaries] == ["completed"] * 4
-    assert [s.name for s in summaries] == ["vgg_a-lr0.05-seed0", "vgg_a-lr0.1-seed0",
-                                           "vgg_a_bn-lr0.05-seed0", "vgg_a_bn-lr0.1-seed0"]
+    assert [s.name for s in summaries] == ["vgg_a-lr0.1-seed0", "vgg_a_bn-lr0.1-seed0",
+                                           "vgg_a-lr0.1-seed1", "vgg_a_bn-lr0.1-seed1"]
     assert_same_numbers(tmp_path / "local.h5", tmp_path / "ray.h5")
+    with h5py.File(tmp_path / "ray.h5", "r") as f:
+        assert [f[f"runs/{s.name}"].attrs["seed"] for s in summaries] == [0, 0, 1, 1]
+        seed0, seed1 = (f[f"runs/vgg_a-lr0.1-seed{k}/steps/loss"][()] for k in (0, 1))
+    assert not np.array_equal(seed0, seed1)  # the seeds trained apart, not one run twice
     assert any(0 < with_rows and done < 4 for with_rows, done, _ in seen), seen
     assert seen[-1][2] == 4 * 24  # the progress bar's count: every run's every step
 
@@ -215,14 +221,27 @@ def test_a_worker_lost_more_often_than_allowed_fails_its_runs(ray_instance, regi
 
 def test_units_keep_a_gpu_grid_together_and_split_the_rest(small_data):
     lrs = (0.05, 0.1)
-    assert sweep_units(small_config(grid="auto"), small_data, on_gpu=True) == \
-        [("vgg_a", lrs), ("vgg_a_bn", lrs)]
-    assert sweep_units(small_config(grid="batched"), small_data, on_gpu=False) == \
-        [("vgg_a", lrs), ("vgg_a_bn", lrs)]
+
+    def units(config, on_gpu):
+        return [(cell.seed, cell.batch_size, cell.dropout, cell.optimizer, model, unit_lrs)
+                for cell, model, unit_lrs in sweep_units(config, small_data, on_gpu)]
+
+    assert units(small_config(grid="auto"), True) == \
+        [(0, 16, 0.0, "sgd", "vgg_a", lrs), (0, 16, 0.0, "sgd", "vgg_a_bn", lrs)]
+    assert units(small_config(grid="batched"), False) == \
+        [(0, 16, 0.0, "sgd", "vgg_a", lrs), (0, 16, 0.0, "sgd", "vgg_a_bn", lrs)]
+    # every cell of the axes, in a local sweep's order (the last axis varying fastest)
+    assert units(small_config(models=("vgg_a",), seed=(0, 1), batch_size=(16, 32)), True) == \
+        [(s, b, 0.0, "sgd", "vgg_a", lrs) for s in (0, 1) for b in (16, 32)]
     for config, on_gpu in ((small_config(), False), (small_config(grid="sequential"), True),
                            (small_config(weight_stats=True), True)):
-        assert sweep_units(config, small_data, on_gpu) == \
-            [(m, (lr,)) for m in ("vgg_a", "vgg_a_bn") for lr in lrs]
+        assert units(config, on_gpu) == \
+            [(0, 16, 0.0, "sgd", m, (lr,)) for m in ("vgg_a", "vgg_a_bn") for lr in lrs]
+    # dropout (random draws) and adam train run by run, as grid_mode has them
+    assert units(small_config(models=("vgg_a",), dropout=0.2), True) == \
+        [(0, 16, 0.2, "sgd", "vgg_a", (lr,)) for lr in lrs]
+    assert units(small_config(models=("vgg_a",), optimizer="adam"), True) == \
+        [(0, 16, 0.0, "adam", "vgg_a", (lr,)) for lr in lrs]
 
 
 RAY_SESSION = "/tmp/ray/session_latest"  # Ray's link to the newest instance's folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,7 @@ from landscape import data as data_mod
 from landscape.cli import main
 from landscape.train.experiment import load_experiment, merge
 from landscape.errors import LandscapeError
+from landscape.models import COURSE_MODELS
 from landscape.train import SweepConfig, run_sweep
 import paper_util  # noqa: F401  (one torch thread)
 
@@ -21,7 +23,8 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").gl
 def test_there_is_one_file_per_figure():
     names = {p.stem for p in EXPERIMENTS}
     assert {"fig1_accuracy", "fig2_noisy_bn", "fig3_ics_vgg", "fig3_ics_dln",
-            "fig4_landscape_vgg", "fig5_lp", "dln_landscape", "seeds_grid"} <= names
+            "fig4_landscape_vgg", "fig5_lp", "dln_landscape", "seeds_grid",
+            "course_bn_dropout", "course_batch_size"} <= names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -31,9 +34,16 @@ def test_every_experiment_parses_in_both_variants(path):
         assert values.pop("out").startswith("runs/")
         SweepConfig(**values).validate()
     paper, light = load_experiment(path), load_experiment(path, light=True)
-    assert paper["steps"] > light["steps"]
+    length = "steps" if "steps" in paper else "epochs"  # the course files count epochs
+    assert paper[length] > light[length]
     if paper["dataset"] == "cifar10":
-        assert light["dataset"] == "cifar10-mini" and light["width"] < 1
+        assert light["dataset"] == "cifar10-mini"
+        # VGG-A is cut to a quarter; the course's MLP and CNN are CPU-sized as they are.
+        assert light.get("width", 1.0) < 1 or all(m in COURSE_MODELS for m in light["models"])
+    for variant in _variants(path):
+        config = SweepConfig(**{k: v for k, v in load_experiment(path, True, variant).items()
+                                if k != "out"})
+        config.validate()
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +66,22 @@ def test_light_variant_runs_a_few_steps_end_to_end(path, tmp_path, small_images)
         values.update(width=0.0625, batch_size=16)
         data = small_images
     out = tmp_path / "light.h5"
-    summaries = run_sweep(SweepConfig(**values), str(out), data=data)
+    config = SweepConfig(**values)
+    summaries = run_sweep(config, str(out), data=data)
     assert [s.status for s in summaries] == ["completed"] * len(summaries)
     with h5py.File(out) as f:
-        assert len(f["runs"]) == len(values["models"]) * len(values["lrs"])
+        assert len(f["runs"]) == config.run_count()
         for run in f["runs"].values():
             assert run["steps/step"].shape == (2,) and run["probe/step"].shape == (2,)
             for group, key in (("ics", "ics_every"), ("activations", "activations_every")):
                 assert (group in run) == bool(values.get(key))
                 if group in run:
                     assert run[f"{group}/step"].shape == (2,)
+
+
+def _variants(path: Path) -> list[str]:
+    with path.open("rb") as f:
+        return list(tomllib.load(f).get("variant", {}))
 
 
 def write(tmp_path, text: str, name: str = "exp") -> Path:

@@ -17,7 +17,7 @@ import pytest
 from landscape.cli import main
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-FIGURES = 9  # 1a, 1b, 2a, 2b, 2c, 3, 4, and 6 (ICS) and 7 (activations) of the instrumented sweep
+FIGURES = 11  # 1a, 1b, 2a, 2b, 2c, 3, 4, 4b (the grid by setting), 4c (train vs eval mode), and 6 (ICS) and 7 (activations) of the instrumented sweep
 
 # Injected first in <head>: records every error, before plotly.js even loads.
 ERROR_TRAP = """<script>

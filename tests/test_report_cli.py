@@ -26,7 +26,7 @@ from landscape.store import SweepStore
 
 from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, run_tiny_sweep
 
-FIGURES = 7  # 1a, 1b, 2a, 2b, 2c (by layer), 3, 4
+FIGURES = 9  # 1a, 1b, 2a, 2b, 2c (by layer), 3, 4, 4b (the grid by setting), 4c (train vs eval mode)
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

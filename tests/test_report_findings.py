@@ -19,14 +19,15 @@ STEPS = 100
 
 
 def add_run(store, model, norm, *, loss_spread=1.0, grad_diff=10.0, beta=20.0, grad_norm=None,
-            stall_at=None, after_beta=None, test_acc=0.8, ics=None, diverge=False):
+            stall_at=None, after_beta=None, test_acc=0.8, ics=None, diverge=False,
+            optimizer="sgd"):
     """A run of ``STEPS`` steps probed every 5: loss band [2, 2 + loss_spread] over eta,
     grad_diff rows rising to ``grad_diff``, beta_eff ``beta`` (an array: per probe). With
     ``stall_at``, the gradient norm drops to 1e-4 of its start from that step on and beta_eff
     becomes ``after_beta`` there. ``ics``: (l2, cosine) at every ICS step and layer."""
     eta = np.array([0.5, 1.0, 2.0, 4.0]) * LR
     log = store.run(f"{model}-lr{LR:g}-seed0", eta=eta, model=model, norm=norm, lr=LR, seed=0,
-                    batch_size=32, optimizer="SGD", momentum=0.0)
+                    batch_size=32, optimizer=optimizer, momentum=0.0)
     step = np.arange(STEPS)
     norms = np.ones(STEPS) if grad_norm is None else np.asarray(grad_norm, float)
     if stall_at is not None:
@@ -105,6 +106,16 @@ def test_beta_far_from_the_edge_fails_even_with_spikes_without_bn(tmp_path):
     s = sweep(tmp_path, ("vgg_a", "none", dict(beta=SPIKES * 10)),
               ("vgg_a_bn", "batch", dict(beta=5.0)))  # 5 = 0.25 x 2/LR: not near the edge
     assert verdicts(s)[CLAIMS[2]].verdict == FAILS
+
+
+@pytest.mark.parametrize("optimizer,verdict", [("sgd", HOLDS), ("SGD", HOLDS),
+                                               ("adam", UNMEASURED), ("adamw", UNMEASURED)])
+def test_the_stability_edge_claim_knows_sgd_by_either_spelling(optimizer, verdict, tmp_path):
+    """Runs write ``sgd`` (files from before the optimizer axis: ``SGD``); both are SGD, with
+    the edge 2/LR. (Before: only ``SGD`` was, so every new sweep's claim read "not measured".)"""
+    s = sweep(tmp_path, ("vgg_a", "none", dict(beta=SPIKES, optimizer=optimizer)),
+              ("vgg_a_bn", "batch", dict(beta=19.0, optimizer=optimizer)))
+    assert verdicts(s)[CLAIMS[2]].verdict == verdict
 
 
 def test_claims_without_their_runs_are_not_measured(tmp_path):

@@ -158,14 +158,14 @@ def test_section_2a_is_not_called_the_papers_gradient_predictiveness(diverged_sw
 def test_the_stability_line_follows_the_optimizer(sgd_and_momentum, tmp_path):
     plain, heavy = sgd_and_momentum
     adam = _sweep(tmp_path / "adam.h5", [dict(model="vgg_a_bn", lr=0.1, steps=20,
-                                              optimizer="Adam")])
+                                              optimizer="adam")])
     references, no_line = stability_references(_runs(plain, heavy, adam))
     assert [r.label for r in references[0.1]] == [
         "2/LR = 20 (plain SGD)", "(2 + 2μ)/LR = 38 (heavy-ball momentum μ = 0.9)"]
     assert [r.y for r in references[0.1]] == pytest.approx([20.0, 38.0])
-    assert no_line == "Adam"
+    assert no_line == "adam"
     page = _page(plain, heavy, adam)
-    assert "No line for Adam" in page
+    assert "No line for adam" in page
 
 
 # --- 11. A run with a single probe -----------------------------------------------------------

@@ -19,10 +19,15 @@ DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaD
 RANDOM_TYPES = (NoiseInjection, nn.RReLU)
 
 
+def random_modules(model: nn.Module) -> list[nn.Module]:
+    """The submodules whose training-mode forward draws random numbers (see ``is_stochastic``)."""
+    return [m for m in model.modules()
+            if isinstance(m, RANDOM_TYPES) or (isinstance(m, DROPOUT_TYPES) and m.p > 0)]
+
+
 def is_stochastic(model: nn.Module) -> bool:
     """Whether a training-mode forward pass draws random numbers, as its modules tell: noise
     layers, RReLU, the dropout family with p > 0. Draws made by ``forward`` code itself
     (``F.dropout``, stochastic depth) show in no module: ``LandscapeProbe`` also watches
     torch's generators during the training step."""
-    return any(isinstance(m, RANDOM_TYPES) or (isinstance(m, DROPOUT_TYPES) and m.p > 0)
-               for m in model.modules())
+    return bool(random_modules(model))

@@ -33,6 +33,8 @@ class ModelSpec:
 
     build: Callable[..., nn.Module]
     norm: str
+    # Whether the builder takes a dropout rate (``dropout=p``): the course models and VGG-A.
+    dropout: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -61,11 +63,19 @@ def norm_named(name: str) -> Norm:
     return NORMS[name]
 
 
-def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
-    """Build a registered model by name (see ``MODELS``)."""
+def build_model(name: str, width: float = 1.0, num_classes: int = 10,
+                dropout: float = 0.0) -> nn.Module:
+    """Build a registered model by name (see ``MODELS``); ``dropout``: the rate of its dropout
+    layers, for the models that have them (``ModelSpec.dropout``; 0 = none)."""
     if name not in MODELS:
         raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    return MODELS[name].build(width=width, num_classes=num_classes)
+    spec = MODELS[name]
+    if not spec.dropout:
+        if dropout:
+            raise LandscapeError(f"model {name!r} has no dropout layers: --dropout must be 0, "
+                                 f"got {dropout!r}")
+        return spec.build(width=width, num_classes=num_classes)
+    return spec.build(width=width, num_classes=num_classes, dropout=dropout)
 
 
 def glorot_init_(model: nn.Module) -> nn.Module:

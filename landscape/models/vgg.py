@@ -10,6 +10,10 @@ Registered models (``landscape.models.MODELS``), each VGG-A with a normalizer of
 | ``vgg_a_noisy_bn`` | ``noisy_batch`` |    | ``vgg_a_linf`` | ``linf`` |
 | ``vgg_a_noise``    | ``noise``     |      | ``vgg_a_ln`` | ``layer`` |
 |                    |               |      | ``vgg_a_gn`` | ``group`` |
+
+``dropout=p`` (> 0) puts ``nn.Dropout(p)`` after the ReLU of each hidden linear layer of the
+classifier, as in Simonyan & Zisserman; with p = 0 there is no dropout module, so the module
+names (``classifier.4``, ...) are those of the model without dropout.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ VGG_A_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG_A_HIDDEN = (512, 512)  # classifier 512 -> 512 -> 512 -> classes
 
 
-def _scaled(channels: int, width: float) -> int:
+def scaled(channels: int, width: float) -> int:
+    """A layer size times ``width``, at least 1 (``--width``)."""
     return max(1, int(round(channels * width)))
 
 
@@ -33,7 +38,7 @@ class VGG(nn.Module):
     """A VGG network: ``features`` (conv blocks) then ``classifier`` (MLP)."""
 
     def __init__(self, config, hidden, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 in_channels: int = 3):
+                 in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -41,14 +46,16 @@ class VGG(nn.Module):
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
                 continue
-            out = _scaled(item, width)
+            out = scaled(item, width)
             layers += [nn.Conv2d(channels, out, 3, padding=1), norm.conv(out), nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Flatten()]
         for h in hidden:
-            out = _scaled(h, width)
+            out = scaled(h, width)
             head += [nn.Linear(channels, out), norm.linear(out), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                head.append(nn.Dropout(dropout))
             channels = out
         head.append(nn.Linear(channels, num_classes))
         self.classifier = nn.Sequential(*head)
@@ -58,14 +65,16 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
-def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none") -> VGG:
+def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none",
+          dropout: float = 0.0) -> VGG:
     """VGG-A (8 conv + 3 linear layers) for 32x32 images, with ``norm`` after each hidden layer.
 
     Noise layers (noisy BN) are seeded from ``torch.initial_seed()`` -- the run's ``--seed``,
     since a run seeds torch right before building its model -- without drawing from the global
     RNG, so the initial weights are those of the same model without noise.
     """
-    model = VGG(VGG_A_CONFIG, VGG_A_HIDDEN, norm_named(norm), width=width, num_classes=num_classes)
+    model = VGG(VGG_A_CONFIG, VGG_A_HIDDEN, norm_named(norm), width=width, num_classes=num_classes,
+                dropout=dropout)
     return seed_noise(model, torch.initial_seed())
 
 
@@ -75,10 +84,10 @@ VGG_A_VARIANTS = {"vgg_a": "none", "vgg_a_bn": "batch", "vgg_a_noisy_bn": "noisy
 
 
 def _builder(norm: str):
-    def build(width: float = 1.0, num_classes: int = 10) -> nn.Module:
-        return vgg_a(width, num_classes, norm)
+    def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
+        return vgg_a(width, num_classes, norm, dropout)
     return build
 
 
 for _name, _norm in VGG_A_VARIANTS.items():
-    register_model(_name, ModelSpec(_builder(_norm), _norm))
+    register_model(_name, ModelSpec(_builder(_norm), _norm, dropout=True))

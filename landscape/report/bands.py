@@ -4,6 +4,12 @@ A *band* is the [min, max] envelope drawn in Santurkar et al.'s figures, either 
 runs of a learning-rate grid at each training step or over the probe's step sizes eta at
 each probed step. Non-finite values (a diverged run's inf/NaN loss) are masked: they
 never enter a min or max, and an x where nothing finite is left becomes a gap (NaN).
+
+A *seed band* (``quantile_band``) is the median over the seeds of one setting and a
+quantile band around it, computed at each x over the runs still finite there: a diverged
+seed stops counting from the step it blew up, and the band's ``count`` says how many runs
+are left. Fewer than ``MIN_RUNS_FOR_QUANTILES`` runs give [min, max] (a 10% quantile of two
+values is an interpolation between them, not a tail), one run gives the run itself.
 """
 
 from __future__ import annotations
@@ -15,14 +21,21 @@ from typing import Sequence
 import numpy as np
 
 
+# A quantile band needs this many runs at an x; with fewer it is [min, max].
+MIN_RUNS_FOR_QUANTILES = 5
+DEFAULT_QUANTILES = (0.10, 0.90)
+
+
 @dataclass(frozen=True)
 class Band:
-    """[lower, upper] at each x; ``count`` is how many finite values made each point."""
+    """[lower, upper] at each x; ``count`` is how many finite values made each point;
+    ``median`` the median of those values (seed bands only, else None)."""
 
     x: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     count: np.ndarray
+    median: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -30,7 +43,32 @@ class Band:
     def smoothed(self, window: int) -> "Band":
         """Both edges smoothed by a centred moving average of ``window`` points."""
         return Band(self.x, moving_average(self.lower, window),
-                    moving_average(self.upper, window), self.count)
+                    moving_average(self.upper, window), self.count,
+                    None if self.median is None else moving_average(self.median, window))
+
+    def coarsened(self, max_points: int) -> "Band":
+        """At most ``max_points`` points: each a block of consecutive x, drawn at its first
+        x, with the block's [min lower, max upper] (the envelope is kept: no extreme of the
+        band is lost, only where within the block it happened) and its largest count.
+        A band of a run's every step (thousands) draws no better than one per pixel."""
+        n = len(self.x)
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        if n <= max_points:
+            return self
+        size = -(-n // max_points)
+        starts = np.arange(0, n, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a block with nothing finite
+            lower = np.fmin.reduceat(self.lower, starts)
+            upper = np.fmax.reduceat(self.upper, starts)
+        return Band(self.x[starts], lower, upper, np.maximum.reduceat(self.count, starts),
+                    None if self.median is None else self.median[starts])
+
+    def at(self, index: np.ndarray) -> "Band":
+        """The band at the points ``index`` only (fewer points drawn, same values)."""
+        return Band(self.x[index], self.lower[index], self.upper[index], self.count[index],
+                    None if self.median is None else self.median[index])
 
 
 def masked(values) -> np.ndarray:
@@ -87,6 +125,28 @@ def band_across_runs(xs: Sequence[np.ndarray], lows: Sequence[np.ndarray],
     return Band(x, lower, upper, count)
 
 
+def quantile_band(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                  quantiles: tuple[float, float] = DEFAULT_QUANTILES,
+                  min_runs: int = MIN_RUNS_FOR_QUANTILES) -> Band:
+    """At each x of any run, over the runs with a finite value there (``count`` of them):
+    the median, and the ``quantiles`` (fractions, numpy's linear interpolation) when at
+    least ``min_runs`` runs are left, [min, max] when fewer, the value itself for one run;
+    NaN where no run is finite. A run that diverged (or ended) drops out where it did.
+    """
+    low_q, high_q = quantiles
+    if not 0 <= low_q < high_q <= 1:
+        raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
+    x, table = align_runs(xs, ys)
+    lowest, highest, count = _nan_envelope(table, axis=0)
+    if table.size == 0:  # no runs, or none with a point yet
+        return Band(x, lowest, highest, count, np.full(len(x), np.nan))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+        low, median, high = np.nanquantile(table, [low_q, 0.5, high_q], axis=0)
+    few = count < min_runs
+    return Band(x, np.where(few, lowest, low), np.where(few, highest, high), count, median)
+
+
 def band_over_eta(step: np.ndarray, grid: np.ndarray) -> Band:
     """Per probed step, [min, max] over the k step sizes of a probe grid (n, k)."""
     grid = masked(grid)
@@ -95,6 +155,25 @@ def band_over_eta(step: np.ndarray, grid: np.ndarray) -> Band:
         raise ValueError(f"grid of shape {grid.shape} does not match {len(step)} steps")
     lower, upper, count = _nan_envelope(grid, axis=1)
     return Band(step, lower, upper, count)
+
+
+def _over_eta(grid: np.ndarray, reduce) -> np.ndarray:
+    """``reduce`` over the finite η points of each probed step (rows); NaN where none is."""
+    grid = masked(grid)
+    out = np.full(len(grid), np.nan)
+    ok = np.isfinite(grid).any(axis=1) if grid.ndim == 2 and grid.shape[1] else np.zeros(0, bool)
+    out[ok] = reduce(grid[ok])
+    return out
+
+
+def spread_over_eta(grid: np.ndarray) -> np.ndarray:
+    """Per probed step, max − min over η of a probe grid (n, k): the loss band's width."""
+    return _over_eta(grid, lambda g: np.nanmax(g, axis=1) - np.nanmin(g, axis=1))
+
+
+def max_over_eta(grid: np.ndarray) -> np.ndarray:
+    """Per probed step, max over η of a probe grid (n, k): the top of the band."""
+    return _over_eta(grid, lambda g: np.nanmax(g, axis=1))
 
 
 def band_over_eta_and_runs(steps: Sequence[np.ndarray], grids: Sequence[np.ndarray]) -> Band:

@@ -24,12 +24,14 @@ from ..errors import LandscapeError
 from ..store import RunData, SweepFile, read_sweep
 from . import figures as fg
 from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_runs, masked,
-                    nonfinite_x, value_before)
+                    max_over_eta, nonfinite_x, quantile_band, spread_over_eta, value_before)
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
 from .findings import findings
-from .pools import Pooling, distinct_runs
+from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
+                   grid_cells, ranked_cells, varying_axes)
+from .pools import Pooling, distinct_runs, optimizer, settings, value_text
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
 PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
@@ -43,8 +45,11 @@ def default_report_path(first_input: str | os.PathLike) -> Path:
 
 
 def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                 smooth: int = 1, overwrite: bool = False, title: str | None = None) -> Path:
-    """Read ``inputs``, write one self-contained HTML report at ``out``; returns its path."""
+                 smooth: int = 1, overwrite: bool = False, title: str | None = None,
+                 facets: Facets = Facets()) -> Path:
+    """Read ``inputs``, write one self-contained HTML report at ``out``; returns its path.
+    ``facets``: colour and panel axes, best k, seed-band quantiles (checked against the runs
+    before anything is written)."""
     out = Path(out)
     if out.is_dir():
         raise LandscapeError(f"-o {out} is a directory")
@@ -54,7 +59,7 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if smooth < 1:
         raise LandscapeError(f"--smooth must be a whole number >= 1, got {smooth}")
     sweeps = [read_sweep(p) for p in inputs]
-    page = build_report(sweeps, smooth=smooth, title=title)
+    page = build_report(sweeps, smooth=smooth, title=title, facets=facets)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     try:
@@ -65,11 +70,15 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     return out
 
 
-def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | None = None) -> str:
+def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | None = None,
+                 facets: Facets = Facets()) -> str:
     """The report page for the pooled runs of ``sweeps`` (each file and run once)."""
     distinct = distinct_runs(sweeps)
     runs = distinct.runs
+    facets.check(runs)
     legend = Legend.of(runs)
+    shown = best_cells(grid_cells(runs), facets.best)
+    curve_runs = [r for r in runs if any(r in c.runs for c in shown)]
     title = title or "Loss landscape report: " + ", ".join(s.path.name for s in distinct.sweeps)
     eta_text = _eta_multiples_text(runs)
     references, no_line = stability_references(runs)
@@ -122,11 +131,12 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
         *[s for s in (layer_split_section(runs, legend),) if s is not None],  # not in old files
         Section("beta", "3. Effective β-smoothness (Fig. 4c)",
                 "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
-                "<sub>2</sub> (a band over seeds when there are several). " + STABILITY_TEXT
+                "<sub>2</sub>; with several seeds, their median (line) and "
+                + html.escape(facets.band_text()) + " (band). " + STABILITY_TEXT
                 + (f" No line for {html.escape(no_line)}: the stability edge of an optimizer "
                    "other than (heavy-ball) SGD is not a fixed multiple of 1/LR."
                    if no_line else ""),
-                fg.band_figure_by_lr(beta_series(runs, legend),
+                fg.band_figure_by_lr(beta_series(runs, legend, facets.quantiles),
                                      "Effective β-smoothness (Fig. 4c)<br><sup>max over η of "
                                      "‖∇L(θ − ηg) − g‖<sub>2</sub> / ‖ηg‖<sub>2</sub>; dashed: "
                                      "stability edge 2/LR (SGD), (2 + 2μ)/LR (momentum μ)</sup>",
@@ -134,21 +144,30 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
                                      smooth=smooth, references=references,
                                      initial_lr=_initial_lr(runs))),
         Section("training", "4. Training curves (Fig. 1)",
-                "Per epoch, every run: training accuracy and loss (means over the epoch's "
+                "Per epoch, " + (f"the runs of the {len(shown)} best settings by final test "
+                                 "loss (--best; the run table has every run)"
+                                 if facets.best is not None else "every run")
+                + ": training accuracy and loss (means over the epoch's "
                 "minibatches, in training mode) and test accuracy and loss (eval mode). "
                 + epoch_text(runs, legend),
-                fg.training_curves_figure(training_curves(runs, legend),
+                fg.training_curves_figure(training_curves(curve_runs, legend),
                                           "Training curves (Fig. 1)<br><sup>colour: model and "
                                           "settings; dash: learning rate</sup>",
                                           x_title="epoch (0 = the first pass, as in the file)")),
+        facet_section(runs, shown, facets),
+        *[s for s in (mode_section(runs, legend),) if s is not None],  # not in old files
         Section("runs", "5. Runs and provenance",
                 "Diverged runs are flagged with the step at which the loss stopped being "
-                "finite; their non-finite values are masked in every band and marked ✕.",
+                "finite; their non-finite values are masked in every band and marked ✕. "
+                "Click a column's header to sort by it; rank: the run's setting among all "
+                "settings by final test loss (median over its seeds; a diverged run counts "
+                "as infinite).",
                 body=run_table_html(runs, legend) + provenance_html(distinct.sweeps)),
     ]
     # The instrument figures only when some run recorded them.
     sections += [s for s in (ics_section(runs, legend), activation_section(runs, legend),
-                             sharpness_section(runs, legend), weights_section(runs, legend))
+                             sharpness_section(runs, legend, facets.quantiles),
+                             weights_section(runs, legend))
                  if s is not None]
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
@@ -213,7 +232,7 @@ STABILITY_TEXT = ("Dashed: the stability edge of the runs' optimizer, the β abo
 
 def stability_edge(run: RunData) -> fg.Reference | None:
     """The run's dashed line on the β figure, or None for an optimizer without one."""
-    if str(run.attrs.get("optimizer", "SGD")).upper() != "SGD" or not run.lr > 0:
+    if optimizer(run) != "sgd" or not run.lr > 0:
         return None
     mu = float(run.attrs.get("momentum", 0.0) or 0.0)
     if mu == 0:
@@ -314,9 +333,11 @@ def _divergence_marker(label: str, x: np.ndarray, y: np.ndarray, band: Band,
 
 
 def _band_over_runs(label: str, group: Sequence[RunData], legend: Legend,
-                    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], what: str) -> fg.BandSeries:
-    """The band over ``group``'s runs of one series each, with a cross per diverged run."""
-    band = band_across_runs(xs, ys)
+                    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], what: str,
+                    quantiles: tuple[float, float] | None = None) -> fg.BandSeries:
+    """The band over ``group``'s runs of one series each, with a cross per diverged run:
+    [min, max], or with ``quantiles`` the seed band (median and quantiles, ``quantile_band``)."""
+    band = band_across_runs(xs, ys) if quantiles is None else quantile_band(xs, ys, quantiles)
     markers = [m for r, x, y in zip(group, xs, ys)
                if (m := _divergence_marker(legend.name(r), x, y, band, r.diverged_step, what))]
     return fg.BandSeries(label, legend.color(group[0]), band, markers)
@@ -369,10 +390,13 @@ def probe_series(runs: Sequence[RunData], legend: Legend,
     return out
 
 
-def beta_series(runs: Sequence[RunData], legend: Legend) -> dict[float, list[fg.BandSeries]]:
-    """Per learning rate and pool, the probe's beta (a band when there are several seeds)."""
+def beta_series(runs: Sequence[RunData], legend: Legend,
+                quantiles: tuple[float, float] = Facets().quantiles,
+                ) -> dict[float, list[fg.BandSeries]]:
+    """Per learning rate and pool, the probe's beta (a seed band when there are several)."""
     return {lr: [_band_over_runs(f"{legend.pool_label(group[0])} β<sub>eff</sub>", group, legend,
-                                 [r.probe.step for r in group], [r.probe.beta for r in group], "β")
+                                 [r.probe.step for r in group], [r.probe.beta for r in group], "β",
+                                 quantiles)
                  for group in pools]
             for lr, pools in _by_lr_and_pool(runs, legend).items()}
 
@@ -387,14 +411,42 @@ def training_curves(runs: Sequence[RunData], legend: Legend) -> list[fg.Curve]:
         e = run.epochs
         flag = f" (diverged @ step {run.diverged_step})" if run.diverged_step is not None else ""
         where = f" ({legend.name(run)})" if text in repeated else ""
-        # A partial epoch's train averages cover a few minibatches: not drawn. Its test values
-        # are a full evaluation at that point and stay.
-        whole = lambda values: np.where(e.partial, np.nan, masked(values))  # noqa: E731
         curves.append(fg.Curve(
             label=f"{text}{where}{flag}", color=legend.color(run), dash=dash(run),
-            epoch=e.epoch, train_acc=whole(e.train_acc), test_acc=masked(e.test_acc),
-            train_loss=whole(e.train_loss), test_loss=masked(e.test_loss)))
+            epoch=e.epoch, **{attr: epoch_values(run, attr) for attr in EPOCH_COLUMNS}))
     return curves
+
+
+EPOCH_COLUMNS = ("train_acc", "test_acc", "train_loss", "test_loss")
+
+
+def epoch_values(run: RunData, attr: str) -> np.ndarray:
+    """An epoch column as drawn, masked. A partial epoch's train averages cover a few
+    minibatches: not drawn. Its test values are a full evaluation at that point and stay."""
+    values = masked(getattr(run.epochs, attr))
+    return np.where(run.epochs.partial, np.nan, values) if attr.startswith("train") else values
+
+
+def mode_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+    """4c: train mode vs eval mode on the fixed training subset, for the runs that have it."""
+    runs = [r for r in runs if np.isfinite(r.epochs.train_mode_loss).any()]
+    if not runs:
+        return None
+    curves = [fg.ModeCurve(legend.run_text(r), legend.color(r), r.epochs.epoch,
+                           masked(r.epochs.train_mode_acc), masked(r.epochs.eval_mode_acc),
+                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss))
+              for r in runs]
+    return Section(
+        "modes", "4c. Train mode vs eval mode (batch vs running statistics)",
+        "After each epoch, on a fixed subset of the training set (the same images every epoch, "
+        "at least 1,024, in batches of the run's batch size): loss and accuracy with the model "
+        "in train mode (BatchNorm normalizes each batch by its own statistics; dropout and "
+        "noise off) and in eval mode (BatchNorm uses its running averages), measured without "
+        "changing the model. A network without normalization (and without dropout) computes "
+        "the same in both modes: its gaps are 0. Colour: model and settings.",
+        fg.mode_figure(curves, "Train mode vs eval mode<br><sup>fixed training subset: batch "
+                               "statistics (solid) vs running statistics (dotted)</sup>",
+                       x_title="epoch (0 = the first pass, as in the file)"))
 
 
 QUANTILES = {"5%": 0.05, "50%": 0.5, "95%": 0.95}
@@ -510,9 +562,11 @@ def findings_html(runs: Sequence[RunData]) -> str:
     return table_html(("lr", "claim", "verdict", "numbers"), rows, classes, text_columns=4)
 
 
-def sharpness_series(runs: Sequence[RunData], legend: Legend) -> dict[float, list[fg.BandSeries]]:
+def sharpness_series(runs: Sequence[RunData], legend: Legend,
+                     quantiles: tuple[float, float] = Facets().quantiles,
+                     ) -> dict[float, list[fg.BandSeries]]:
     """Per learning rate and pool: beta_eff (solid) and the Hessian's lambda_max (dashed),
-    each a band over seeds."""
+    each a seed band (median and quantiles) over seeds."""
     out: dict[float, list[fg.BandSeries]] = {}
     for lr, pools in _by_lr_and_pool(runs, legend).items():
         out[lr] = []
@@ -520,15 +574,17 @@ def sharpness_series(runs: Sequence[RunData], legend: Legend) -> dict[float, lis
             label = legend.pool_label(group[0])
             out[lr].append(_band_over_runs(f"{label} β<sub>eff</sub>", group, legend,
                                            [r.probe.step for r in group],
-                                           [r.probe.beta for r in group], "β"))
+                                           [r.probe.beta for r in group], "β", quantiles))
             sharp = _band_over_runs(f"{label} λ<sub>max</sub>", group, legend,
                                     [r.curvature.step for r in group],
-                                    [r.curvature.lambda_max[:, 0] for r in group], "λ_max")
+                                    [r.curvature.lambda_max[:, 0] for r in group], "λ_max",
+                                    quantiles)
             out[lr].append(replace(sharp, dash="dash"))
     return out
 
 
-def sharpness_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
+def sharpness_section(runs: Sequence[RunData], legend: Legend,
+                      quantiles: tuple[float, float] = Facets().quantiles) -> Section | None:
     runs = [r for r in runs if r.curvature is not None and len(r.curvature.step)]
     if not runs:
         return None
@@ -546,7 +602,7 @@ def sharpness_section(runs: Sequence[RunData], legend: Legend) -> Section | None
         + (f" No line for {html.escape(no_line)}: an adaptive optimizer (Adam and its kin) "
            "rescales each coordinate by its own running statistics, so its stability edge is "
            "no fixed multiple of 1/LR and no single line exists." if no_line else ""),
-        fg.band_figure_by_lr(sharpness_series(runs, legend),
+        fg.band_figure_by_lr(sharpness_series(runs, legend, quantiles),
                              "Sharpness and the edge of stability<br><sup>dashed: λ<sub>max"
                              "</sub>(∇²L); solid: β<sub>eff</sub>; black: stability edge 2/LR "
                              "(SGD), (2 + 2μ)/LR (momentum μ)</sup>", "training step",
@@ -628,11 +684,113 @@ def weights_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
 
 
 def run_table_html(runs: Sequence[RunData], legend: Legend) -> str:
+    """Every run: the summary columns of ``landscape info``, with the other axes the runs
+    vary (dropout, batch size, ...) after the seed, and its setting's rank by final test
+    loss after the name; sortable by any column."""
     rows = [summarize_run(r) for r in runs]
-    cells = [(legend.name(run),) + run_table_cells(row)[1:] for run, row in zip(runs, rows)]
+    axes = [a for a in varying_axes(runs) if a not in ("model", "lr")]
+    rank = {id(run): i + 1 for i, cell in enumerate(ranked_cells(grid_cells(runs)))
+            for run in cell.runs}
+    header = (RUN_TABLE_HEADER[:1] + ("rank",) + RUN_TABLE_HEADER[1:5]
+              + tuple(a.replace("_", " ") for a in axes) + RUN_TABLE_HEADER[5:])
+    cells = []
+    for run, row in zip(runs, rows):
+        base = run_table_cells(row)
+        values = tuple(value_text(settings(run).get(a)) for a in axes)
+        cells.append((legend.name(run), str(rank[id(run)])) + base[1:5] + values + base[5:])
     classes = ["diverged" if row.diverged_step is not None or row.status == "diverged"
                else row.status for row in rows]
-    return table_html(RUN_TABLE_HEADER, cells, classes, text_columns=3)
+    return table_html(header, cells, classes, text_columns=1, sortable=True)
+
+
+
+
+def _facet_series(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The faceted figure's quantities of one run: name -> (x, y)."""
+    e, p = run.epochs, run.probe
+    return {"test loss": (e.epoch, epoch_values(run, "test_loss")),
+            "test accuracy": (e.epoch, epoch_values(run, "test_acc")),
+            "training loss (epoch mean)": (e.epoch, epoch_values(run, "train_loss")),
+            "training accuracy (epoch mean)": (e.epoch, epoch_values(run, "train_acc")),
+            "minibatch training loss": (run.steps.step, masked(run.steps.loss)),
+            "loss band along the gradient": (p.step, spread_over_eta(p.loss)),
+            "gradient predictiveness": (p.step, max_over_eta(p.grad_diff)),
+            "β<sub>eff</sub>": (p.step, masked(p.beta))}
+
+
+# name -> (x title, y title): per epoch, per step or per probed step.
+FACET_AXES = {
+    "test loss": ("epoch (from 0)", "test loss"),
+    "test accuracy": ("epoch (from 0)", "test accuracy"),
+    "training loss (epoch mean)": ("epoch (from 0)", "training loss"),
+    "training accuracy (epoch mean)": ("epoch (from 0)", "training accuracy"),
+    "minibatch training loss": ("training step", "L(θ<sub>t</sub>; B<sub>t</sub>)"),
+    "loss band along the gradient": ("training step (probed)",
+                                     "max<sub>η</sub> L(θ − ηg) − min<sub>η</sub> L(θ − ηg)"),
+    "gradient predictiveness": ("training step (probed)", "max<sub>η</sub> ‖∇L(θ − ηg) − g‖₂"),
+    "β<sub>eff</sub>": ("training step (probed)", "β<sub>eff</sub>"),
+}
+
+
+def facet_metrics(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets
+                  ) -> tuple[list[fg.FacetMetric], list[str]]:
+    """The faceted figure's quantities (those some run has a finite value of) and its panel
+    titles: per cell, the seed band of each quantity, coloured by the colour axis, in the
+    panel of its panel-axis value, dashed by the other axes the runs vary."""
+    axes = grid_axes(runs)
+    color_axis, panel_axis = facets.color_axis(), facets.panel
+    varying = varying_axes(runs)
+    shown = ["model"] + [a for a in varying if a != "model"]
+    others = [a for a in varying if a not in (color_axis, panel_axis)]
+    colors = fg.axis_colors(color_axis, axes.get(color_axis, [None]))
+    combos = sorted({tuple(str(c.settings.get(a)) for a in others) for c in cells})
+    panels = ([axis_value_text(panel_axis, v) for v in axes[panel_axis]]
+              if panel_axis is not None else [""])
+    series = [{id(r): _facet_series(r) for r in c.runs} for c in cells]
+    metrics = []
+    for name, (x_title, y_title) in FACET_AXES.items():
+        lines: dict[str, list[fg.FacetLine]] = defaultdict(list)
+        for cell, per_run in zip(cells, series):
+            xs = [per_run[id(r)][name][0] for r in cell.runs]
+            ys = [per_run[id(r)][name][1] for r in cell.runs]
+            band = quantile_band(xs, ys, facets.quantiles)
+            if not np.isfinite(band.median).any():
+                continue
+            if len(band) > fg.MAX_BAND_POINTS:  # the median: every k-th step, ends kept
+                band = band.at(subsample(len(band), fg.MAX_BAND_POINTS))
+            s = cell.settings
+            combo = tuple(str(s.get(a)) for a in others)
+            panel = axis_value_text(panel_axis, s.get(panel_axis)) if panel_axis else ""
+            lines[panel].append(fg.FacetLine(
+                cell_label(cell, shown), colors.get(s.get(color_axis), fg.OTHER_COLORS[0]),
+                fg.LR_DASHES[combos.index(combo) % len(fg.LR_DASHES)], band))
+        if lines:
+            log_y = fg.spans_decades([l.band.median for ls in lines.values() for l in ls])
+            metrics.append(fg.FacetMetric(name, x_title, y_title, log_y, dict(lines)))
+    return metrics, panels
+
+
+def facet_section(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets) -> Section:
+    color_axis = facets.color_axis()
+    metrics, panels = facet_metrics(runs, cells, facets)
+    others = [a for a in varying_axes(runs) if a not in (color_axis, facets.panel)]
+    which = (f"the {len(cells)} best settings by final test loss (--best {facets.best})"
+             if facets.best is not None else f"all {len(cells)} settings")
+    return Section(
+        "grid", "4b. The grid: median over seeds, by setting",
+        f"One line per setting (every axis but the seed; seeds pool across files): at each x, "
+        f"the median over its runs still finite there, and the band "
+        f"{html.escape(facets.band_text())}; one run is drawn as itself, and hover says how "
+        f"many runs each point pools (a diverged run drops out where it blew up). Shown: "
+        f"{which}. Colour: {color_axis.replace('_', ' ')} (--color); panels: "
+        f"{(facets.panel or 'none').replace('_', ' ')} (--panel)"
+        + (f"; dash: {', '.join(a.replace('_', ' ') for a in others)}" if others else "")
+        + f". Per-step lines draw at most {fg.MAX_BAND_POINTS} evenly spaced steps. The menu "
+        "switches the quantity: per epoch test and training loss and accuracy; per step the "
+        "minibatch loss; per probed step the loss band along the gradient (max − min over η "
+        "of L(θ − ηg), figure 1b), the gradient predictiveness (max over η of ‖∇L(θ − ηg) − "
+        "g‖₂, figure 2b) and β<sub>eff</sub> (figure 3).",
+        fg.facet_figure(metrics, panels, "The grid by setting", facets.band_text()))
 
 
 def provenance_html(sweeps: Sequence[SweepFile]) -> str:

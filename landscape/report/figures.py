@@ -113,22 +113,50 @@ def _none_gaps(parts: list[np.ndarray]) -> list:
     return out
 
 
+DISPLAY_DIGITS = 5  # significant digits of the values drawn (hover shows 4)
+MAX_BAND_POINTS = 500  # x drawn per band, about one per pixel of a figure's width
+
+
+def display_array(values: np.ndarray) -> np.ndarray:
+    """Values as drawn: float32 (7 significant digits, half the bytes of float64 in the
+    page's typed arrays); NaN stays NaN."""
+    return np.asarray(values, dtype=np.float32)
+
+
+def _rounded(values: Sequence) -> list:
+    """Plain list values at ``DISPLAY_DIGITS`` significant digits (a JSON list writes every
+    float in full, 17 digits, where a typed array would not be used: polygons with gaps)."""
+    return [None if v is None else float(f"{v:.{DISPLAY_DIGITS}g}") for v in values]
+
+
 def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
-    """The traces of one band: fill, upper and lower edge, markers, smoothed edges."""
-    band, color, group = series.band, series.color, series.label
+    """The traces of one band: fill, upper and lower edge, markers, smoothed edges; a band
+    of more than ``MAX_BAND_POINTS`` x is drawn coarsened (``Band.coarsened``: its envelope
+    over blocks of consecutive x), smoothing done before, on every x."""
+    band, color, group = series.band.coarsened(MAX_BAND_POINTS), series.color, series.label
     drawable = np.isfinite(band.lower) & np.isfinite(band.upper)
     segments = contiguous_segments(drawable)
-    fill_x = _none_gaps([np.concatenate([band.x[s], band.x[s][::-1]]) for s in segments])
-    fill_y = _none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]]) for s in segments])
+    fill_x = _rounded(_none_gaps([np.concatenate([band.x[s], band.x[s][::-1]])
+                                  for s in segments]))
+    fill_y = _rounded(_none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]])
+                                  for s in segments]))
     traces = [go.Scatter(x=fill_x, y=fill_y, fill="toself", fillcolor=_rgba(color, BAND_OPACITY),
                          line=dict(width=0), mode="lines", name=series.label, legendgroup=group,
                          hoverinfo="skip")]
     edge_opacity = 0.5 if smooth > 1 else 1.0
     for edge, values in (("max", band.upper), ("min", band.lower)):
-        traces.append(go.Scatter(x=band.x, y=values, mode="lines", name=f"{series.label} {edge}",
+        traces.append(go.Scatter(x=band.x, y=display_array(values), mode="lines",
+                                 name=f"{series.label} {edge}",
                                  legendgroup=group, showlegend=False, opacity=edge_opacity,
                                  line=dict(color=color, width=1 if series.dash == "solid" else 2,
                                            dash=series.dash), connectgaps=False))
+    if band.median is not None and len(band.count) and band.count.max() > 1:
+        traces.append(go.Scatter(  # a seed band: its median, and how many runs it pools
+            x=band.x, y=band.median, customdata=band.count, mode="lines",
+            name=f"{series.label} median", legendgroup=group, showlegend=False,
+            line=dict(color=color, width=2.5, dash=series.dash), connectgaps=False,
+            hovertemplate="%{fullData.name}<br>%{x}: %{y:.4g} of %{customdata} "
+                          "run(s)<extra></extra>"))
     isolated = [seg.start for seg in segments if seg.stop - seg.start == 1]
     if isolated:  # a stretch of one point draws no line and no fill: a point with its span
         traces.append(go.Scatter(
@@ -137,9 +165,9 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
             mode="lines+markers", name=f"{series.label} (single points)", legendgroup=group,
             showlegend=False, line=dict(color=color, width=2), marker=dict(color=color, size=7)))
     if smooth > 1:
-        smoothed = band.smoothed(smooth)
+        smoothed = series.band.smoothed(smooth).coarsened(MAX_BAND_POINTS)
         for edge, values in (("max", smoothed.upper), ("min", smoothed.lower)):
-            traces.append(go.Scatter(x=band.x, y=values, mode="lines",
+            traces.append(go.Scatter(x=smoothed.x, y=display_array(values), mode="lines",
                                      name=f"{series.label} {edge}, smoothed over {smooth}",
                                      legendgroup=group, showlegend=False,
                                      line=dict(color=color, width=2.5), connectgaps=False))
@@ -282,6 +310,7 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
     return fig
 
 
+MAX_MARKED_POINTS = 400  # per panel of the training curves: beyond, lines only
 TRAINING_PANELS = (("train_acc", "training accuracy"), ("test_acc", "test accuracy"),
                    ("train_loss", "training loss (epoch mean)"), ("test_loss", "test loss"))
 
@@ -303,9 +332,13 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
     rows = (len(panels) + 1) // 2
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[p[1] for p in panels],
                         vertical_spacing=0.14, horizontal_spacing=0.08)
+    # A marker per epoch helps with a few runs; hundreds of runs x epochs of SVG markers
+    # only slow the page down (measured: 1.5 s of a 60-run report's load in Chromium).
+    points = sum(len(c.epoch) for c in curves)
+    mode = "lines+markers" if points <= MAX_MARKED_POINTS else "lines"
     for curve in curves:
         for i, (attr, _) in enumerate(panels):
-            fig.add_trace(go.Scatter(x=curve.epoch, y=getattr(curve, attr), mode="lines+markers",
+            fig.add_trace(go.Scatter(x=curve.epoch, y=getattr(curve, attr), mode=mode,
                                      name=curve.label, legendgroup=curve.label, showlegend=i == 0,
                                      line=dict(color=curve.color, dash=curve.dash, width=1.8),
                                      marker=dict(size=5), connectgaps=False),
@@ -325,6 +358,52 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
     epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
     few = len(epochs) and epochs.max() - epochs.min() <= 20
     fig.update_layout(title=_title(title), height=rows * FIGURE_HEIGHT, template="plotly_white",
+                      margin=dict(t=110, l=70, r=20, b=50))
+    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
+    if not curves:
+        _no_data(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class ModeCurve:
+    """One run's per-epoch statistics of a fixed training subset in train and eval mode."""
+
+    label: str
+    color: str
+    epoch: np.ndarray
+    train_mode_acc: np.ndarray
+    eval_mode_acc: np.ndarray
+    train_mode_loss: np.ndarray
+    eval_mode_loss: np.ndarray
+
+
+MODE_PANELS = ("accuracy: train mode (solid), eval mode (dotted)",
+               "loss: train mode (solid), eval mode (dotted)",
+               "accuracy gap: train mode − eval mode", "loss gap: eval mode − train mode")
+
+
+def mode_figure(curves: Sequence[ModeCurve], title: str,
+                x_title: str = "epoch") -> go.Figure:
+    """Train mode vs eval mode: top, each run's accuracy and loss in both modes; bottom,
+    their gaps (0: the running statistics give what the batch statistics give)."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=MODE_PANELS, vertical_spacing=0.14,
+                        horizontal_spacing=0.08)
+    for c in curves:
+        panels = ((1, 1, c.train_mode_acc, "solid", True), (1, 1, c.eval_mode_acc, "dot", False),
+                  (1, 2, c.train_mode_loss, "solid", False),
+                  (1, 2, c.eval_mode_loss, "dot", False),
+                  (2, 1, c.train_mode_acc - c.eval_mode_acc, "solid", False),
+                  (2, 2, c.eval_mode_loss - c.train_mode_loss, "solid", False))
+        for row, col, y, dash, legend in panels:
+            fig.add_trace(_line_trace(Line(c.label, c.color, dash, c.epoch, y), legend),
+                          row=row, col=col)
+    for col in (1, 2):
+        fig.add_hline(y=0, line=dict(color="black", width=1, dash="dash"), row=2, col=col)
+    fig.update_yaxes(**Y_AXIS_STYLE)
+    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
+    few = len(epochs) and epochs.max() - epochs.min() <= 20
+    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
                       margin=dict(t=110, l=70, r=20, b=50))
     fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
     if not curves:
@@ -536,5 +615,117 @@ def layer_map_figure(maps: Sequence[LayerMap], title: str, z_title: str) -> go.F
                                                  [[j == i for j in range(len(maps))]
                                                   for i in range(len(maps))], "dropdown")])
     if not maps:
+        _no_data(fig)
+    return fig
+
+
+# Colours of an axis other than the model: the paper's two first, then the rest.
+AXIS_COLORS = tuple(MODEL_COLORS.values()) + OTHER_COLORS
+FACET_COLUMNS = 3  # panels per row
+FACET_HEIGHT = 380  # per row of panels
+
+
+def axis_colors(axis: str, values: Sequence) -> dict:
+    """A colour per value of the colour axis: models keep the paper's colours (VGG-A blue,
+    VGG-A+BN red); any other axis takes the palette in the order of its sorted values."""
+    if axis == "model":
+        return pool_colors([(v, str(v)) for v in values])
+    return {v: AXIS_COLORS[i % len(AXIS_COLORS)] for i, v in enumerate(values)}
+
+
+@dataclass(frozen=True)
+class FacetLine:
+    """One cell of the grid in one panel: the median over its runs and their seed band."""
+
+    label: str
+    color: str
+    dash: str
+    band: Band  # with ``median``; ``count``: runs finite at each x
+
+
+@dataclass(frozen=True)
+class FacetMetric:
+    """One quantity of the faceted figure (a button): lines per panel title."""
+
+    name: str
+    x_title: str
+    y_title: str
+    log_y: bool
+    panels: dict[str, Sequence[FacetLine]]
+
+
+def seed_band_traces(line: FacetLine, showlegend: bool, **where) -> list[go.Scatter]:
+    """The fill of a seed band (where two or more runs are finite) and its median line;
+    hover on the median says how many runs each point pools."""
+    band = line.band
+    traces = []
+    spread = np.isfinite(band.lower) & np.isfinite(band.upper) & (band.count > 1)
+    segments = contiguous_segments(spread)
+    if segments:
+        traces.append(go.Scatter(
+            x=_rounded(_none_gaps([np.concatenate([band.x[s], band.x[s][::-1]])
+                                   for s in segments])),
+            y=_rounded(_none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]])
+                                   for s in segments])),
+            fill="toself", fillcolor=_rgba(line.color, BAND_OPACITY), line=dict(width=0),
+            mode="lines", name=f"{line.label} band", legendgroup=line.label,
+            showlegend=False, hoverinfo="skip", **where))
+    traces.append(go.Scatter(
+        x=display_array(band.x), y=display_array(band.median), customdata=band.count,
+        mode="lines", name=line.label, legendgroup=line.label, showlegend=showlegend,
+        line=dict(color=line.color, dash=line.dash, width=1.8), connectgaps=False,
+        hovertemplate="%{fullData.name}<br>%{x}: median %{y:.4g} of %{customdata} "
+                      "run(s)<extra></extra>", **where))
+    return traces
+
+
+def facet_figure(metrics: Sequence[FacetMetric], panels: Sequence[str], title: str,
+                 band_text: str) -> go.Figure:
+    """Panels (one per value of the panel axis) of seed bands; buttons switch the quantity.
+
+    Every panel shares the quantity's axes titles; the legend names each line once
+    (clicking it hides the line and its band in its panel)."""
+    panels = list(panels) or [""]
+    cols = min(FACET_COLUMNS, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=panels, vertical_spacing=0.12 / rows
+                        + 0.06, horizontal_spacing=0.06)
+    owner: list[int] = []
+    for m, metric in enumerate(metrics):
+        for p, panel in enumerate(panels):
+            for line in metric.panels.get(panel, ()):
+                for trace in seed_band_traces(line, showlegend=True, visible=m == 0):
+                    fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
+                    owner.append(m)
+    axes = [("" if i == 0 else str(i + 1)) for i in range(rows * cols)]
+
+    def relabel(metric: FacetMetric) -> dict:
+        out = {"title.text": f"{title}<br><sup>{metric.name}: median over seeds, band "
+                             f"{band_text}</sup>"}
+        for a in axes:
+            out[f"xaxis{a}.title.text"] = metric.x_title
+            out[f"yaxis{a}.title.text"] = metric.y_title
+            out[f"yaxis{a}.type"] = "log" if metric.log_y else "linear"
+        return out
+
+    fig.update_layout(height=rows * FACET_HEIGHT + 120, template="plotly_white",
+                      margin=dict(t=130, l=70, r=20, b=50),
+                      legend=dict(orientation="h", x=0, y=-70 / (rows * FACET_HEIGHT),
+                                  yanchor="top", groupclick="togglegroup"))
+    fig.update_yaxes(**Y_AXIS_STYLE)
+    if metrics:
+        first = relabel(metrics[0])
+        fig.update_layout(title=_title(first.pop("title.text")))
+        fig.update_layout(**{k.replace(".", "_"): v for k, v in first.items()})
+        buttons = [dict(label=metric.name, method="update",
+                        args=[{"visible": [o == m for o in owner]}, relabel(metric)])
+                   for m, metric in enumerate(metrics)]
+        fig.update_layout(updatemenus=[dict(type="dropdown" if len(metrics) > 5 else "buttons",
+                                            direction="down" if len(metrics) > 5 else "right",
+                                            buttons=buttons, active=0, x=0, xanchor="left",
+                                            y=1.0, yanchor="bottom", showactive=True,
+                                            pad=dict(b=30))])
+    else:
+        fig.update_layout(title=_title(title))
         _no_data(fig)
     return fig

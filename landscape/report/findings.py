@@ -30,8 +30,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..store import RunData
-from .bands import last_finite
+from .bands import last_finite, max_over_eta, spread_over_eta
 from .phases import common_learning_end
+from .pools import optimizer
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
 ACCURACY_MARGIN = 0.05  # "trains about as well": within 5 percentage points of BN
@@ -65,25 +66,12 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else math.nan
 
 
-def _over_eta(grid: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``reduce`` (e.g. max − min) over the finite η points of each probed step; NaN if none."""
-    grid = np.where(np.isfinite(grid), grid, np.nan)
-    out = np.full(len(grid), np.nan)
-    ok = np.isfinite(grid).any(axis=1) if grid.ndim == 2 and grid.shape[1] else np.zeros(0, bool)
-    out[ok] = reduce(grid[ok])
-    return out
-
-
-def _spread(grid: np.ndarray) -> np.ndarray:
-    return np.nanmax(grid, axis=1) - np.nanmin(grid, axis=1)
-
-
 def loss_band_width(runs: Sequence[RunData], end: float) -> float:
-    return _median(_probe_values(runs, end, lambda r: _over_eta(r.probe.loss, _spread)))
+    return _median(_probe_values(runs, end, lambda r: spread_over_eta(r.probe.loss)))
 
 
 def predictiveness_top(runs: Sequence[RunData], end: float) -> float:
-    return _median(_probe_values(runs, end, lambda r: _over_eta(r.probe.grad_diff, lambda g: np.nanmax(g, axis=1))))
+    return _median(_probe_values(runs, end, lambda r: max_over_eta(r.probe.grad_diff)))
 
 
 def _window(end: float) -> str:
@@ -103,7 +91,7 @@ def _compare(claim: str, without: list[RunData], with_bn: list[RunData], measure
 
 
 def _stability_edge(run: RunData) -> float | None:
-    if str(run.attrs.get("optimizer", "SGD")) != "SGD":
+    if optimizer(run) != "sgd":
         return None
     return (2.0 + 2.0 * float(run.attrs.get("momentum", 0.0))) / run.lr
 

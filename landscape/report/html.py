@@ -24,7 +24,8 @@ p.definition { margin: 4px 0 8px; color: #444; }
 p.note { margin: 4px 0; padding: 4px 8px; background: #fff7e0; border-left: 3px solid #e0b000; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f4f4f4; } td.text { text-align: left; }
+th { background: #f4f4f4; } th[data-order="up"]::after { content: " ▲"; }
+th[data-order="down"]::after { content: " ▼"; } td.text { text-align: left; }
 tr.diverged td { background: #fde8e8; } tr.running td { background: #fff7e0; }
 tr.holds td:nth-child(3) { color: #17692c; font-weight: bold; } tr.fails td:nth-child(3) { color: #a11; font-weight: bold; }
 tr.unmeasured td:nth-child(3) { color: #777; }
@@ -52,8 +53,10 @@ def figure_div(fig: go.Figure, div_id: str) -> str:
 
 
 def table_html(header: Sequence[str], rows: Sequence[Sequence[str]],
-               row_classes: Sequence[str] | None = None, text_columns: int = 1) -> str:
-    """An escaped HTML table; the first ``text_columns`` columns are left-aligned."""
+               row_classes: Sequence[str] | None = None, text_columns: int = 1,
+               sortable: bool = False) -> str:
+    """An escaped HTML table; the first ``text_columns`` columns are left-aligned;
+    ``sortable``: a click on a header sorts by that column (``SORT_SCRIPT``)."""
     row_classes = row_classes or [""] * len(rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
@@ -61,7 +64,39 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence[str]],
         tds = "".join(f'<td class="text">{html.escape(c)}</td>' if i < text_columns
                       else f"<td>{html.escape(c)}</td>" for i, c in enumerate(cells))
         body.append(f'<tr class="{css}">{tds}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    css = ' class="sortable"' if sortable else ""
+    return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# Sorts a table.sortable by the clicked column: numbers as numbers ("-" and other text
+# after them), text as text; a second click reverses. Plain JS: the page stays offline.
+SORT_SCRIPT = """<script>
+document.querySelectorAll("table.sortable").forEach(table => {
+  table.querySelectorAll("thead th").forEach((th, column) => {
+    th.style.cursor = "pointer";
+    th.title = "sort by this column";
+    th.addEventListener("click", () => {
+      const body = table.tBodies[0];
+      const up = th.dataset.order !== "up";
+      table.querySelectorAll("thead th").forEach(h => delete h.dataset.order);
+      th.dataset.order = up ? "up" : "down";
+      const key = row => {
+        const text = row.cells[column].textContent.trim();
+        const number = /^[-+]?[0-9.]+(e[-+]?[0-9]+)?$/i.test(text) ? parseFloat(text) : NaN;
+        return {text, number};
+      };
+      const rows = [...body.rows].map(row => [key(row), row]);
+      rows.sort(([a], [b]) => {
+        const an = !isNaN(a.number), bn = !isNaN(b.number);
+        if (an && bn) return up ? a.number - b.number : b.number - a.number;
+        if (an !== bn) return an ? -1 : 1;  // numbers before text ("-": no value)
+        return up ? a.text.localeCompare(b.text) : b.text.localeCompare(a.text);
+      });
+      rows.forEach(([, row]) => body.appendChild(row));
+    });
+  });
+});
+</script>"""
 
 
 def render_page(title: str, intro: str, sections: Sequence[Section]) -> str:
@@ -76,4 +111,4 @@ def render_page(title: str, intro: str, sections: Sequence[Section]) -> str:
             f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
             f'<script type="text/javascript">{get_plotlyjs()}</script></head>\n'
             f"<body><h1>{html.escape(title)}</h1>{intro}<nav>{nav}</nav>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+            + "\n".join(parts) + f"\n{SORT_SCRIPT}</body></html>\n")

@@ -28,21 +28,44 @@ IN_DISPLAY_NAME = ("model", "norm")
 SettingKey = tuple[tuple[str, Any], ...]
 
 
-def _hashable(value: Any) -> Any:
+# Settings that files written before them lack, and the value those runs had in effect.
+SETTING_DEFAULTS = {"dropout": 0.0}
+
+
+def hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (list, dict)) \
         else value
 
 
+def settings(run: RunData) -> dict[str, Any]:
+    """The run's attributes as settings compare: a setting an older file lacks takes the
+    value it had then (``SETTING_DEFAULTS``: no dropout), and the optimizer's name is
+    lower-case (older files say "SGD", newer "sgd": the same optimizer)."""
+    out = {**SETTING_DEFAULTS, **run.attrs}
+    if isinstance(out.get("optimizer"), str):
+        out["optimizer"] = out["optimizer"].lower()
+    return out
+
+
+def optimizer(run: RunData) -> str:
+    """The run's optimizer, lower-case; "sgd" when the file does not say (the only one then)."""
+    return str(settings(run).get("optimizer", "sgd"))
+
+
 def setting_key(run: RunData, ignore: Sequence[str] = ()) -> SettingKey:
     """The run's training settings as a sorted tuple of (attribute, value), less ``ignore``."""
-    return tuple(sorted((k, _hashable(v)) for k, v in run.attrs.items()
+    return tuple(sorted((k, hashable(v)) for k, v in settings(run).items()
                         if k not in PROVENANCE_ATTRS and k not in ignore))
+
+
+def value_text(value: Any) -> str:
+    """'0.9', '32', 'sgd'; 'unset' for an attribute a run lacks."""
+    return "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def setting_text(name: str, value: Any) -> str:
     """'momentum 0.9', 'batch size 32'; a run that lacks the attribute: 'momentum unset'."""
-    shown = "unset" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{name.replace('_', ' ')} {shown}"
+    return f"{name.replace('_', ' ')} {value_text(value)}"
 
 
 @dataclass(frozen=True)
@@ -54,10 +77,10 @@ class Pooling:
 
     @classmethod
     def of(cls, runs: Sequence[RunData]) -> "Pooling":
-        names = sorted({k for r in runs for k in r.attrs} - PROVENANCE_ATTRS
+        names = sorted({k for r in runs for k in settings(r)} - PROVENANCE_ATTRS
                        - set(IN_DISPLAY_NAME) - {"lr"})
         return cls(tuple(n for n in names
-                         if len({_hashable(r.attrs.get(n)) for r in runs}) > 1))
+                         if len({hashable(settings(r).get(n)) for r in runs}) > 1))
 
     @staticmethod
     def key(run: RunData) -> SettingKey:
@@ -67,7 +90,7 @@ class Pooling:
     def label(self, run: RunData) -> str:
         """The pool's display name and exactly the settings that differ between pools."""
         return ", ".join([model_label(run.model)]
-                         + [setting_text(n, run.attrs.get(n)) for n in self.differing])
+                         + [setting_text(n, settings(run).get(n)) for n in self.differing])
 
     def pools(self, runs: Sequence[RunData]) -> dict[SettingKey, list[RunData]]:
         """Runs by pool, in order of first appearance."""

@@ -21,7 +21,8 @@ from .phases import phase_median, stall_step
 MODEL_LABELS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A+BN", "vgg_a_noisy_bn": "VGG-A+noisy BN",
                 "vgg_a_noise": "VGG-A+noise", "vgg_a_l1": "VGG-A+ℓ1 BN", "vgg_a_l2": "VGG-A+ℓ2 BN",
                 "vgg_a_linf": "VGG-A+ℓ∞ BN", "vgg_a_ln": "VGG-A+LN", "vgg_a_gn": "VGG-A+GN",
-                "dln": "DLN", "dln_bn": "DLN+BN"}
+                "dln": "DLN", "dln_bn": "DLN+BN", "mlp": "MLP", "mlp_bn": "MLP+BN", "cnn": "CNN",
+                "cnn_bn": "CNN+BN"}
 
 
 def model_label(model: str) -> str:

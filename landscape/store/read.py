@@ -71,6 +71,12 @@ class EpochSeries:
     test_acc: np.ndarray
     seconds: np.ndarray
     steps: np.ndarray  # training steps in the epoch (-1: not recorded, files before it was)
+    # On a fixed training subset after the epoch: train mode (batch statistics, no dropout)
+    # and eval mode (running statistics); NaN in files from before and for the DLN.
+    train_mode_loss: np.ndarray
+    train_mode_acc: np.ndarray
+    eval_mode_loss: np.ndarray
+    eval_mode_acc: np.ndarray
     partial: np.ndarray  # bool: fewer steps than a whole epoch (a --steps run's last epoch)
 
 

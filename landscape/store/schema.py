@@ -55,7 +55,7 @@ GROUPS: dict[str, str] = {
     "curvature": "the Hessian of the minibatch loss at probed steps: top eigenvalues (Lanczos), "
                  "Hutchinson trace, curvature along the gradient (--sharpness-every)",
     "weights": "per-layer weight statistics at every step: norm, effective learning rate, "
-               "effective gradient norm, angular update (--weight-stats)",
+               "effective gradient norm, angular update (--weight-stats; on by default with --sharpness-every)",
 }
 
 FIELDS: dict[str, dict[str, Field]] = {
@@ -91,6 +91,19 @@ FIELDS: dict[str, dict[str, Field]] = {
                                          "linear network", ("epoch",)),
         "seconds": Field("s", "wall-clock time of the epoch's training steps and test "
                               "evaluation", ("epoch",)),
+        "train_mode_loss": Field(DIMENSIONLESS, "mean loss after the epoch on a fixed subset of "
+                                                "the training set (the same images every epoch), "
+                                                "model in train mode: BatchNorm on each batch's "
+                                                "statistics, no dropout or noise; running "
+                                                "statistics untouched; NaN for the deep linear "
+                                                "network", ("epoch",)),
+        "train_mode_acc": Field(DIMENSIONLESS, "fraction of that subset classified correctly in "
+                                               "train mode, in [0, 1]", ("epoch",)),
+        "eval_mode_loss": Field(DIMENSIONLESS, "mean loss on the same subset in eval mode "
+                                               "(BatchNorm on its running statistics)",
+                                ("epoch",)),
+        "eval_mode_acc": Field(DIMENSIONLESS, "fraction of that subset classified correctly in "
+                                              "eval mode, in [0, 1]", ("epoch",)),
     },
     "probe": {
         "step": Field(DIMENSIONLESS, "0-based training step probed, at its parameters theta "
@@ -178,9 +191,13 @@ FIELDS: dict[str, dict[str, Field]] = {
 }
 
 STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
-EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
-# Fields that files written before they existed lack: read as this fill value.
-ADDED_FIELDS = {("epochs", "steps"): -1}
+# The train-mode vs eval-mode statistics of a fixed training subset, per epoch.
+MODE_FIELDS = ("train_mode_loss", "train_mode_acc", "eval_mode_loss", "eval_mode_acc")
+EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc",
+                "seconds") + MODE_FIELDS
+# Fields that files written before they existed lack: read as this fill value (and written
+# as it by ``RunLog.add_epoch`` when a run does not measure them).
+ADDED_FIELDS = {("epochs", "steps"): -1, **{("epochs", f): float("nan") for f in MODE_FIELDS}}
 PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
 PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
 # The probe split by layer (L modules owning parameters), with a ``layer`` (L,) name dataset;

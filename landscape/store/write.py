@@ -9,7 +9,8 @@ Layout (see README, "HDF5 schema")::
                             grad_norm (n,), loss_at_theta (n,); split by layer (L modules
                             owning parameters): layer (L,), grad_diff_layer (n,k,L),
                             grad_norm_layer (n,L)
-    /runs/<name>/epochs/    epoch, train_loss, train_acc, test_loss, test_acc, seconds
+    /runs/<name>/epochs/    epoch, steps, train_loss, train_acc, test_loss, test_acc, seconds,
+                            train_mode_loss/acc, eval_mode_loss/acc (a fixed training subset)
     /runs/<name>/<group>/   extra groups declared by instruments (``RunLog.declare``):
                             ics/ and activations/ (see landscape/train/instruments.py)
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from ..errors import LandscapeError, os_reason
 from ..version import __version__
-from .schema import (EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS,
+from .schema import (ADDED_FIELDS, EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS,
                      PROBE_LAYER_FIELDS, PROBE_ROW_FIELDS, SCHEMA_VERSION, STATUSES, STEP_FIELDS)
 
 TEXT = h5py.string_dtype("utf-8")  # variable-length UTF-8: netCDF strings, str through asstr()
@@ -132,8 +133,11 @@ class RunLog:
             self._rows["steps"][f].extend(np.asarray(columns[f]).reshape(-1).tolist())
 
     def add_epoch(self, **values) -> None:
+        """One epoch's row: every field of EPOCH_FIELDS; one of ``schema.ADDED_FIELDS`` left
+        out (not measured: the train/eval-mode statistics of the DLN) is written as its fill."""
         for f in EPOCH_FIELDS:
-            self._rows["epochs"][f].append(values[f])
+            self._rows["epochs"][f].append(values[f] if f in values
+                                           else ADDED_FIELDS[("epochs", f)])
 
     def add_probe(self, record) -> None:
         """Append a ``probes.LandscapeRecord`` taken on this run's eta grid."""

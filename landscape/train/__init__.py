@@ -5,19 +5,20 @@
 ``instruments`` (the probes a sweep attaches, bound to a run's log), the three trainers --
 ``sequential`` (one eager run, probes as hooks), ``batched`` (the grid as one vmapped model),
 ``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``) and
-``sweep`` (``run_sweep``: every model at every learning rate, one HDF5 file) and
-``distributed`` (``run_sweep_ray``: the same sweep as Ray tasks, the same one file).
+``sweep`` (``run_sweep``: every model at every learning rate and every value of the axes
+``AXES``, one HDF5 file) and ``distributed`` (``run_sweep_ray``: the same sweep as Ray tasks,
+the same one file).
 """
 
 from .batched import BatchedGrid, GridRuns, supports_batched
-from .config import GRID_MODES, PRECISIONS, SweepConfig
+from .config import AXES, GRID_MODES, MAX_RUNS_UNASKED, OPTIMIZERS, PRECISIONS, SweepConfig
 from .distributed import RayOptions, run_sweep_ray, sweep_units
 from .device import out_of_memory, resolve_device, training_precision
 from .experiment import load_experiment, merge
 from .loop import Progress, RunSummary, train_runs
-from .sequential import SequentialRun, build_run
+from .sequential import SequentialRun, build_run, make_optimizer
 from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns, supports_graphs
-from .sweep import grid_chunks, grid_mode, run_name, run_sweep, train_model
+from .sweep import check_size, grid_chunks, grid_mode, run_name, run_sweep, train_model
 from .tasks import ClassificationTask, RegressionTask, dln_loss, evaluate, task_for
 
 __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "PRECISIONS",
@@ -25,5 +26,6 @@ __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "
            "train_runs", "SequentialRun", "build_run", "BatchedGrid", "GridRuns",
            "supports_batched", "WARMUP", "CapturedStep", "CapturedProbe", "StreamRuns",
            "supports_graphs", "grid_chunks", "grid_mode", "run_name", "ClassificationTask",
-           "RegressionTask", "dln_loss", "evaluate", "task_for", "train_model", "RayOptions",
+           "RegressionTask", "dln_loss", "evaluate", "task_for", "AXES", "MAX_RUNS_UNASKED",
+           "OPTIMIZERS", "check_size", "make_optimizer", "train_model", "RayOptions",
            "run_sweep_ray", "sweep_units"]

@@ -24,7 +24,6 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from ..data import eval_batches
-from ..models import build_model
 from ..probes import PROBE_DTYPES, GradientStats, along_gradient
 from . import tasks
 from .config import SweepConfig
@@ -148,8 +147,7 @@ class GridRuns:
                  on_probe: Callable[[int, object], None]):
         def build():
             torch.manual_seed(config.seed)  # same initial weights as SequentialRun
-            return build_model(model_name, width=config.width,
-                               num_classes=data.num_classes).to(device)
+            return config.model(model_name, data.num_classes).to(device)
 
         self.task = tasks.task_for(data)  # always classification: see sweep.grid_mode
         self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay,
@@ -180,6 +178,10 @@ class GridRuns:
 
     def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
         return self.grid.evaluate(eval_batches(data))
+
+    def module(self, k: int) -> nn.Module:
+        """Run k's current parameters and buffers in a real module (a scratch copy)."""
+        return self.grid.model_at(k, into=self._scratch)
 
     def freeze(self, k: int) -> None:
         self.grid.alive[k] = False

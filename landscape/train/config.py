@@ -8,8 +8,9 @@ which models go with which dataset (the deep linear network, ``dln`` and ``dln_b
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -25,6 +26,13 @@ from .instruments import chosen_layers
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRID_MODES = ("auto", "streams", "batched", "sequential")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # torch.optim.SGD (heavy-ball), Adam, AdamW
+# The axes of a sweep beyond models and learning rates: each field takes one value or a list,
+# and the sweep is the product of every list (``SweepConfig.cells``). In this order they
+# nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
+AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer")
+# A sweep of more runs than this asks for confirmation (``--yes``; ``run_sweep(allow_large=True)``).
+MAX_RUNS_UNASKED = 1000
 
 
 @dataclass
@@ -35,16 +43,19 @@ class SweepConfig:
     lrs: Sequence[float] = (0.1,)
     epochs: int | None = 20
     steps: int | None = None  # when set, overrides epochs: train exactly this many steps
-    batch_size: int = 128
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    # The axes (``AXES``): one value, or a list of values to sweep over.
+    batch_size: int | Sequence[int] = 128
+    momentum: float | Sequence[float] = 0.0  # heavy-ball momentum of SGD (0 for adam, adamw)
+    weight_decay: float | Sequence[float] = 0.0  # L2 added to the gradient (AdamW: decoupled)
+    dropout: float | Sequence[float] = 0.0  # rate of the model's dropout layers (0 = none)
+    optimizer: str | Sequence[str] = "sgd"  # sgd, adam or adamw (OPTIMIZERS)
     probe_every: int = 100
     etas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)  # multiples of the run's learning rate
     dataset: str = "cifar10"
     data_root: str | None = None
     augment: bool = False
     width: float = 1.0
-    seed: int = 0
+    seed: int | Sequence[int] = 0
     device: str = "auto"
     precision: str = "tf32"  # training arithmetic on a GPU: fp32, tf32 or bf16 (autocast)
     probe: bool = True  # False: no landscape probes at all (benchmarks' baseline)
@@ -66,13 +77,23 @@ class SweepConfig:
     sharpness_every: int | None = None  # steps between Hessian sharpness probes
     sharpness_k: int = 1  # how many of the largest Hessian eigenvalues
     trace_samples: int = 0  # Hutchinson vectors per sharpness probe; 0 = no trace
-    weight_stats: bool = False  # weight norms, effective lr, angular update, every step
+    # Weight norms, effective lr, angular update, every step. None: on with the sharpness
+    # probe (the curvature instruments read together: lambda_max against 2/lr, and how much
+    # of BN's smoothness is weight-norm growth), off otherwise.
+    weight_stats: bool | None = None
 
     def uses_hooks(self) -> bool:
         """Whether an instrument hooks one eager module and ``torch.optim`` optimizer: such
         runs train sequentially (not as a batched grid or CUDA graphs)."""
         return bool(self.ics_every or self.activations_every or self.sharpness_every
-                    or self.weight_stats)
+                    or self.records_weights())
+
+    def records_weights(self) -> bool:
+        """Whether runs record weight statistics: ``weight_stats``, or by default with the
+        sharpness probe."""
+        if self.weight_stats is None:
+            return self.sharpness_every is not None
+        return self.weight_stats
 
     def validate(self, on_gpu: bool | None = None) -> None:
         """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk.
@@ -94,14 +115,16 @@ class SweepConfig:
             _positive("--epochs", self.epochs, int)
         else:
             raise LandscapeError("give --epochs or --steps")
-        _positive("--batch-size", self.batch_size, int)
         _positive("--probe-every", self.probe_every, int)
         _positive("--width", self.width)
-        _in_range("--momentum", self.momentum, 0.0, 1.0, "heavy-ball momentum must be below 1")
-        _in_range("--weight-decay", self.weight_decay, 0.0, math.inf)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed < SEED_LIMIT:
-            raise LandscapeError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}")
+        for axis in AXES:
+            option, what, check = AXIS_CHECKS[axis]
+            _listed(option, self.axis_values(axis), what, check, unique=True)
+        if any(o != "sgd" for o in self.axis_values("optimizer")) \
+                and any(m != 0 for m in self.axis_values("momentum")):
+            raise LandscapeError("--momentum is the heavy-ball momentum of --optimizer sgd; adam "
+                                 "and adamw keep their own betas (0.9, 0.999): sweep a momentum "
+                                 "other than 0 in a separate sweep with --optimizer sgd")
         if self.grid not in GRID_MODES:
             raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
@@ -135,6 +158,30 @@ class SweepConfig:
                                  "is the fast path there")
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
 
+    def axis_values(self, axis: str) -> tuple:
+        """The values of one axis (``AXES``): a list as given, a single value as a 1-tuple."""
+        value = getattr(self, axis)
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+    def varying_axes(self) -> tuple[str, ...]:
+        """The axes with more than one value: the parts run names carry (``run_name``)."""
+        return tuple(a for a in AXES if len(self.axis_values(a)) > 1)
+
+    def cells(self) -> list["SweepConfig"]:
+        """The sweep as one config per combination of the axes' values (the product, the last
+        axis of ``AXES`` varying fastest), each holding single values: what one group of
+        runs (every model, every learning rate) trains with."""
+        combos = itertools.product(*(self.axis_values(a) for a in AXES))
+        return [replace(self, **dict(zip(AXES, combo))) for combo in combos]
+
+    def run_count(self) -> int:
+        return len(self.models) * len(self.lrs) * math.prod(len(self.axis_values(a)) for a in AXES)
+
+    def model(self, name: str, num_classes: int = 10):
+        """A fresh ``nn.Module`` of model ``name`` at this config's width and dropout rate
+        (a config of one cell: ``cells``)."""
+        return build_model(name, width=self.width, num_classes=num_classes, dropout=self.dropout)
+
     def probe_dtype_of(self, model: str) -> str:
         """The probe's arithmetic for this model: ``probe_dtype``, or its default."""
         if self.probe_dtype is not None:
@@ -142,7 +189,18 @@ class SweepConfig:
         return "float64" if model in DLN_MODELS else "float32"
 
 
+DROPOUT_MODELS = [name for name, spec in MODELS.items() if spec.dropout]
 SEED_LIMIT = 2 ** 32  # as numpy's: seeds are torch generators' seeds and offsets of them
+
+
+def _seed(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise LandscapeError(f"--seed must be an integer in [0, 2**32), got {value!r}")
+
+
+def _optimizer(value) -> None:
+    if value not in OPTIMIZERS:
+        raise LandscapeError(f"unknown --optimizer {value!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
 def _positive(name: str, value, kind=float) -> None:
@@ -170,6 +228,20 @@ def _listed(option: str, values, what: str, check, unique: bool = False) -> None
         raise LandscapeError(f"{option} lists a {what} twice: {', '.join(map(str, values))}")
 
 
+# Per axis: its option, what one value is, and the check of one value (errors name the value).
+AXIS_CHECKS = {
+    "seed": ("--seed", "seed", _seed),
+    "batch_size": ("--batch-size", "batch size", lambda v: _positive("--batch-size", v, int)),
+    "momentum": ("--momentum", "momentum", lambda v: _in_range(
+        "--momentum", v, 0.0, 1.0, "heavy-ball momentum must be below 1")),
+    "weight_decay": ("--weight-decay", "weight decay",
+                     lambda v: _in_range("--weight-decay", v, 0.0, math.inf)),
+    "dropout": ("--dropout", "dropout rate", lambda v: _in_range(
+        "--dropout", v, 0.0, 1.0, "the fraction of units dropped in training")),
+    "optimizer": ("--optimizer", "optimizer", _optimizer),
+}
+
+
 def _optional_positive_int(name: str, value) -> None:
     if value is None:
         return
@@ -189,7 +261,7 @@ def _validate_extras(config) -> None:
     if config.sharpness_every is None and (config.sharpness_k != 1 or config.trace_samples):
         raise LandscapeError("--sharpness-k and --trace-samples are given but the sharpness probe "
                              "is off: add --sharpness-every N")
-    if not isinstance(config.weight_stats, bool):
+    if config.weight_stats is not None and not isinstance(config.weight_stats, bool):
         raise LandscapeError(f"weight_stats must be true or false, got {config.weight_stats!r}")
     for option, spec, every, every_option in (
             ("--ics-layers", config.ics_layers, config.ics_every, "--ics-every"),
@@ -206,14 +278,21 @@ def _validate_extras(config) -> None:
                 f"model {model!r} does not train on --dataset {config.dataset}: the deep linear "
                 f"network ({', '.join(DLN_MODELS)}) needs --dataset {DLN_DATASET}, and "
                 f"{DLN_DATASET} works with those models only")
-    if dln_data and config.batch_size < N_TRAIN:
-        raise LandscapeError(f"{DLN_DATASET} trains by full-batch gradient descent on {N_TRAIN} "
-                             f"samples: pass --batch-size {N_TRAIN} (got {config.batch_size})")
+    for batch_size in config.axis_values("batch_size"):
+        if dln_data and batch_size < N_TRAIN:
+            raise LandscapeError(f"{DLN_DATASET} trains by full-batch gradient descent on "
+                                 f"{N_TRAIN} samples: pass --batch-size {N_TRAIN} (got "
+                                 f"{batch_size})")
+    rates = [p for p in config.axis_values("dropout") if p > 0]
+    for model in config.models:
+        if rates and not MODELS[model].dropout:
+            raise LandscapeError(f"model {model!r} has no dropout layers: --dropout "
+                                 f"{rates[0]:g} applies to {', '.join(DROPOUT_MODELS)}")
     if dln_data and config.augment:
         raise LandscapeError(f"--augment does not apply to --dataset {DLN_DATASET}")
     if config.ics_every is None and config.activations_every is None:
         return
-    num_classes = 10
-    for model in config.models:  # layer names and indices must exist in every model
-        with torch.device("meta"):
-            chosen_layers(config, build_model(model, width=config.width, num_classes=num_classes))
+    for cell in {c.dropout: c for c in config.cells()}.values():  # dropout layers shift names
+        for model in config.models:  # layer names and indices must exist in every model
+            with torch.device("meta"):
+                chosen_layers(config, cell.model(model))

@@ -1,8 +1,9 @@
 """A sweep on a Ray cluster: the same runs, the same one HDF5 file, written by the driver alone.
 
 ``run_sweep_ray(config, out, RayOptions(...))`` is what ``landscape run --ray`` calls. The sweep
-splits into *units* (``sweep_units``): one run, or the learning rates of one model that train
-together on one GPU (a streams or batched grid, as a local sweep groups them). Each unit is a
+splits into *units* (``sweep_units``): in each cell of the axes (``SweepConfig.cells``: one
+seed, batch size, ...), one run, or the learning rates of one model that train together on one
+GPU (a streams or batched grid, as a local sweep groups them). Each unit is a
 Ray generator task asking for ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs; it trains with
 the code of a local sweep (``sweep.train_model``) into a ``RelayStore``, whose flushes (after
 every epoch, at the least) hand each run's new rows (``RunLog.take_pending``) back to the
@@ -34,13 +35,13 @@ import torch
 
 from ..data import ImageData, load_dataset
 from ..errors import LandscapeError
-from ..models import MODELS, NORMS, ModelSpec, Norm
+from ..models import MODELS, NORMS, ModelSpec, Norm, is_stochastic
 from ..models.registry import register_model, register_norm
 from ..store import RunLog, SweepStore
 from .config import SweepConfig
 from .device import resolve_device, training_precision
 from .loop import Progress, RunSummary
-from .sweep import run_name, sweep_attributes, train_model
+from .sweep import cell_run_name, check_size, sweep_attributes, train_model
 
 INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
 PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often (its rows: every flush)
@@ -94,23 +95,36 @@ def import_ray():
     return ray
 
 
-def sweep_units(config: SweepConfig, data, on_gpu: bool) -> list[tuple[str, tuple[float, ...]]]:
-    """The sweep's units of work, as (model, learning rates), in the order of a local sweep.
+def sweep_units(config: SweepConfig, data,
+                on_gpu: bool) -> list[tuple[SweepConfig, str, tuple[float, ...]]]:
+    """The sweep's units of work, as (cell, model, learning rates), in the order of a local
+    sweep: cell by cell (``SweepConfig.cells``), model by model.
 
     A model's learning rates stay one unit where a local sweep would train them together
-    (``sweep.grid_mode``): a streams grid on a GPU, or a batched grid on request; otherwise
-    (sequential runs, instruments' hooks, the DLN, the CPU) each run is a unit of its own.
-    A unit is trained by ``train_model``, which still chooses its mode and memory groups.
+    (``sweep.grid_mode``): a streams grid on a GPU, or a batched grid on request, for a model
+    without random draws trained by SGD; otherwise (sequential runs, instruments' hooks, the
+    DLN, dropout, adam, the CPU) each run is a unit of its own. A unit is trained by
+    ``train_model``, which still chooses its mode and memory groups.
     """
     units = []
-    for model in config.models:
-        together = (len(config.lrs) > 1 and config.grid != "sequential"
-                    and not config.uses_hooks() and isinstance(data, ImageData)
-                    and (config.grid == "batched" or (on_gpu and not config.compile
-                                                      and config.probe_dtype_of(model) == "float32")))
-        units += [(model, tuple(config.lrs))] if together else \
-            [(model, (lr,)) for lr in config.lrs]
+    for cell in config.cells():
+        for model in cell.models:
+            together = (len(cell.lrs) > 1 and cell.grid != "sequential"
+                        and not cell.uses_hooks() and isinstance(data, ImageData)
+                        and cell.optimizer == "sgd" and not _draws_at_random(cell, model)
+                        and (cell.grid == "batched"
+                             or (on_gpu and not cell.compile
+                                 and cell.probe_dtype_of(model) == "float32")))
+            units += [(cell, model, tuple(cell.lrs))] if together else \
+                [(cell, model, (lr,)) for lr in cell.lrs]
     return units
+
+
+def _draws_at_random(cell: SweepConfig, model: str) -> bool:
+    """Whether ``model`` in ``cell`` has random layers (dropout, noise): such runs train one
+    by one (neither vmap nor a CUDA graph holds their draws)."""
+    with torch.device("meta"):
+        return is_stochastic(cell.model(model))
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,8 +144,10 @@ class RelayStore(SweepStore):
         self.send(("rows", [log.take_pending() for log in logs or self.runs.values()]))
 
 
-def train_unit(config: SweepConfig, spec: ModelSpec, norm: Norm, data, threads: int):
-    """A Ray generator task: trains ``config`` (one model, the unit's learning rates) and
+def train_unit(config: SweepConfig, varying: tuple[str, ...], spec: ModelSpec, norm: Norm, data,
+               threads: int):
+    """A Ray generator task: trains ``config`` (one cell, one model, the unit's learning
+    rates; ``varying``: the sweep's axes that name runs) and
     yields lists of messages -- ``("rows", [pending block, ...])``, ``("progress", Progress)``,
     and last ``("done", [RunSummary, ...])``; an error in training raises here, after the rows
     it left are yielded.
@@ -160,8 +176,9 @@ def train_unit(config: SweepConfig, spec: ModelSpec, norm: Norm, data, threads: 
         try:
             device = resolve_device(config.device)
             with training_precision(config.precision, device) as autocast:
-                outcome["summaries"] = train_model(RelayStore(box.put), config, model_name,
-                                                   data.to(device), device, autocast, progress)
+                outcome["summaries"] = train_model(RelayStore(box.put), config, varying,
+                                                   model_name, data.to(device), device,
+                                                   autocast, progress)
         except BaseException as error:  # noqa: BLE001 - raised again by the generator
             outcome["error"] = error
         finally:
@@ -193,6 +210,7 @@ def train_unit(config: SweepConfig, spec: ModelSpec, norm: Norm, data, threads: 
 
 @dataclass
 class _Unit:
+    cell: SweepConfig  # one value per axis
     model: str
     lrs: tuple[float, ...]
     attempts: int = 0  # starts so far
@@ -205,7 +223,7 @@ class _Unit:
 def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = None, *,
                   overwrite: bool = False, command: str = "",
                   on_progress: Callable[[Progress], None] | None = None,
-                  data=None) -> list[RunSummary]:
+                  data=None, allow_large: bool = False) -> list[RunSummary]:
     """``run_sweep`` on Ray: every (model, lr) of ``config`` as Ray tasks, one HDF5 file at
     ``out`` written by this process only. Returns the summaries in the order of a local sweep;
     a failed run's summary has status ``failed`` and its ``error``.
@@ -224,6 +242,7 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
     config.validate(on_gpu=config.grid == "streams" if known is None else known > 0)
     if known is not None:
         _check_gpus(config, known)
+    check_size(config, allow_large)
     if data is None:
         data = load_dataset(config.dataset, config.data_root)
     data = data.to("cpu")
@@ -237,7 +256,8 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
                              "cpus_per_task": options.cpus_per_task,
                              "max_retries": options.max_retries}
         store = SweepStore(out, config=attributes, command=command, overwrite=overwrite)
-        units = [_Unit(model, lrs) for model, lrs in sweep_units(config, data, gpus > 0)]
+        units = [_Unit(cell, model, lrs)
+                 for cell, model, lrs in sweep_units(config, data, gpus > 0)]
         task = ray.remote(train_unit).options(num_gpus=gpus, num_cpus=options.cpus_per_task,
                                               max_retries=0)  # the driver retries, from the file
         _Driver(ray, task, store, config, ray.put(data), units, options, on_progress).run()
@@ -321,6 +341,7 @@ class _Driver:
         self.data_ref, self.units, self.options, self.on_progress = data_ref, units, options, \
             on_progress
         self.specs = {m: MODELS[m] for m in config.models}
+        self.varying = config.varying_axes()
         self.threads = max(1, int(options.cpus_per_task))
         self.running: dict = {}  # generator -> unit
         self.latest: Progress | None = None  # the last progress any unit reported
@@ -343,7 +364,7 @@ class _Driver:
                     self.touched = {}
                 if ready and self.latest is not None and self.on_progress is not None:
                     _report(self.latest, self.units, self.running, self.on_progress,
-                            len(self.config.models) * len(self.config.lrs))
+                            self.config.run_count())
         except BaseException:  # Ctrl-C, or the driver's own failure: the file says how runs ended
             for gen in self.running:
                 with contextlib.suppress(Exception):  # the interrupt, not this, is the news
@@ -359,8 +380,8 @@ class _Driver:
         unit.attempts += 1
         unit.done_steps, unit.progress = 0, None
         spec = self.specs[unit.model]
-        unit_config = replace(self.config, models=(unit.model,), lrs=unit.lrs)
-        gen = self.task.remote(unit_config, spec, NORMS[spec.norm], self.data_ref, self.threads)
+        unit_config = replace(unit.cell, models=(unit.model,), lrs=unit.lrs)
+        gen = self.task.remote(unit_config, self.varying, spec, NORMS[spec.norm], self.data_ref, self.threads)
         self.running[gen] = unit
 
     def take(self, gen) -> None:
@@ -422,7 +443,7 @@ class _Driver:
                 self.touched[name] = log
         done = {s.name for s in unit.summaries}
         for lr in unit.lrs:
-            name = run_name(unit.model, lr, self.config.seed)
+            name = cell_run_name(unit.cell, self.varying, unit.model, lr)
             if name in done:
                 continue
             attrs = self.store.runs[name].attrs if name in self.store.runs else {}

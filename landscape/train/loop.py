@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..store import RunLog
+from ..store.schema import MODE_FIELDS
 from .config import SweepConfig
+from .tasks import mode_stats
 
 
 @dataclass
@@ -67,6 +69,7 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                runs_total: int, autocast) -> float:
     """Train the trainer's K runs to the end (or divergence); write rows; returns seconds."""
     stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
+    mode_subset = trainer.task.mode_subset(config.batch_size)  # fixed: the same every epoch
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
     n_epochs = math.ceil(total_steps / stream.steps_per_epoch)
     # The host reads device values only every `sync_every` steps (divergence check, rows).
@@ -136,6 +139,10 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                 train_acc = np.full(len(runs), math.nan)  # regression (the DLN)
             for k, run in enumerate(runs):
                 if alive[k]:
+                    # Train mode (batch statistics) vs eval mode (running ones) on a fixed
+                    # training subset; none for the DLN (its epochs store NaN there).
+                    modes = (dict(zip(MODE_FIELDS, mode_stats(trainer.module(k), mode_subset)))
+                             if mode_subset else {})
                     run.test_acc = float(test_acc[k])
                     # steps < steps_per_epoch marks a partial last epoch (--steps): its
                     # train_loss/acc average fewer minibatches than a whole epoch's.
@@ -143,7 +150,7 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                                       train_loss=float(train_loss[k]),
                                       train_acc=float(train_acc[k]), test_loss=float(test_loss[k]),
                                       test_acc=run.test_acc,
-                                      seconds=time.perf_counter() - epoch_start)
+                                      seconds=time.perf_counter() - epoch_start, **modes)
                     run.log.set_attrs(steps_completed=run.steps)
             flush()
     except BaseException as error:  # the file says how the runs ended, then the error goes on

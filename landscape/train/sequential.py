@@ -1,4 +1,4 @@
-"""One run trained eagerly: a model, ``torch.optim.SGD``, and the probes attached as hooks."""
+"""One run trained eagerly: a model, its ``torch.optim`` optimizer, and the probes attached as hooks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..models import build_model
 from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
 from ..store import RunLog
 from . import tasks
@@ -15,20 +14,31 @@ from .config import SweepConfig
 from .instruments import WeightRecorder, build_instruments
 
 
+def make_optimizer(parameters, lr: float, config: SweepConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``parameters``: ``sgd`` (heavy-ball ``momentum``, L2
+    ``weight_decay`` added to the gradient), ``adam`` (L2 added to the gradient), ``adamw``
+    (decoupled weight decay); Adam's betas are torch's (0.9, 0.999), eps 1e-8."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    adaptive = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
+    return adaptive(parameters, lr=lr, weight_decay=config.weight_decay)
+
+
 def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
-              device: torch.device) -> tuple[torch.nn.Module, torch.optim.SGD]:
-    """A run's model (the same initial weights for every run of this model) and its SGD."""
+              device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A run's model and optimizer. The model is built right after ``torch.manual_seed(seed)``:
+    every run of one seed and model starts from the same weights, whatever its learning rate,
+    batch size, optimizer or dropout rate (dropout layers draw nothing when built)."""
     torch.manual_seed(config.seed)
-    model = build_model(model_name, width=config.width, num_classes=num_classes).to(device)
+    model = config.model(model_name, num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    return model, optimizer
+    return model, make_optimizer(model.parameters(), lr, config)
 
 
 class SequentialRun:
-    """One run: the model, ``torch.optim.SGD``, and the probes attached as hooks."""
+    """One run: the model, its optimizer (``make_optimizer``), and the probes attached as hooks."""
 
     def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
                  on_probe: Callable[[int, object], None], log: RunLog):
@@ -38,7 +48,10 @@ class SequentialRun:
         # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the
         # probe computes g itself, with its own draws (LandscapeProbe.reuse_grad).
         exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
-        self.probe = LandscapeProbe(every=config.probe_every, etas=tuple(config.etas),
+        # Absolute step sizes (the run's LR times --etas): with adam/adamw too, the probe steps
+        # along the raw gradient, theta - eta g, as for SGD (the paper's probe).
+        self.probe = LandscapeProbe(every=config.probe_every,
+                                    etas=tuple(e * lr for e in config.etas), relative=False,
                                     on_record=lambda r: on_probe(0, r), keep=False,
                                     reuse_grad=exact_step,
                                     dtype=PROBE_DTYPES[config.probe_dtype_of(model_name)])
@@ -48,7 +61,7 @@ class SequentialRun:
         # Compiled for training steps only; probes call the eager module through functional_call.
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.instruments = build_instruments(config, self.model, log)  # ICS, activations, ...
-        self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.weight_stats
+        self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.records_weights()
                         else None)
         for instrument in self.instruments:
             self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
@@ -73,6 +86,10 @@ class SequentialRun:
     def evaluate(self, data) -> tuple[np.ndarray, np.ndarray]:
         loss, acc = self.task.evaluate(self.model)
         return np.array([loss]), np.array([acc])
+
+    def module(self, k: int) -> torch.nn.Module:
+        """Run k's model as it is now (for measurements that leave no trace)."""
+        return self.model
 
     def freeze(self, k: int) -> None:
         """Run k diverged: nothing more to do for a single run (the loop stops)."""

@@ -14,7 +14,7 @@ function, and every step reads the batch from one static input buffer shared by 
 
 Only for what a graph can hold: CUDA, image classification, models that draw no random
 numbers (``models.is_stochastic``: not the noisy-BN family, no dropout -- a recorded probe
-could not give its points the same draws), no ICS or activation instruments (their hooks run
+could not give its points the same draws), ``--optimizer sgd`` only, no ICS or activation instruments (their hooks run
 Python at every forward), no ``torch.compile`` (``CapturedStep`` can record a compiled forward,
 which was timed in benchmarks/RESULTS.md, Round 3; its gradients were measured wrong on an H100).
 """
@@ -144,7 +144,9 @@ def supports_graphs(config, model_name: str, data, device: torch.device) -> bool
         return False
     if not isinstance(data, ImageData) or config.probe_dtype_of(model_name) != "float32":
         return False  # graphs record float32 probes
-    return not is_stochastic(build_model(model_name, width=0.0625))
+    if config.optimizer != "sgd":
+        return False  # Adam's step counter lives on the host unless capturable: not recorded yet
+    return not is_stochastic(build_model(model_name, width=0.0625, dropout=config.dropout))
 
 
 class StreamRuns:
@@ -206,6 +208,9 @@ class StreamRuns:
         results = [self.task.evaluate(model) if self.alive[k] else (np.nan, np.nan)
                    for k, model in enumerate(self.models)]
         return np.array([r[0] for r in results]), np.array([r[1] for r in results])
+
+    def module(self, k: int) -> torch.nn.Module:
+        return self.models[k]
 
     def freeze(self, k: int) -> None:
         self.alive[k] = False

@@ -14,10 +14,13 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from ..data import BatchStream, FullBatchStream, GaussianLinearData, ImageData, eval_batches
 from ..data.gaussian import DATASET as GAUSSIAN_LINEAR, STEPS_PER_EPOCH
 from ..errors import LandscapeError
+from ..models import random_modules
+from ..probes import buffer_clones
 
 
 class Task(Protocol):
@@ -29,6 +32,8 @@ class Task(Protocol):
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]: ...
+
+    def mode_subset(self, batch_size: int) -> list: ...
 
 
 @torch.no_grad()
@@ -45,6 +50,53 @@ def evaluate(model: torch.nn.Module, data: ImageData) -> tuple[float, float]:
     model.train(was_training)
     n = len(data.y_test)
     return float(total_loss) / n, float(correct) / n
+
+
+# The train/eval-mode comparison uses at least this many training images (the first ones of
+# the training split, the same every epoch), in whole batches of the run's batch size.
+MODE_SUBSET = 1024
+
+
+def mode_subset(data: ImageData, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed training subset of the train/eval-mode comparison: the first
+    ceil(MODE_SUBSET / batch_size) whole batches (as many as the training set holds) of the
+    training split in order, normalized, never augmented."""
+    count = min(math.ceil(MODE_SUBSET / batch_size), len(data.y_train) // batch_size)
+    return [(data.normalize(data.x_train[i * batch_size:(i + 1) * batch_size]),
+             data.y_train[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
+
+
+@torch.no_grad()
+def mode_stats(model: nn.Module, batches) -> tuple[float, float, float, float]:
+    """Loss and accuracy of ``batches`` in train mode and in eval mode, leaving no trace.
+
+    Train mode: every module in training mode (BatchNorm normalizes each batch by its own
+    statistics) except those that draw random numbers (dropout, noise: ``random_modules``),
+    so the numbers say what batch statistics change, not what dropout does. BatchNorm writes
+    its running statistics into clones of the buffers (``functional_call``), not the model's;
+    nothing draws from torch's generators. Eval mode: the running statistics.
+    Returns (train_mode_loss, train_mode_acc, eval_mode_loss, eval_mode_acc): means over the
+    batches' samples.
+    """
+    flags = [m.training for m in model.modules()]
+    params = dict(model.named_parameters())
+    results = []
+    try:
+        for train in (True, False):
+            model.train(train)
+            for m in random_modules(model):
+                m.eval()
+            total, correct, n = 0.0, 0, 0
+            for x, y in batches:
+                out = functional_call(model, (params, buffer_clones(model)), (x,)).float()
+                total += float(F.cross_entropy(out, y, reduction="sum"))
+                correct += int((out.argmax(1) == y).sum())
+                n += len(y)
+            results += [total / n, correct / n]
+    finally:
+        for m, flag in zip(model.modules(), flags):
+            m.training = flag
+    return tuple(results)
 
 
 class ClassificationTask:
@@ -64,6 +116,9 @@ class ClassificationTask:
 
     def evaluate(self, model):
         return evaluate(model, self.data)
+
+    def mode_subset(self, batch_size: int):
+        return mode_subset(self.data, batch_size)
 
 
 def dln_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -95,6 +150,10 @@ class RegressionTask:
 
     def correct(self, outputs, targets):
         return torch.zeros((), dtype=torch.int64, device=outputs.device)
+
+    def mode_subset(self, batch_size: int) -> list:
+        """No train/eval-mode comparison for the DLN (its epochs store NaN there)."""
+        return []
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> tuple[float, float]:
