@@ -21,8 +21,9 @@ from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cel
                              text_table)
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
-from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, check_size, load_experiment,
-                    merge, out_of_memory, run_sweep, run_sweep_ray)
+from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted, check_size,
+                    load_experiment, merge, out_of_memory, resumed_config, run_sweep,
+                    run_sweep_ray)
 from .train.distributed import import_ray
 
 EXIT_USAGE = 2
@@ -158,6 +159,14 @@ def cli():
 @click.option("--max-retries", type=int, default=None,
               help="With --ray: times a unit whose worker died starts again before its runs "
                    "are marked failed [default: 2].")
+@click.option("--resume", "resume_file", default=None, type=click.Path(dir_okay=True),
+              help="Continue the sweep in FILE with its stored settings (completed runs kept, "
+                   "the rest from their last checkpoint); --models/--lrs/--seeds given here add runs.")
+@click.option("--checkpoint-every", type=int, default=None,
+              help="Steps between checkpoints (FILE.checkpoints/) [default: every epoch]; "
+                   "SIGINT/SIGTERM also checkpoint.")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep each run's last checkpoint when it completes (removed otherwise).")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
@@ -168,8 +177,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
         activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
-        light, variant, yes, use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task,
-        max_retries):
+        resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
+        ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer), probing the landscape; write one
     HDF5 file."""
@@ -191,10 +200,19 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
                                                                      activation_layers),
                   sharpness_every=sharpness_every, sharpness_k=sharpness_k,
                   trace_samples=trace_samples, weight_stats=weight_stats)
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    ray = _ray_options(use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries)
+    if ray is not None:
+        ray.validate()
+        import_ray()
+    if resume_file is not None:
+        values = {name.rstrip("_"): values[name.rstrip("_")] for name in given
+                  if name.rstrip("_") in values}
+        return _resume(Path(resume_file), values, given, ray, checkpoint_every, keep_checkpoints,
+                       yes)
     if config_file is not None:
-        ctx = click.get_current_context()
-        given = {name for name in ctx.params
-                 if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
         values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
         out = values.pop("out")
@@ -203,12 +221,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     elif variant is not None:
         raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
-    ray = _ray_options(use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries)
-    if ray is None:
-        config.validate()
-    else:  # where the runs train is the cluster's to say: run_sweep_ray validates the rest
-        ray.validate()
-        import_ray()
+    if ray is None:  # on Ray, where the runs train is the cluster's to say: run_sweep_ray
+        config.validate()  # validates the settings once it knows
     check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
@@ -216,15 +230,46 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     if out_path.is_dir():
         raise LandscapeError(f"--out {out_path} is a directory")
 
+    _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
+           keep_checkpoints=keep_checkpoints, allow_large=yes)
+
+
+def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
+            checkpoint_every, keep_checkpoints, allow_large: bool) -> None:
+    """``landscape run --resume FILE``: the file's settings, new models, lrs and seeds added."""
+    refused = given & {"config_file", "light", "variant", "out", "overwrite"}
+    if refused:
+        option = "--" + sorted(refused)[0].replace("_file", "").replace("_", "-")
+        raise LandscapeError(f"{option} does not go with --resume: a resumed sweep keeps the "
+                             f"settings and the file of {path}")
+    if not path.is_file():
+        raise LandscapeError(f"--resume {path}: no such file")
+    sweep = read_sweep(path)
+    # On Ray, where the runs train is the cluster's to say: run_sweep_ray validates.
+    config = resumed_config(sweep.config, values, path, validate=ray is None)
+    check_size(config, allow_large)
+    _train(config, path, ray, resume=True, checkpoint_every=checkpoint_every,
+           keep_checkpoints=keep_checkpoints, allow_large=allow_large)
+
+
+def _train(config, out_path: Path, ray: RayOptions | None, **options) -> None:
+    """Run the sweep (on Ray with ``ray``) with a progress bar; the summary table, or how it
+    stopped."""
     bar = _SweepProgress()
+    resume_hint = f"resume with: landscape run --resume {shlex.quote(str(out_path))}"
     try:
         sweep = run_sweep if ray is None else partial(run_sweep_ray, options=ray)
-        summaries = sweep(config, str(out_path), overwrite=overwrite,
+        summaries = sweep(config, str(out_path),
                           command=shlex.join(["landscape"] + sys.argv[1:]),
-                          on_progress=bar.update, allow_large=yes)
+                          on_progress=bar.update, **options)
+    except SweepInterrupted as stop:
+        bar.close()
+        click.echo(f"{stop}: runs checkpointed and marked interrupted in {out_path}; "
+                   f"{resume_hint}", err=True)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         bar.close()
-        click.echo(f"interrupted; partial results kept in {out_path}", err=True)
+        click.echo(f"interrupted; partial results kept in {out_path}; {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # noqa: BLE001
         bar.close()

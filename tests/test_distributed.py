@@ -7,8 +7,10 @@ One local Ray instance with 2 CPUs (no dashboard) serves the whole module: start
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -23,6 +25,9 @@ from landscape.data import ImageData, load_dataset
 from landscape.models import MODELS, ModelSpec
 from landscape.read import read_sweep
 from landscape.train import RayOptions, SweepConfig, run_sweep, run_sweep_ray, sweep_units
+from landscape.errors import LandscapeError
+from landscape.store import SweepLock
+from landscape.train.checkpoint import checkpoint_header
 
 from conftest import one_cpu_thread
 
@@ -179,11 +184,12 @@ def test_a_run_that_raises_is_failed_with_its_message_and_the_others_complete(
         assert len(f["runs/vgg_a-lr0.1-seed0/steps/step"]) == 16
 
 
-def test_a_worker_killed_mid_run_is_started_again_and_the_file_is_whole(
+def test_a_worker_killed_mid_run_continues_from_its_checkpoint_and_the_file_is_whole(
         ray_instance, register, small_data, tmp_path):
-    """SIGKILL of the worker process at step 18 or 19 (after the first epoch's rows reached
-    the file): the unit starts again on a new worker and the final file equals the
-    uninterrupted sweep's."""
+    """SIGKILL of the worker process at step 18 or 19: the unit continues on a new worker from
+    its last checkpoint, of step 16 (the file's ``ray_retries`` says so), not from step 0, and
+    the final file equals the uninterrupted sweep's (the rows after step 16 cut, so none is
+    there twice)."""
     marker = tmp_path / "killed"
 
     def kill_once():  # the first worker to get here dies; the others (and retries) go on
@@ -197,12 +203,64 @@ def test_a_worker_killed_mid_run_is_started_again_and_the_file_is_whole(
 
     model = register("vgg_a_killed_once", kill_once, at=40)
     config = small_config(models=(model,), probe_every=4)
-    summaries = run_sweep_ray(config, tmp_path / "ray.h5", data=small_data)
+    # Checkpoints every 4 steps: the continued unit announces one at step 20, which the
+    # driver checks against the rows it holds (the unit counts from its checkpoint's rows).
+    summaries = run_sweep_ray(config, tmp_path / "ray.h5", data=small_data, checkpoint_every=4)
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker was killed
     assert [s.status for s in summaries] == ["completed", "completed"]
+    with h5py.File(tmp_path / "ray.h5", "r") as f:
+        retries = json.loads(f.attrs["ray_retries"])
+    assert [r["attempt"] for r in retries] == [1], retries  # one unit lost, once
+    assert list(retries[0]["continued_from_step"].values()) == [16], retries
     with one_cpu_thread():
         run_sweep(config, tmp_path / "local.h5", data=small_data)  # the marker: no kill here
     assert_same_numbers(tmp_path / "local.h5", tmp_path / "ray.h5")
+    assert not (tmp_path / "ray.h5.checkpoints").exists()  # removed as the runs completed
+
+
+def test_resume_ray_completes_a_sweep_whose_driver_was_killed(ray_instance, tmp_path):
+    """A Ray sweep's driver (``landscape run --ray-address`` in a process of its own, holding
+    the file's lock) gets SIGKILL once a checkpoint is in place; ``landscape run --resume FILE
+    --ray`` continues the running runs from their checkpoints (the file's ``resumed``
+    attribute names the step each continued from) and the file equals the uninterrupted
+    sweep's."""
+    out = tmp_path / "s.h5"
+    args = ["--models", "vgg_a_bn", "--lrs", "0.05,0.1", "--steps", "64", "--batch-size", "16",
+            "--probe-every", "8", "--dataset", "cifar10-mini", "--width", "0.125",
+            "--device", "cpu", "--checkpoint-every", "4"]
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "landscape", "run", "--ray-address",
+                               address, "--out", str(out)] + args,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints = tmp_path / "s.h5.checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("*.pt")) and driver.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in 120 s"
+        time.sleep(0.01)
+    with pytest.raises(LandscapeError, match="in use by another sweep"):
+        SweepLock(out).acquire()  # the driver holds the file's lock
+    driver.send_signal(signal.SIGKILL)
+    assert driver.wait() == -signal.SIGKILL, driver.stderr.read().decode()
+    with h5py.File(out, "r", locking=False) as f:
+        status = {name: run.attrs["status"] for name, run in f["runs"].items()}
+    assert "running" in status.values(), status  # killed mid-sweep
+    saved = {}  # run -> its step rows in the file when its last checkpoint was saved
+    for path in checkpoints.glob("*.pt"):
+        names, rows = checkpoint_header(path)
+        saved.update({name: rows[name]["steps"] for name in names})
+    running = {name: steps for name, steps in saved.items() if status[name] == "running"}
+    assert running and all(0 < steps < 60 for steps in running.values()), (saved, status)
+    # Checkpoints every 4 steps here too: the resumed units announce checkpoints, which the
+    # driver checks against the rows it holds (a unit must count from its checkpoint's rows).
+    code = main(["run", "--resume", str(out), "--ray", "--checkpoint-every", "4"])
+    assert code == 0
+    local_config = small_config(models=("vgg_a_bn",), lrs=(0.05, 0.1), steps=64, probe_every=8)
+    with one_cpu_thread():
+        run_sweep(local_config, tmp_path / "local.h5", data=load_dataset("cifar10-mini"))
+    assert_same_numbers(tmp_path / "local.h5", out)
+    with h5py.File(out, "r") as f:
+        resumed = json.loads(f.attrs["resumed"])
+    assert [r["continued_from_step"] for r in resumed] == [running]
 
 
 def test_a_worker_lost_more_often_than_allowed_fails_its_runs(ray_instance, register,
@@ -223,8 +281,8 @@ def test_units_keep_a_gpu_grid_together_and_split_the_rest(small_data):
     lrs = (0.05, 0.1)
 
     def units(config, on_gpu):
-        return [(cell.seed, cell.batch_size, cell.dropout, cell.optimizer, model, unit_lrs)
-                for cell, model, unit_lrs in sweep_units(config, small_data, on_gpu)]
+        return [(u.cell.seed, u.cell.batch_size, u.cell.dropout, u.cell.optimizer, u.model, u.lrs)
+                for u in sweep_units(config, small_data, on_gpu)]
 
     assert units(small_config(grid="auto"), True) == \
         [(0, 16, 0.0, "sgd", "vgg_a", lrs), (0, 16, 0.0, "sgd", "vgg_a_bn", lrs)]

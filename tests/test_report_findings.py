@@ -9,7 +9,8 @@ import pytest
 from conftest import probe_record
 from landscape.cli import main
 from landscape.report.build import build_report
-from landscape.report.findings import CLAIMS, FAILS, HOLDS, UNMEASURED, findings
+from landscape.report.findings import (CLAIMS, FAILS, HOLDS, UNMEASURED, findings,
+                                       model_family)
 from landscape.report.phases import phase_median, stall_step
 from landscape.report.summary import summarize_run
 from landscape.store import SweepStore, read_sweep
@@ -20,14 +21,15 @@ STEPS = 100
 
 def add_run(store, model, norm, *, loss_spread=1.0, grad_diff=10.0, beta=20.0, grad_norm=None,
             stall_at=None, after_beta=None, test_acc=0.8, ics=None, diverge=False,
-            optimizer="sgd"):
+            optimizer="sgd", **settings):
     """A run of ``STEPS`` steps probed every 5: loss band [2, 2 + loss_spread] over eta,
     grad_diff rows rising to ``grad_diff``, beta_eff ``beta`` (an array: per probe). With
     ``stall_at``, the gradient norm drops to 1e-4 of its start from that step on and beta_eff
     becomes ``after_beta`` there. ``ics``: (l2, cosine) at every ICS step and layer."""
     eta = np.array([0.5, 1.0, 2.0, 4.0]) * LR
-    log = store.run(f"{model}-lr{LR:g}-seed0", eta=eta, model=model, norm=norm, lr=LR, seed=0,
-                    batch_size=32, optimizer=optimizer, momentum=0.0)
+    suffix = "".join(f"-{k}{v:g}" for k, v in settings.items())  # settings: more attributes
+    log = store.run(f"{model}-lr{LR:g}-seed0{suffix}", eta=eta, model=model, norm=norm, lr=LR,
+                    seed=0, batch_size=32, optimizer=optimizer, momentum=0.0, **settings)
     step = np.arange(STEPS)
     norms = np.ones(STEPS) if grad_norm is None else np.asarray(grad_norm, float)
     if stall_at is not None:
@@ -66,8 +68,8 @@ def sweep(tmp_path, *runs):
 
 
 def verdicts(sweep_file):
-    ((lr, found),) = findings(sweep_file.runs)
-    assert lr == LR and [f.claim for f in found] == list(CLAIMS)
+    ((where, found),) = findings(sweep_file.runs)
+    assert where.lr == LR and [f.claim for f in found] == list(CLAIMS)
     return {f.claim: f for f in found}
 
 
@@ -169,3 +171,27 @@ def test_report_opens_with_the_findings_and_info_shows_phases(tmp_path, capsys):
     assert "stops learning" in out and "median β after" in out
     line = next(x for x in out.splitlines() if x.startswith("vgg_a-lr0.1"))
     assert " 60 " in line
+
+
+def test_claims_compare_one_architecture_under_one_setting(tmp_path):
+    """A course grid (MLP and CNN, with and without BN, two dropout rates): each row compares
+    a network with its own BN twin under the same dropout, never the MLP with the CNN+BN."""
+    s = sweep(tmp_path, *[(model, norm, dict(loss_spread=spread, dropout=dropout))
+                          for dropout in (0.0, 0.2)
+                          for model, norm, spread in (("mlp", "none", 3.0), ("mlp_bn", "batch", 1.0),
+                                                      ("cnn", "none", 1.0), ("cnn_bn", "batch", 2.0))])
+    rows = findings(s.runs)
+    assert [(w.family, w.lr, w.settings) for w, _ in rows] == [
+        ("cnn", LR, ("dropout 0",)), ("cnn", LR, ("dropout 0.2",)),
+        ("mlp", LR, ("dropout 0",)), ("mlp", LR, ("dropout 0.2",))]
+    band = {w.family: f for w, found in rows for f in found if f.claim == CLAIMS[0]}
+    assert band["mlp"].verdict == HOLDS and "1 with BN vs 3 without" in band["mlp"].numbers
+    assert band["cnn"].verdict == FAILS and "2 with BN vs 1 without" in band["cnn"].numbers
+    assert "mlp, lr 0.1, dropout 0.2" in build_report([s])
+
+
+@pytest.mark.parametrize("model, family", [("vgg_a", "vgg_a"), ("vgg_a_bn", "vgg_a"),
+                                           ("vgg_a_noisy_bn", "vgg_a"), ("vgg_a_linf", "vgg_a"),
+                                           ("mlp_bn", "mlp"), ("cnn", "cnn"), ("dln_bn", "dln")])
+def test_model_family_is_the_name_without_its_normalization(model, family):
+    assert model_family(model) == family

@@ -177,6 +177,10 @@ def _file_contents(path) -> tuple[dict, dict]:
     return datasets, attrs
 
 
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {group: n for group, n in counts.items() if n}
+
+
 def test_rows_relayed_from_a_log_in_another_process_write_the_same_file(tmp_path):
     """What a Ray worker does: its log's rows handed over (``take_pending``, pickled as they
     travel) and replayed into the writer's log (``absorb``) give the file that writing the
@@ -191,11 +195,16 @@ def test_rows_relayed_from_a_log_in_another_process_write_the_same_file(tmp_path
         _write_parts(log, part)
         direct.flush(log)
         _write_parts(worker, part)
+        # What the writer's file holds once these rows arrive: what a worker's checkpoint
+        # refers to (the file's row counts, ``rows_in_file``).
+        worker.rows_in_file = worker.rows_held()
         pending = pickle.loads(pickle.dumps(worker.take_pending()))
         replayed = relayed.runs.get("r") or relayed.run("r", pending["eta"])
         replayed.absorb(pending)
+        assert _nonzero(replayed.rows_held()) == worker.rows_in_file
         relayed.flush(replayed)
         assert all(not values for values in worker._rows["steps"].values())  # handed over
+        assert _nonzero(replayed.rows_in_file) == worker.rows_in_file == _nonzero(log.rows_in_file)
     (a, a_attrs), (b, b_attrs) = _file_contents(direct.path), _file_contents(relayed.path)
     assert a.keys() == b.keys() and "runs/r/ics/l2" in a and "runs/r/probe/grad_diff_layer" in a
     for key in a:

@@ -55,7 +55,19 @@ class FullBatchStream:
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, steps_per_epoch: int):
         self.inputs, self.targets, self.steps_per_epoch = inputs, targets, steps_per_epoch
+        self.position = 0  # steps of the epoch under way given so far
+        self._resume_at = 0
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _ in range(self.steps_per_epoch):
+        start, self._resume_at = self._resume_at, 0
+        for k in range(start, self.steps_per_epoch):
+            self.position = k + 1
             yield self.inputs, self.targets
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        """Where the stream stands (as ``BatchStream.state_dict``): no randomness, a position."""
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position, self._resume_at = 0, int(state["position"])

@@ -197,6 +197,11 @@ class BatchStream:
     Every stream built with the same ``seed`` yields the same batches in the same order
     (and, with ``augment``, the same crops and flips), so runs of a sweep differ only by
     their learning rate. Incomplete last batches are dropped (constant BatchNorm batch size).
+
+    ``state_dict()`` between two batches says where the stream stands (the order generator as
+    it was before this epoch's permutation, the augmentation generator now, the batches of
+    this epoch already given); after ``load_state_dict`` the next ``epoch()`` gives the rest of
+    that epoch, the very batches the interrupted stream would have given.
     """
 
     def __init__(self, data: ImageData, batch_size: int, seed: int, augment: bool = False):
@@ -209,6 +214,9 @@ class BatchStream:
         # CPU generators: the permutation is tiny, and CPU draws are identical on every device.
         self._order_gen = torch.Generator().manual_seed(seed)
         self._aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
+        self._epoch_order: torch.Tensor | None = None  # order state before this epoch's draw
+        self.position = 0  # batches of the epoch under way given so far
+        self._resume_at = 0  # batches the next epoch() skips (load_state_dict)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -217,13 +225,29 @@ class BatchStream:
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass: yields (normalized float32 images, int64 labels) on the data's device."""
         n = len(self.data.y_train)
+        self._epoch_order = self._order_gen.get_state()
         order = torch.randperm(n, generator=self._order_gen).to(self.data.x_train.device)
-        for k in range(self.steps_per_epoch):
+        start, self._resume_at = self._resume_at, 0
+        for k in range(start, self.steps_per_epoch):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             images = self.data.x_train[idx]
             if self.augment:
                 images = augment(images, self._aug_gen)
+            self.position = k + 1
             yield self.data.normalize(images), self.data.y_train[idx]
+        self._epoch_order, self.position = None, 0  # the epoch is over
+
+    def state_dict(self) -> dict:
+        """Where the stream stands between two batches (see the class docstring)."""
+        in_epoch = self._epoch_order is not None
+        return {"order": (self._epoch_order if in_epoch else self._order_gen.get_state()).clone(),
+                "augment": self._aug_gen.get_state().clone(),
+                "position": self.position if in_epoch else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._order_gen.set_state(state["order"])
+        self._aug_gen.set_state(state["augment"])
+        self._epoch_order, self.position, self._resume_at = None, 0, int(state["position"])
 
 
 def eval_batches(data: ImageData, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -63,6 +63,15 @@ class GradientStats:
         self._rows.append(row)
         self._prev_grad, self._prev_theta = g, theta
 
+    def state_dict(self) -> dict:
+        """What the next ``record`` depends on: the previous step's gradient and parameters
+        (take it between steps, after ``pop``: rows not popped are not in it)."""
+        return {"prev_grad": self._prev_grad, "prev_theta": self._prev_theta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._prev_grad, self._prev_theta = state["prev_grad"], state["prev_theta"]
+        self._rows = []
+
     def pop(self) -> np.ndarray:
         """(n, 3) float64 array of [grad_norm, grad_diff, beta_consecutive] since the last pop
         ((n, K, 3) when ``record`` was given K runs)."""

@@ -22,6 +22,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,6 +175,20 @@ class LandscapeProbe:
         for h in self._handles + self._grad_handles:
             h.remove()
         self._handles, self._grad_handles = [], []
+
+    def state_dict(self) -> dict:
+        """What the coming steps depend on, taken between two optimizer steps: the step count
+        (the schedule). The recorded batches are not kept: a probed step records its own."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (after torch's generators were restored: a probed step
+        compares them with the state they had after the previous step, ``reuse_grad``)."""
+        self.step = int(state["step"])
+        if getattr(self, "_model", None) is not None:
+            self._calls.clear()
+            self._step_batches, self._last_batches, self._grad_norms = [], [], {}
+            self._watch_gradients_if_due()
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -371,6 +386,17 @@ class SharpnessProbe(StepInstrument):
     k: int = 1
     trace_samples: int = 0
     tol: float = 1e-3
+
+    def state_dict(self) -> dict:
+        """The step count and the top eigenvector each probe's Lanczos starts from."""
+        top = getattr(self, "_top_vector", None)
+        return {**super().state_dict(),
+                "top_vector": None if top is None else torch.from_numpy(np.array(top))}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        top = state["top_vector"]
+        self._top_vector = None if top is None else top.cpu().numpy()
 
     def measure_batch(self, loss_fn, inputs, targets):
         warm = getattr(self, "_top_vector", None)

@@ -556,10 +556,13 @@ def activation_section(runs: Sequence[RunData], legend: Legend) -> Section | Non
 
 
 def findings_html(runs: Sequence[RunData]) -> str:
-    rows = [(f"{lr:g}", f.claim, f.verdict, f.numbers) for lr, found in findings(runs)
-            for f in found]
+    found = findings(runs)
+    families = len({where.family for where, _ in found})
+    rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
+            for f in found_here]
     classes = [{"holds": "holds", "does not hold": "fails"}.get(r[2], "unmeasured") for r in rows]
-    return table_html(("lr", "claim", "verdict", "numbers"), rows, classes, text_columns=4)
+    return table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
+                      text_columns=4)
 
 
 def sharpness_series(runs: Sequence[RunData], legend: Legend,

@@ -1,7 +1,9 @@
 """The paper's claims, judged on the runs of a report (plain numpy on ``read_sweep``'s runs).
 
-Each claim compares runs that share a learning rate: *without BN* (norm ``none``), *with BN*
-(norm ``batch``), *noisy BN* (``noisy_batch``) and *ℓp* (``l1``, ``l2``, ``linf``). Landscape
+Each claim compares runs that differ only in their normalization and seed: the same
+architecture (``model_family``: VGG-A, the MLP, the CNN, the DLN), learning rate and every other
+setting (dropout, batch size, optimizer, ...), *without BN* (norm ``none``), *with BN* (norm
+``batch``), *noisy BN* (``noisy_batch``) and *ℓp* (``l1``, ``l2``, ``linf``). Landscape
 measures are medians over the probed steps before the first of the compared runs stops
 learning (``phases.common_learning_end``), pooled over seeds. A claim the runs cannot speak to
 is "not measured here", with what it needs. Rules (docs/report.md says the same):
@@ -24,6 +26,7 @@ is "not measured here", with what it needs. Rules (docs/report.md says the same)
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,7 +35,7 @@ import numpy as np
 from ..store import RunData
 from .bands import last_finite, max_over_eta, spread_over_eta
 from .phases import common_learning_end
-from .pools import optimizer
+from .pools import optimizer, setting_key, setting_text
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
 ACCURACY_MARGIN = 0.05  # "trains about as well": within 5 percentage points of BN
@@ -45,6 +48,30 @@ CLAIMS = ("BN narrows the loss band along the gradient",
           "BN does not reduce internal covariate shift",
           "Noisy BN still trains",
           "ℓp normalizers behave like BN")
+
+
+# The part of a model's name that names its normalization (models/ registers them so:
+# vgg_a, vgg_a_bn, vgg_a_noisy_bn, ..., mlp_bn, cnn_bn, dln_bn); what is left is the architecture.
+NORM_SUFFIX = re.compile(r"_(bn|noisy_bn|noise|l1|l2|linf|ln|gn)$")
+
+
+def model_family(model: str) -> str:
+    """'vgg_a_bn' -> 'vgg_a', 'mlp_bn' -> 'mlp', 'cnn' -> 'cnn'."""
+    return NORM_SUFFIX.sub("", model)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Which runs a row of findings compares: one architecture at one learning rate, with the
+    other settings they share (those that vary across the report's runs) spelled out."""
+
+    lr: float
+    family: str
+    settings: tuple[str, ...] = ()  # 'dropout 0.2', 'batch size 256', ...
+
+    def text(self, families: int) -> str:
+        parts = ([self.family] if families > 1 else []) + [f"lr {self.lr:g}", *self.settings]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -170,14 +197,29 @@ def _trains_like_bn(claim: str, others: list[RunData], with_bn: list[RunData], n
     return Finding(claim, HOLDS if ok else FAILS, "; ".join(parts))
 
 
-def findings(runs: Sequence[RunData]) -> list[tuple[float, list[Finding]]]:
-    """Every claim at every learning rate of ``runs``: [(lr, [Finding per claim])]."""
+def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
+    """The runs grouped so that within a group only the normalization and the seed differ."""
+    ignore = ("model", "norm", "lr")
+    keys = {id(r): setting_key(r, ignore) for r in runs}
+    varying = sorted({name for key in keys.values() for name, _ in key
+                      if len({dict(k).get(name) for k in keys.values()}) > 1})
+    groups: dict[Comparison, list[RunData]] = {}
+    for run in runs:
+        shared = dict(keys[id(run)])
+        where = Comparison(run.lr, model_family(run.model),
+                           tuple(setting_text(name, shared.get(name)) for name in varying))
+        groups.setdefault(where, []).append(run)
+    return dict(sorted(groups.items(), key=lambda item: (item[0].family, item[0].lr,
+                                                           item[0].settings)))
+
+
+def findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Finding]]]:
+    """Every claim for every group of comparable runs: [(Comparison, [Finding per claim])]."""
     out = []
-    for lr in sorted({r.lr for r in runs}):
-        at = [r for r in runs if r.lr == lr]
+    for where, at in comparisons(runs).items():
         by_norm = lambda *norms: [r for r in at if r.norm in norms]  # noqa: E731
         without, with_bn = by_norm("none"), by_norm("batch")
-        out.append((lr, [
+        out.append((where, [
             _compare(CLAIMS[0], without, with_bn, loss_band_width, "loss band width along the "
                      "gradient (max − min over η)"),
             _compare(CLAIMS[1], without, with_bn, predictiveness_top, "max over η of "

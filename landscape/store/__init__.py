@@ -11,8 +11,10 @@ through it, the report reads through it.
 from .read import (ActivationSeries, CurvatureSeries, EpochSeries, ICSSeries, ProbeSeries, RunData,
                    StepSeries, SweepFile, WeightSeries, read_sweep)
 from .schema import CURVATURE_FIELDS, STATUSES, WEIGHT_FIELDS
-from .write import RunLog, SweepStore
+from .write import (WRITE_PAUSE_ENV, RunLog, SweepLock, SweepStore, remove_stale_temporaries,
+                    replace_atomically, write_pause)
 
 __all__ = ["SweepStore", "RunLog", "read_sweep", "SweepFile", "RunData", "StepSeries",
            "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES",
-           "CurvatureSeries", "WeightSeries", "CURVATURE_FIELDS", "WEIGHT_FIELDS"]
+           "CurvatureSeries", "WeightSeries", "CURVATURE_FIELDS", "WEIGHT_FIELDS", "SweepLock",
+           "replace_atomically", "remove_stale_temporaries", "write_pause", "WRITE_PAUSE_ENV"]

@@ -186,5 +186,25 @@ class GridRuns:
     def freeze(self, k: int) -> None:
         self.grid.alive[k] = False
 
+    def state_dict(self) -> dict:
+        """The stacked parameters, buffers and momentum of the K runs, which are alive, and
+        the per-step statistics' previous gradients (as ``SequentialRun.state_dict``)."""
+        grid = self.grid
+        return {"params": {n: p.detach() for n, p in grid.params.items()},
+                "buffers": grid.buffers, "momentum": grid._momentum_buffers,
+                "alive": grid.alive, "stats": self.stats.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        grid = self.grid
+        for name, p in grid.params.items():
+            p.copy_(state["params"][name])
+        for name, b in grid.buffers.items():
+            b.copy_(state["buffers"][name])
+        grid._momentum_buffers = {n: t.clone().to(grid.lrs.device)
+                                  for n, t in state["momentum"].items()}
+        grid.alive.copy_(state["alive"])
+        self.stats.load_state_dict(state["stats"])
+
     def close(self) -> None:
         pass

@@ -9,9 +9,10 @@ which models go with which dataset (the deep linear network, ``dln`` and ``dln_b
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence
 
 import torch
 
@@ -296,3 +297,69 @@ def _validate_extras(config) -> None:
         for model in config.models:  # layer names and indices must exist in every model
             with torch.device("meta"):
                 chosen_layers(config, cell.model(model))
+
+
+# A resumed sweep (``--resume``) keeps the settings of the runs in its file. New items of these
+# lists add runs to it; the rest must be as the file says (``resumed_config``). Only the axes
+# that always name a run grow: a second value of another axis (batch size, ...) would add a
+# part to the names of the runs already in the file.
+GROWABLE = ("models", "lrs", "seed")
+# Where a sweep runs and finds its data, not what it computes: a resume may change them.
+PLACE = ("device", "data_root")
+
+
+def _plain(value: Any) -> Any:
+    """A setting as the file's JSON holds it (tuples as lists, 1 == 1.0)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def resumed_config(stored: dict, given: dict, path, source: dict | None = None,
+                   validate: bool = True) -> SweepConfig:
+    """The settings of a resumed sweep: those ``stored`` in its file, with the new models and
+    learning rates of ``given`` added (and its device, data root). Any other setting of
+    ``given`` that differs from the file's raises ``LandscapeError`` naming it: the runs in the
+    file were trained with the file's. ``source``: the data file's ``dataset_sha256``, which
+    must be the one the sweep began with. ``validate``: check the settings where this process
+    trains (False: a Ray driver, whose workers say where the runs train, checks them itself)."""
+    known = {f.name for f in fields(SweepConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    if not values:
+        raise LandscapeError(f"{path} holds no sweep settings (config attribute): it cannot be "
+                             "resumed")
+    for name, value in given.items():
+        if name not in known:
+            continue
+        if name in GROWABLE:
+            before, added = _as_list(values.get(name)), _as_list(value)
+            grown = before + [v for v in added if _plain(v) not in _plain(before)]
+            values[name] = grown[0] if name == "seed" and len(grown) == 1 else grown
+        elif name in PLACE or name not in values:
+            values[name] = value
+        elif _plain(value) != _plain(values[name]):
+            raise LandscapeError(
+                f"--{name.replace('_', '-')} {_show(value)} differs from the "
+                f"{_show(values[name])} that the runs in {path} were trained with; a resumed "
+                "sweep keeps its settings (write a new --out to change it)")
+    stored_sha = stored.get("dataset_sha256")
+    if source and stored_sha and source.get("dataset_sha256") != stored_sha:
+        raise LandscapeError(f"--dataset {values.get('dataset')}: the file changed since the sweep "
+                             f"in {path} began (sha256 {stored_sha[:12]}... then, "
+                             f"{source['dataset_sha256'][:12]}... now)")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    config = SweepConfig(**values)
+    if validate:
+        config.validate()
+    return config
+
+
+def _as_list(value: Any) -> list:
+    """A setting that may be one value or a list (an axis), as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)

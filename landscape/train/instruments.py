@@ -110,5 +110,11 @@ class WeightRecorder:
             self.log.append("weights", step=self.step, **{f: rows[f][i] for f in WEIGHT_STAT_FIELDS})
             self.step += 1
 
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
     def detach(self) -> None:
         self.stats.detach()

@@ -17,7 +17,9 @@ import torch
 
 from ..store import RunLog
 from ..store.schema import MODE_FIELDS
+from .checkpoint import Checkpoint, Checkpointing, LoopPosition, restore, save_checkpoint
 from .config import SweepConfig
+from .signals import StopRequest, SweepInterrupted
 from .tasks import mode_stats
 
 
@@ -62,12 +64,21 @@ class RunState:
     test_acc: float = math.nan
     betas: list = field(default_factory=list)
     steps: int = 0
+    done: bool = False  # the file already holds this run complete (or diverged): left as it is
 
 
 def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                flush: Callable[[], None], on_progress, label: str, run_index: int,
-               runs_total: int, autocast) -> float:
-    """Train the trainer's K runs to the end (or divergence); write rows; returns seconds."""
+               runs_total: int, autocast, *, checkpointing: Checkpointing | None = None,
+               start: Checkpoint | None = None, stop: StopRequest | None = None) -> float:
+    """Train the trainer's K runs to the end (or divergence); write rows; returns seconds.
+
+    ``checkpointing``: save a checkpoint of the runs as it says (and when ``stop`` is asked
+    for); removed when the runs complete. ``start``: continue from that checkpoint (a trainer
+    built as the saved one was). Runs marked ``done`` (the file holds them complete) are left
+    as they are. ``stop``: a stop asked for (``signals.stop_on_signals``) checkpoints, flushes,
+    marks the runs ``interrupted`` and raises ``SweepInterrupted``.
+    """
     stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
     mode_subset = trainer.task.mode_subset(config.batch_size)  # fixed: the same every epoch
     total_steps = config.steps or config.epochs * stream.steps_per_epoch
@@ -75,9 +86,21 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
     # The host reads device values only every `sync_every` steps (divergence check, rows).
     sync_every = 1 if device.type == "cpu" else 50
     pending_steps, pending_epochs, pending_losses = [], [], []
-    alive = [True] * len(runs)
+    position = LoopPosition()
+    if start is not None:
+        position = restore(trainer, start)
+        stream.load_state_dict(position.stream)
+        for run, kept in zip(runs, position.runs, strict=True):
+            run.status, run.steps, run.diverged_step = (kept["status"], kept["steps"],
+                                                        kept["diverged_step"])
+            run.test_acc, run.betas = kept["test_acc"], list(kept["betas"])
+    alive = [not run.done and (start is None or kept["alive"])
+             for run, kept in zip(runs, position.runs or [{}] * len(runs))]
+    for k in range(len(runs)):
+        if not alive[k]:
+            trainer.freeze(k)
     last_loss = None
-    started = time.perf_counter()
+    started = time.perf_counter() - position.seconds
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     flush()  # every group (the instruments' too) exists, empty, from the start
@@ -106,13 +129,35 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
         last_loss = float(losses[-1, 0])
         pending_steps, pending_epochs, pending_losses = [], [], []
 
-    step = 0
+    def checkpoint(at: LoopPosition) -> None:
+        """Rows to the file, then (when checkpointing) the checkpoint that refers to them."""
+        sync()
+        flush()
+        if checkpointing is None:
+            return
+        at.step, at.stream, at.seconds = step, stream.state_dict(), time.perf_counter() - started
+        at.runs = [{"status": run.status, "steps": run.steps, "diverged_step": run.diverged_step,
+                    "test_acc": float(run.test_acc), "betas": [float(b) for b in run.betas],
+                    "alive": alive[k]} for k, run in enumerate(runs)]
+        save_checkpoint(checkpointing.path, trainer, at,
+                        {run.log.name: run.log.rows_in_file for run in runs},
+                        [run.log.name for run in runs])
+        checkpointing.saved()
+
+    def stopping() -> bool:
+        return stop is not None and stop.signum is not None
+
+    step = position.step
     try:
-        for epoch in range(n_epochs):
+        for epoch in range(position.epoch, n_epochs):
             epoch_start = time.perf_counter()
-            loss_sum = torch.zeros(len(runs), device=device, dtype=torch.float64)
-            correct = torch.zeros(len(runs), device=device, dtype=torch.int64)
-            seen, first_step = 0, step
+            if epoch == position.epoch and position.loss_sum is not None:  # resumed mid-epoch
+                loss_sum, correct = position.loss_sum.to(device), position.correct.to(device)
+                seen, first_step = position.seen, position.epoch_first_step
+            else:
+                loss_sum = torch.zeros(len(runs), device=device, dtype=torch.float64)
+                correct = torch.zeros(len(runs), device=device, dtype=torch.int64)
+                seen, first_step = 0, step
             for x, y in stream.epoch():
                 if step >= total_steps or not any(alive):
                     break
@@ -129,6 +174,12 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                 if on_progress is not None:
                     on_progress(Progress(label, run_index, runs_total, epoch, step, total_steps,
                                          last_loss))
+                if stopping() or (checkpointing is not None
+                                  and checkpointing.due_after_step(step, total_steps)):
+                    checkpoint(LoopPosition(epoch=epoch, epoch_first_step=first_step, seen=seen,
+                                            loss_sum=loss_sum.cpu(), correct=correct.cpu()))
+                    if stopping():
+                        raise SweepInterrupted(stop.signum)
             sync()
             if not any(alive):
                 break
@@ -153,16 +204,25 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                                       seconds=time.perf_counter() - epoch_start, **modes)
                     run.log.set_attrs(steps_completed=run.steps)
             flush()
+            if stopping() or (checkpointing is not None
+                              and checkpointing.due_after_epoch(epoch == n_epochs - 1)):
+                checkpoint(LoopPosition(epoch=epoch + 1))  # the next epoch, from its start
+                if stopping():
+                    raise SweepInterrupted(stop.signum)
     except BaseException as error:  # the file says how the runs ended, then the error goes on
         for k, run in enumerate(runs):
             if alive[k]:
-                run.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                run.status = ("interrupted" if isinstance(error, (KeyboardInterrupt,
+                                                                  SweepInterrupted))
+                              else "failed")
         raise
     finally:
         trainer.close()
         sync()
         seconds = time.perf_counter() - started
         for run in runs:
+            if run.done:
+                continue  # the file holds it complete: left as it is
             attrs = dict(status=run.status, steps_completed=run.steps, seconds=seconds)
             if device.type == "cuda":  # of this run (or of the whole batched grid)
                 attrs["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -170,4 +230,6 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
                 attrs["diverged_step"] = run.diverged_step
             run.log.set_attrs(**attrs)
         flush()
+    if checkpointing is not None:
+        checkpointing.finish()
     return seconds

@@ -94,6 +94,26 @@ class SequentialRun:
     def freeze(self, k: int) -> None:
         """Run k diverged: nothing more to do for a single run (the loop stops)."""
 
+    def state_dict(self) -> dict:
+        """Everything the next step depends on, taken between steps after the loop's host
+        sync: weights and buffers (BatchNorm's statistics, the noise layers' draw counters),
+        the optimizer's state, the per-step statistics' previous gradient, each probe's and
+        instrument's schedule and warm starts. torch's generators are the checkpoint's."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "stats": self.stats.state_dict(), "probe": self.probe.state_dict(),
+                "instruments": [i.state_dict() for i in self.instruments],
+                "weights": self.weights.state_dict() if self.weights is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stats.load_state_dict(state["stats"])
+        self.probe.load_state_dict(state["probe"])
+        for instrument, kept in zip(self.instruments, state["instruments"], strict=True):
+            instrument.load_state_dict(kept)
+        if self.weights is not None:
+            self.weights.load_state_dict(state["weights"])
+
     def close(self) -> None:
         for hooks in [self.probe, self.stats, *self.instruments, self.weights]:
             if hooks is not None:

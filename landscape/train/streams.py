@@ -215,5 +215,24 @@ class StreamRuns:
     def freeze(self, k: int) -> None:
         self.alive[k] = False
 
+    def state_dict(self) -> dict:
+        """Each run's weights, buffers, SGD state and previous gradient (as
+        ``SequentialRun.state_dict``). Not tested on a GPU yet (none here): a restored run
+        records its graph anew after ``WARMUP`` eager steps, which the graph replays."""
+        return {"runs": [{"model": step.model.state_dict(),
+                          "optimizer": step.optimizer.state_dict(),
+                          "prev_grad": step.prev_grad, "prev_theta": step.prev_theta,
+                          "has_prev": step.has_prev} for step in self.steps],
+                "alive": list(self.alive)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for step, kept in zip(self.steps, state["runs"], strict=True):
+            step.model.load_state_dict(kept["model"])
+            step.optimizer.load_state_dict(kept["optimizer"])
+            for name in ("prev_grad", "prev_theta", "has_prev"):
+                getattr(step, name).copy_(kept[name])
+        self.alive = list(state["alive"])
+
     def close(self) -> None:
         self._deliver_probes()
