@@ -22,6 +22,7 @@ setup(
     ],
     extras_require={
         "parquet": ["pyarrow"],  # `landscape export --format parquet`
+        "ray": ["ray>=2.10"],  # `landscape run --ray`: a sweep's runs as tasks on a Ray cluster
         # import-linter checks the declared layering (.importlinter, tests/test_architecture.py);
         # xarray + h5netcdf: the tests open the HDF5 file as netCDF (named dimensions)
         "test": ["pytest", "import-linter>=2.1", "xarray", "h5netcdf", "pyarrow"],

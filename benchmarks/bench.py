@@ -9,6 +9,8 @@
     python benchmarks/bench.py --suite curvature    # lambda_max against PyHessian (when installed),
                                                     # weight statistics, sharpness sweep overhead
     python benchmarks/bench.py --suite experiments  # each experiment file's runs, N steps, projected
+    python benchmarks/bench.py --suite ray          # 2 Ray workers against 1, and the driver's
+                                                    # cost per row block and per flush (needs ray)
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
 ``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature_bench  # noqa: E402
+import ray_bench  # noqa: E402
 from reference_course import course_sweep  # noqa: E402
 
 import landscape.train.sweep as sweep_module  # noqa: E402
@@ -435,6 +438,12 @@ def curvature_suite(args, device: torch.device) -> None:
         print("\n".join(table) + "\n")
 
 
+def ray_suite(args, device: torch.device) -> None:
+    """A Ray sweep's scale (issue 18): 2 workers against 1, the driver's cost and capacity."""
+    for table in ray_bench.ray_tables(quick=args.quick):
+        print("\n".join(table) + "\n", flush=True)
+
+
 # --------------------------------------------------------------------------- command line
 
 # suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
@@ -448,6 +457,7 @@ SUITES = {
     "gpucheck": (gpucheck_suite, "cuda", {"device": "cuda"}),
     "curvature": (curvature_suite, None, {"repeat": 3, "steps": 200, "quick": False,
                                           "device": "auto"}),
+    "ray": (ray_suite, "cpu", {"quick": False}),
     "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
                                               "device": "auto", "files": []}),
 }
@@ -477,7 +487,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="cpu, gpu: alternating repeats of the "
                         "probe-overhead pair, fastest kept (default 2)")
     parser.add_argument("--quick", action="store_true", default=None,
-                        help="cpu, gpu: a smoke run, not a measurement (width 0.125, 2 epochs, one LR, "
+                        help="cpu, gpu, ray: a smoke run, not a measurement (width 0.125, 2 epochs, one LR, "
                         "one repeat, one CPU thread)")
     parser.add_argument("--no-probe", action="store_true", default=None,
                         help="fig4: the grid without probes")

@@ -9,6 +9,7 @@ import math
 import shlex
 import sys
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import click
@@ -20,11 +21,14 @@ from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cel
                              text_table)
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
-from .train import (MAX_RUNS_UNASKED, SweepConfig, SweepInterrupted, check_size,
-                    load_experiment, merge, out_of_memory, resumed_config, run_sweep)
+from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted, check_size,
+                    load_experiment, merge, out_of_memory, resumed_config, run_sweep,
+                    run_sweep_ray)
+from .train.distributed import import_ray
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_RUNS_FAILED = 1  # a Ray sweep finished, some of its runs failed
 
 
 def _float_list(option: str, text: str) -> tuple[float, ...]:
@@ -141,6 +145,20 @@ def cli():
 @click.option("--weight-stats/--no-weight-stats", default=None,
               help="Record weight norms, effective learning rate and angular update of every "
                    "weight layer at every step [default: on with --sharpness-every, else off].")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
+                   "\"landscape[ray]\"); the driver writes the one --out file.")
+@click.option("--ray-address", default=None,
+              help="Run on an existing Ray cluster: HOST:PORT of its head node, or auto "
+                   "(implies --ray).")
+@click.option("--ray-gpus-per-task", type=float, default=None,
+              help="GPUs each Ray task asks for (fractions share a GPU) [default: 1 where the "
+                   "cluster has GPUs, else 0].")
+@click.option("--ray-cpus-per-task", type=float, default=None,
+              help="CPUs each Ray task asks for, and its torch threads [default: 1].")
+@click.option("--max-retries", type=int, default=None,
+              help="With --ray: times a unit whose worker died starts again before its runs "
+                   "are marked failed [default: 2].")
 @click.option("--resume", "resume_file", default=None, type=click.Path(dir_okay=True),
               help="Continue the sweep in FILE with its stored settings (completed runs kept, "
                    "the rest from their last checkpoint); --models/--lrs/--seeds given here add runs.")
@@ -159,7 +177,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
         activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
-        resume_file, checkpoint_every, keep_checkpoints, light, variant, yes):
+        resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
+        ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer), probing the landscape; write one
     HDF5 file."""
@@ -184,10 +203,15 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     ctx = click.get_current_context()
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
+    ray = _ray_options(use_ray, ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries)
+    if ray is not None:
+        ray.validate()
+        import_ray()
     if resume_file is not None:
         values = {name.rstrip("_"): values[name.rstrip("_")] for name in given
                   if name.rstrip("_") in values}
-        return _resume(Path(resume_file), values, given, checkpoint_every, keep_checkpoints, yes)
+        return _resume(Path(resume_file), values, given, ray, checkpoint_every, keep_checkpoints,
+                       yes)
     if config_file is not None:
         values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
@@ -197,7 +221,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     elif variant is not None:
         raise LandscapeError("--variant selects a variant of an experiment: give --config FILE")
     config = SweepConfig(**values)
-    config.validate()
+    if ray is None:  # on Ray, where the runs train is the cluster's to say: run_sweep_ray
+        config.validate()  # validates the settings once it knows
     check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
@@ -205,12 +230,12 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     if out_path.is_dir():
         raise LandscapeError(f"--out {out_path} is a directory")
 
-    _train(config, out_path, overwrite=overwrite, checkpoint_every=checkpoint_every,
+    _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
            keep_checkpoints=keep_checkpoints, allow_large=yes)
 
 
-def _resume(path: Path, values: dict, given: set[str], checkpoint_every, keep_checkpoints,
-            allow_large: bool) -> None:
+def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
+            checkpoint_every, keep_checkpoints, allow_large: bool) -> None:
     """``landscape run --resume FILE``: the file's settings, new models, lrs and seeds added."""
     refused = given & {"config_file", "light", "variant", "out", "overwrite"}
     if refused:
@@ -220,20 +245,23 @@ def _resume(path: Path, values: dict, given: set[str], checkpoint_every, keep_ch
     if not path.is_file():
         raise LandscapeError(f"--resume {path}: no such file")
     sweep = read_sweep(path)
-    config = resumed_config(sweep.config, values, path)
+    # On Ray, where the runs train is the cluster's to say: run_sweep_ray validates.
+    config = resumed_config(sweep.config, values, path, validate=ray is None)
     check_size(config, allow_large)
-    _train(config, path, resume=True, checkpoint_every=checkpoint_every,
+    _train(config, path, ray, resume=True, checkpoint_every=checkpoint_every,
            keep_checkpoints=keep_checkpoints, allow_large=allow_large)
 
 
-def _train(config, out_path: Path, **options) -> None:
-    """Run the sweep with a progress bar; the summary table, or how it stopped."""
+def _train(config, out_path: Path, ray: RayOptions | None, **options) -> None:
+    """Run the sweep (on Ray with ``ray``) with a progress bar; the summary table, or how it
+    stopped."""
     bar = _SweepProgress()
     resume_hint = f"resume with: landscape run --resume {shlex.quote(str(out_path))}"
     try:
-        summaries = run_sweep(config, str(out_path),
-                              command=shlex.join(["landscape"] + sys.argv[1:]),
-                              on_progress=bar.update, **options)
+        sweep = run_sweep if ray is None else partial(run_sweep_ray, options=ray)
+        summaries = sweep(config, str(out_path),
+                          command=shlex.join(["landscape"] + sys.argv[1:]),
+                          on_progress=bar.update, **options)
     except SweepInterrupted as stop:
         bar.close()
         click.echo(f"{stop}: runs checkpointed and marked interrupted in {out_path}; "
@@ -252,6 +280,25 @@ def _train(config, out_path: Path, **options) -> None:
     bar.close()
     click.echo(_summary_table(summaries))
     click.echo(f"wrote {out_path}")
+    failed = [s for s in summaries if s.error is not None]
+    for s in failed:
+        click.echo(f"failed: {s.name}: {s.error}", err=True)
+    if failed:  # the sweep went on past them (Ray); the exit status still says so
+        raise click.exceptions.Exit(EXIT_RUNS_FAILED)
+
+
+def _ray_options(use_ray: bool, address, gpus, cpus, max_retries) -> RayOptions | None:
+    """The Ray options, when the sweep runs on Ray (--ray or --ray-address); else None, and
+    a Ray option given alone is refused."""
+    if use_ray or address is not None:
+        return RayOptions(address=address, gpus_per_task=gpus,
+                          cpus_per_task=1.0 if cpus is None else cpus,
+                          max_retries=2 if max_retries is None else max_retries)
+    for option, value in (("--ray-gpus-per-task", gpus), ("--ray-cpus-per-task", cpus),
+                          ("--max-retries", max_retries)):
+        if value is not None:
+            raise LandscapeError(f"{option} applies to Ray sweeps: add --ray (or --ray-address)")
+    return None
 
 
 class _SweepProgress:
@@ -274,7 +321,8 @@ class _SweepProgress:
         elif label != self.bar.label:
             self.bar.label = label
             self.bar.render_progress()
-        self.bar.update(p.run_index * p.steps_total + p.step - self.bar.pos, current_item=p)
+        done = p.run_index * p.steps_total + p.step if p.sweep_step is None else p.sweep_step
+        self.bar.update(done - self.bar.pos, current_item=p)
 
     @staticmethod
     def _describe(p) -> str | None:
@@ -369,7 +417,9 @@ def export(file, file_format, out, overwrite):
 def main(argv=None) -> int:
     """Console entry point: click's own errors and ours become one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="landscape", standalone_mode=False)
+        # Without standalone mode click returns the code of a click.exceptions.Exit raised
+        # inside a command (a Ray sweep whose runs failed), and a command's value otherwise.
+        code = cli.main(args=argv, prog_name="landscape", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help, --version
         return e.exit_code
     except click.exceptions.Abort:
@@ -385,7 +435,7 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{os_reason(e)}", err=True)
         return EXIT_USAGE
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

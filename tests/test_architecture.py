@@ -78,3 +78,38 @@ def test_registries_are_complete_whatever_is_imported_first():
         models, norms = done.stdout.split()
         assert models.split(",") == MODELS, first
         assert norms.split(",") == NORMS, first
+
+
+OPTIONAL = {"ray": "landscape/train/distributed.py"}  # optional dependency -> the one module using it
+
+
+def _imports_of(path: Path, name: str) -> list[tuple[int, bool]]:
+    """(line, inside a function) of each import of package ``name`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    in_function = {id(node) for func in ast.walk(tree)
+                   if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for node in ast.walk(func)}
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                 else [])
+        if any(n.split(".")[0] == name for n in names):
+            found.append((node.lineno, id(node) in in_function))
+    return found
+
+
+def test_optional_dependencies_are_imported_in_one_module_and_only_when_used():
+    """The rule above (no import inside a function) is for the package's own modules. An
+    optional extra (``ray``) is the exception: imported inside the function that needs it,
+    in the one module that uses it, so that the package imports and runs without it."""
+    for name, home in OPTIONAL.items():
+        where = {str(p.relative_to(ROOT)): _imports_of(p, name) for p in sorted(PACKAGE.rglob("*.py"))}
+        assert {p for p, hits in where.items() if hits} == {home}, name
+        assert where[home] and all(inside for _, inside in where[home]), where[home]
+    code = ("import sys; sys.modules.update({n: None for n in %r}); "
+            "import landscape, landscape.cli, landscape.train, landscape.report; print('ok')"
+            % sorted(OPTIONAL))  # None in sys.modules: `import ray` fails, as when uninstalled
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -274,3 +274,13 @@ def test_compile_is_refused_on_a_gpu(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--compile is CPU-only" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_without_ray_installed_ray_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError: uninstalled
+    assert main(["run", "--ray", "--dataset", "cifar10-mini",
+                 "--out", str(tmp_path / "never.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err == ('error: --ray needs the ray package: pip install "landscape[ray]" '
+                   '(or pip install ray)\n')
+    assert list(tmp_path.iterdir()) == []

@@ -3,13 +3,15 @@ HDF5 dimension scales that netCDF readers (xarray + h5netcdf) see as named dimen
 
 from __future__ import annotations
 
+import pickle
+
 import h5py
 import numpy as np
 import pytest
 import xarray as xr
 
 from landscape.read import read_sweep
-from landscape.store import SweepStore
+from landscape.store import RunLog, SweepStore
 from landscape.store.schema import FIELDS, GROUPS
 
 from conftest import add_synthetic_run, probe_record
@@ -137,3 +139,82 @@ def test_declare_refuses_a_field_the_schema_does_not_describe(tmp_path):
         log.declare("ics", {"step": (np.int64, ()), "mystery": (np.float64, (2,))})
     with pytest.raises(ValueError, match="not described"):
         log.declare("my_probe", {"step": (np.int64, ())})
+
+
+def _write_parts(log, part: int) -> None:
+    """Part ``part`` of a run's rows: steps, probes split by layer, an ICS group, attributes."""
+    eta, steps = log.eta, np.arange(5 * part, 5 * part + 5)
+    if part == 0:
+        log.declare("ics", {"step": (np.int64, ()), "l2": (np.float64, (2,)),
+                            "cosine": (np.float64, (2,)), "grad_norm": (np.float64, (2,))},
+                    {"layer": ["features.0", "features.3"],
+                     "layer_index": np.array([1, 2], np.int64)})
+    log.add_steps(step=steps, epoch=steps // 10, loss=1.0 / (1 + steps), grad_norm=steps + 0.5,
+                  grad_diff=np.sqrt(steps), beta_consecutive=steps * 2.0)
+    record = probe_record(int(steps[0]), eta, np.arange(1.0, 5.0) * (part + 1), np.ones(4), 3.0)
+    record.layer = ("features.0", "classifier.0")
+    record.grad_diff_layer = np.arange(8.0).reshape(4, 2) + part
+    record.grad_norm_layer = np.array([0.5, 1.5]) * (part + 1)
+    log.add_probe(record)
+    log.append("ics", step=int(steps[0]), l2=[0.1 * part, 0.2], cosine=[0.9, 0.8 - part / 10],
+               grad_norm=[1.0, 2.0])
+    log.add_epoch(epoch=part, steps=5, train_loss=2.0 - part, train_acc=0.1 * part,
+                  test_loss=2.1 - part, test_acc=0.1 * part, seconds=1.0)
+    log.set_attrs(steps_completed=int(steps[-1]) + 1,
+                  **({"status": "completed"} if part == 2 else {}))
+
+
+def _file_contents(path) -> tuple[dict, dict]:
+    datasets, attrs = {}, {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                datasets[name] = obj[()]
+            if name.startswith("runs/"):
+                attrs[name] = {k: v for k, v in obj.attrs.items() if k not in ("DIMENSION_LIST",
+                                                                              "REFERENCE_LIST")}
+        f.visititems(visit)
+    return datasets, attrs
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {group: n for group, n in counts.items() if n}
+
+
+def test_rows_relayed_from_a_log_in_another_process_write_the_same_file(tmp_path):
+    """What a Ray worker does: its log's rows handed over (``take_pending``, pickled as they
+    travel) and replayed into the writer's log (``absorb``) give the file that writing the
+    same calls directly gives -- steps, probes split by layer, a declared group, attributes."""
+    attrs = dict(model="vgg_a", norm="none", lr=0.1, seed=0)
+    direct = SweepStore(tmp_path / "direct.h5", config={}, command="")
+    relayed = SweepStore(tmp_path / "relayed.h5", config={}, command="")
+    log = direct.run("r", eta=[0.05, 0.1, 0.2, 0.4], **attrs)
+    worker = RunLog("r", [0.05, 0.1, 0.2, 0.4])
+    worker.set_attrs(status="running", **attrs)
+    for part in range(3):
+        _write_parts(log, part)
+        direct.flush(log)
+        _write_parts(worker, part)
+        # What the writer's file holds once these rows arrive: what a worker's checkpoint
+        # refers to (the file's row counts, ``rows_in_file``).
+        worker.rows_in_file = worker.rows_held()
+        pending = pickle.loads(pickle.dumps(worker.take_pending()))
+        replayed = relayed.runs.get("r") or relayed.run("r", pending["eta"])
+        replayed.absorb(pending)
+        assert _nonzero(replayed.rows_held()) == worker.rows_in_file
+        relayed.flush(replayed)
+        assert all(not values for values in worker._rows["steps"].values())  # handed over
+        assert _nonzero(replayed.rows_in_file) == worker.rows_in_file == _nonzero(log.rows_in_file)
+    (a, a_attrs), (b, b_attrs) = _file_contents(direct.path), _file_contents(relayed.path)
+    assert a.keys() == b.keys() and "runs/r/ics/l2" in a and "runs/r/probe/grad_diff_layer" in a
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert a_attrs == b_attrs and b_attrs["runs/r"]["status"] == "completed"
+    assert len(b["runs/r/steps/step"]) == 15
+
+
+def test_absorb_refuses_another_runs_rows(tmp_path):
+    store = SweepStore(tmp_path / "s.h5", config={}, command="")
+    log = store.run("a", eta=[0.1])
+    with pytest.raises(ValueError, match="replayed into run 'a'"):
+        log.absorb(RunLog("b", [0.1]).take_pending())

@@ -276,9 +276,7 @@ class RunLog:
         layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
                   else ())
         if self.probe_layers is None:  # the first record fixes whether the split is stored
-            self.probe_layers = layers
-            if layers:
-                self._rows["probe"].update({f: [] for f in PROBE_LAYER_FIELDS})
+            self._set_probe_layers(layers)
         if layers != self.probe_layers:
             raise ValueError(f"run {self.name}: probe layers {layers} differ from "
                              f"{self.probe_layers}")
@@ -286,11 +284,61 @@ class RunLog:
             for f in PROBE_LAYER_FIELDS:
                 self._rows["probe"][f].append(getattr(record, f))
 
+    def _set_probe_layers(self, layers: tuple[str, ...]) -> None:
+        self.probe_layers = layers
+        if layers:
+            self._rows["probe"].update({f: [] for f in PROBE_LAYER_FIELDS})
+
     def set_attrs(self, **attrs) -> None:
         """Run attributes (status, diverged_step, ...) written at the next flush."""
         if "status" in attrs and attrs["status"] not in STATUSES:
             raise ValueError(f"unknown status {attrs['status']!r}")
         self._attrs.update(attrs)
+        self.dirty = True
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The run's attributes as last set (a copy): ``status``, ``steps_completed``, ..."""
+        return dict(self._attrs)
+
+    def rows_held(self) -> dict[str, int]:
+        """Rows of each group in the file and buffered: what the file holds after the next
+        flush."""
+        held = dict(self.rows_in_file)
+        for group, columns in self._rows.items():
+            buffered = max(map(len, columns.values()), default=0)
+            if buffered:
+                held[group] = held.get(group, 0) + buffered
+        return held
+
+    def take_pending(self) -> dict:
+        """The rows buffered since the last take, handed over (the buffers empty), with the
+        run's attributes and declarations so far: a log kept in another process (a Ray
+        worker's) replays them into the writer's log with ``absorb``. Plain data: picklable."""
+        rows = {group: {f: values for f, values in columns.items() if values}
+                for group, columns in self._rows.items()}
+        for columns in self._rows.values():
+            for f in columns:
+                columns[f] = []
+        self.dirty = False
+        return {"name": self.name, "eta": self.eta, "attrs": dict(self._attrs),
+                "extra": dict(self._extra), "probe_layers": self.probe_layers, "rows": rows}
+
+    def absorb(self, pending: dict) -> None:
+        """Replay ``take_pending``'s block: its declarations, rows and attributes, as if the
+        calls that made them had been made on this log."""
+        if pending["name"] != self.name or not np.array_equal(pending["eta"], self.eta):
+            raise ValueError(f"rows of run {pending['name']!r} replayed into run {self.name!r}")
+        for group, (fields, constants) in pending["extra"].items():
+            if group not in self._extra:
+                self._extra[group] = (fields, constants)
+                self._rows[group] = {f: [] for f in fields}
+        if pending["probe_layers"] is not None and self.probe_layers is None:
+            self._set_probe_layers(pending["probe_layers"])
+        for group, columns in pending["rows"].items():
+            for f, values in columns.items():
+                self._rows[group][f].extend(values)
+        self._attrs.update(pending["attrs"])
         self.dirty = True
 
     def _write(self, root: h5py.Group) -> None:
@@ -468,6 +516,11 @@ class SweepStore:
 
         if counts:
             self.commit(write)
+        for name, kept in counts.items():  # logs of this store: what the file now holds
+            if name in self.runs:
+                log = self.runs[name]
+                log.rows_in_file = {g: min(n, kept.get(g, 0))
+                                    for g, n in log.rows_in_file.items()}
 
     def set_root_attrs(self, **attrs) -> None:
         def write(f: h5py.File) -> None:

@@ -6,8 +6,9 @@
 ``sequential`` (one eager run, probes as hooks), ``batched`` (the grid as one vmapped model),
 ``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``),
 ``checkpoint`` (a trainer and the loop position, saved and restored), ``signals`` (SIGINT and
-SIGTERM stop at a step boundary) and ``sweep`` (``run_sweep``: every model at every learning
-rate and every value of the axes ``AXES``, one HDF5 file; ``resume=True`` continues one).
+SIGTERM stop at a step boundary), ``sweep`` (``run_sweep``: every model at every learning
+rate and every value of the axes ``AXES``, one HDF5 file; ``resume=True`` continues one) and
+``distributed`` (``run_sweep_ray``: the same sweep as Ray tasks, the same one file).
 """
 
 from .batched import BatchedGrid, GridRuns, supports_batched
@@ -15,6 +16,7 @@ from .checkpoint import (Checkpoint, Checkpointing, LoopPosition, load_checkpoin
                          save_checkpoint)
 from .config import (AXES, GRID_MODES, MAX_RUNS_UNASKED, OPTIMIZERS, PRECISIONS, SweepConfig,
                      resumed_config)
+from .distributed import RayOptions, run_sweep_ray, sweep_units
 from .device import out_of_memory, resolve_device, training_precision
 from .experiment import load_experiment, merge
 from .loop import Progress, RunSummary, train_runs
@@ -22,7 +24,7 @@ from .sequential import SequentialRun, build_run, make_optimizer
 from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns, supports_graphs
 from .signals import SweepInterrupted, stop_on_signals
 from .sweep import (cell_run_name, check_size, grid_chunks, grid_mode, plan_resume, resume_action,
-                    run_name, run_sweep)
+                    run_name, run_sweep, train_group)
 from .tasks import ClassificationTask, RegressionTask, dln_loss, evaluate, task_for
 
 __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "PRECISIONS",
@@ -34,4 +36,5 @@ __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "
            "OPTIMIZERS", "check_size", "make_optimizer",
            "Checkpoint", "Checkpointing",
            "LoopPosition", "load_checkpoint", "restore", "save_checkpoint", "resumed_config",
-           "SweepInterrupted", "stop_on_signals", "plan_resume", "resume_action", "cell_run_name"]
+           "SweepInterrupted", "stop_on_signals", "plan_resume", "resume_action", "cell_run_name",
+           "train_group", "RayOptions", "run_sweep_ray", "sweep_units"]

@@ -30,6 +30,7 @@ import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -146,12 +147,18 @@ class Checkpointing:
     path: Path
     every: int | None = None
     keep: bool = False
+    # Called with ``path`` after each save: a Ray worker hands the checkpoint to its driver.
+    on_saved: Callable[[Path], None] | None = None
 
     def due_after_step(self, step: int, total_steps: int) -> bool:
         return self.every is not None and step % self.every == 0 and step < total_steps
 
     def due_after_epoch(self, last: bool) -> bool:
         return self.every is None and not last
+
+    def saved(self) -> None:
+        if self.on_saved is not None:
+            self.on_saved(self.path)
 
     def finish(self) -> None:
         """The runs are complete and in the file: their checkpoint is no longer needed."""

@@ -96,8 +96,11 @@ class SweepConfig:
             return self.sharpness_every is not None
         return self.weight_stats
 
-    def validate(self) -> None:
-        """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk."""
+    def validate(self, on_gpu: bool | None = None) -> None:
+        """Raise ``LandscapeError`` naming the first bad value; touches nothing on disk.
+
+        ``on_gpu``: whether the runs train on a GPU; None: where ``device`` resolves here
+        (a Ray sweep's workers, not the driver, say where its runs train)."""
         def known_model(name):
             if name not in MODELS:
                 raise LandscapeError(f"unknown model {name!r} in --models; choose from "
@@ -139,7 +142,11 @@ class SweepConfig:
         if self.grid == "streams" and "float64" in map(self.probe_dtype_of, self.models):
             raise LandscapeError("--grid streams records float32 probes in CUDA graphs: with "
                                  "--probe-dtype float64 use --grid sequential or batched")
-        on_gpu = resolve_device(self.device).type == "cuda"
+        if on_gpu is None:
+            on_gpu = resolve_device(self.device).type == "cuda"
+        elif self.device not in ("auto", "cpu", "cuda"):  # cuda:N names a GPU of this machine
+            raise LandscapeError(f"--device {self.device!r} on Ray workers: choose auto, cpu or "
+                                 "cuda (Ray gives each task its own GPUs)")
         if not on_gpu and self.grid == "streams":
             raise LandscapeError("--grid streams replays CUDA graphs: it needs a GPU "
                                  "(--device cuda); use --grid sequential or batched here")
@@ -306,12 +313,14 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def resumed_config(stored: dict, given: dict, path, source: dict | None = None) -> SweepConfig:
+def resumed_config(stored: dict, given: dict, path, source: dict | None = None,
+                   validate: bool = True) -> SweepConfig:
     """The settings of a resumed sweep: those ``stored`` in its file, with the new models and
     learning rates of ``given`` added (and its device, data root). Any other setting of
     ``given`` that differs from the file's raises ``LandscapeError`` naming it: the runs in the
     file were trained with the file's. ``source``: the data file's ``dataset_sha256``, which
-    must be the one the sweep began with."""
+    must be the one the sweep began with. ``validate``: check the settings where this process
+    trains (False: a Ray driver, whose workers say where the runs train, checks them itself)."""
     known = {f.name for f in fields(SweepConfig)}
     values = {k: v for k, v in stored.items() if k in known}
     if not values:
@@ -338,7 +347,8 @@ def resumed_config(stored: dict, given: dict, path, source: dict | None = None) 
                              f"{source['dataset_sha256'][:12]}... now)")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     config = SweepConfig(**values)
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

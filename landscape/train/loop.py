@@ -34,6 +34,7 @@ class RunSummary:
     median_beta: float
     seconds: float
     diverged_step: int | None = None
+    error: str | None = None  # why a failed run failed (a Ray sweep goes on past it)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Progress:
     step: int
     steps_total: int
     loss: float | None = None  # last loss seen on the host (None between host syncs)
+    # Steps done in the whole sweep, where runs train in parallel (a Ray sweep); None: the
+    # runs go one after another, run_index * steps_total + step.
+    sweep_step: int | None = None
 
 
 @dataclass
@@ -138,6 +142,7 @@ def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
         save_checkpoint(checkpointing.path, trainer, at,
                         {run.log.name: run.log.rows_in_file for run in runs},
                         [run.log.name for run in runs])
+        checkpointing.saved()
 
     def stopping() -> bool:
         return stop is not None and stop.signum is not None

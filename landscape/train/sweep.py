@@ -5,7 +5,9 @@ size, momentum, weight decay, dropout, optimizer), written to one HDF5 file.
 the sweep cell by cell (``SweepConfig.cells``: one value of each axis), and in a cell, for
 each model, chooses how the learning rates train (``grid_mode``: CUDA-graph streams, a
 batched grid, or one sequential run after another), splits them into groups that fit in
-memory (``grid_chunks``), and trains each group with ``loop.train_runs``.
+memory (``grid_chunks``, ``groups_to_train``), and trains each group with ``train_group``
+(``loop.train_runs``); a Ray sweep's workers call ``train_group`` too (``distributed.py``).
+``open_sweep`` and ``plan_resume`` are what a resumed sweep, local or on Ray, starts from.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from ..errors import LandscapeError
 from ..models import MODELS, is_stochastic
 from ..store import RunLog, SweepLock, SweepStore, read_sweep, remove_stale_temporaries
 from .batched import GridRuns, supports_batched
-from .checkpoint import (Checkpointing, checkpoint_dir, checkpoint_header, checkpoint_path,
-                         find_checkpoints, load_checkpoint)
+from .checkpoint import (Checkpoint, Checkpointing, checkpoint_dir, checkpoint_header,
+                         checkpoint_path, find_checkpoints, load_checkpoint)
 from .config import AXES, MAX_RUNS_UNASKED, SweepConfig, resumed_config
 from .device import (effective_precision, free_memory, out_of_memory, resolve_device,
                      training_precision)
@@ -155,87 +157,91 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     """
     config.validate()
     check_size(config, allow_large)
+    check_checkpoint_every(checkpoint_every)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_root)
+    data = data.to(device)
+    with SweepLock(out):  # before anything is read or written: one writer at a time
+        store, config, plan = open_sweep(out, config, data, device, command=command,
+                                         overwrite=overwrite, resume=resume,
+                                         keep_checkpoints=keep_checkpoints)
+        varying = config.varying_axes()
+        summaries: dict[str, RunSummary] = {}
+        kept = len(plan.kept) if plan else 0
+        with stop_on_signals() as stop, training_precision(config.precision, device) as autocast:
+            for cell in config.cells():  # one value of every axis; within it, today's grid
+                for model_name in cell.models:
+                    stop.check()
+                    for lrs, mode, checkpoint in groups_to_train(cell, varying, model_name, plan,
+                                                                 data, device, autocast):
+                        stop.check()
+                        names = [cell_run_name(cell, varying, model_name, lr) for lr in lrs]
+                        summaries.update({s.name: s for s in train_group(
+                            store, cell, varying, model_name, lrs, mode, data, device, autocast,
+                            start=None if checkpoint is None else load_checkpoint(checkpoint,
+                                                                                  device),
+                            done=plan.kept if plan else (),
+                            checkpointing=Checkpointing(checkpoint_path(out, names),
+                                                        checkpoint_every, keep_checkpoints),
+                            stop=stop, on_progress=on_progress,
+                            run_index=len(summaries) + kept, runs_total=config.run_count())})
+        summaries.update(kept_summaries(out, plan))
+        with contextlib.suppress(OSError):  # empty once every run completed: no clutter left
+            checkpoint_dir(out).rmdir()
+    return [summaries[name] for name in sweep_run_names(config) if name in summaries]
+
+
+def check_checkpoint_every(checkpoint_every) -> None:
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool)
                                          or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise LandscapeError(f"--checkpoint-every must be a positive integer, got "
                              f"{checkpoint_every!r}")
-    device = resolve_device(config.device)
-    if data is None:
-        data = load_dataset(config.dataset, config.data_root)
-    data = data.to(device)
-    # Settings that only the data can judge (a batch larger than the training set, the DLN's
-    # full batch) are checked here, before the file exists: a bad one leaves nothing on disk.
-    steps_per_epoch = {b: task_for(data).stream(b, 0, config.augment).steps_per_epoch
-                       for b in config.axis_values("batch_size")}
-    precision = effective_precision(config.precision, device)
-    source = dataset_file(data)
-    with SweepLock(out):  # before anything is read or written: one writer at a time
-        remove_stale_temporaries(Path(out))
-        if resume:
-            store = SweepStore.reopen(out)
-            config = resumed_config(_stored_config(store, out), asdict(config), out, source)
-            plan = plan_resume(config, store.run_attrs, find_checkpoints(out), device)
-        else:
-            if overwrite or not Path(out).exists():  # checkpoints there are another sweep's
-                _remove_checkpoints(out)
-            plan = None
-        file_config = {**asdict(config), "resolved_device": str(device),
-                       "torch_version": torch.__version__, "dataset_name": data.name, **source}
-        if resume:
-            store.truncate(plan.truncate)
-            for path in plan.finished if not keep_checkpoints else ():
-                path.unlink(missing_ok=True)
-            resumed = json.loads(store.attrs.get("resumed", "[]")) + [
-                {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
-            store.set_root_attrs(config=file_config, resumed=resumed)
-        else:
-            store = SweepStore(out, config=file_config, command=command, overwrite=overwrite)
-        varying = config.varying_axes()
-        summaries: dict[str, RunSummary] = {}
-        with stop_on_signals() as stop, training_precision(config.precision, device) as autocast:
-            for cell in config.cells():  # one value of every axis; within it, today's grid
-                for model_name in cell.models:
-                    stop.check()
-                    for lrs, mode, checkpoint in _groups(cell, varying, model_name, plan, data,
-                                                         device, autocast):
-                        stop.check()
-                        names = [cell_run_name(cell, varying, model_name, lr) for lr in lrs]
-                        done = {n for n in names if plan is not None and n in plan.kept}
-                        runs = [RunState(RunLog(n, np.asarray(cell.etas) * lr), lr, done=True)
-                                if n in done else
-                                RunState(_open_run(store, cell, varying, model_name, lr, mode,
-                                                   len(lrs), precision,
-                                                   steps_per_epoch[cell.batch_size], data.name,
-                                                   source), lr)
-                                for n, lr in zip(names, lrs)]
 
-                        def on_probe(k, record, runs=runs):
-                            runs[k].betas.append(record.beta)
-                            runs[k].log.add_probe(record)
 
-                        trainer = make_trainer(mode, model_name, lrs, cell, data, device,
-                                               on_probe, runs[0].log, autocast)
-                        label = runs[0].log.name if len(runs) == 1 else \
-                            f"{model_name} x{len(runs)} lrs ({mode})"
-                        start = None if checkpoint is None else load_checkpoint(checkpoint, device)
-                        checkpointing = Checkpointing(checkpoint_path(out, names), checkpoint_every,
-                                                      keep_checkpoints)
-                        seconds = train_runs(
-                            trainer, runs, cell, data, device,
-                            lambda runs=runs: store.flush(*(r.log for r in runs if not r.done)),
-                            on_progress, label, len(summaries) + len(plan.kept if plan else ()),
-                            config.run_count(), autocast,
-                            checkpointing=checkpointing, start=start, stop=stop)
-                        summaries.update({r.log.name: _summary(model_name, r, seconds)
-                                          for r in runs if not r.done})
-        if plan is not None and plan.kept:
-            kept = {r.name: r for r in read_sweep(out).runs if r.name in plan.kept}
-            summaries.update({name: _kept_summary(run) for name, run in kept.items()})
-        with contextlib.suppress(OSError):  # empty once every run completed: no clutter left
-            checkpoint_dir(out).rmdir()
-    order = sweep_run_names(config)
-    return [summaries[name] for name in order if name in summaries]
+def open_sweep(out, config: SweepConfig, data, device, *, command: str, overwrite: bool,
+               resume: bool, keep_checkpoints: bool, extra: dict | None = None,
+               on_gpu: bool | None = None):
+    """The sweep's store (a new file, or ``out`` reopened when ``resume``), its settings (a
+    resumed sweep's: the file's, grown by ``config``) and the resume plan (None for a new
+    sweep). Call with the sweep's lock held. ``extra``: more of the file's config attribute;
+    ``on_gpu``: whether the runs train on a GPU, where not here (a Ray sweep's workers)."""
+    remove_stale_temporaries(Path(out))
+    plan = None
+    if resume:
+        store = SweepStore.reopen(out)
+        config = resumed_config(_stored_config(store, out), asdict(config), out,
+                                dataset_file(data), validate=on_gpu is None)
+        if on_gpu is not None:
+            config.validate(on_gpu=on_gpu)
+        plan = plan_resume(config, store.run_attrs, find_checkpoints(out), device)
+    file_config = {**sweep_attributes(config, data, device), **(extra or {})}
+    if not resume and (overwrite or not Path(out).exists()):  # checkpoints there are another
+        _remove_checkpoints(out)  # sweep's
+    if resume:
+        store.truncate(plan.truncate)
+        for path in plan.finished if not keep_checkpoints else ():
+            path.unlink(missing_ok=True)
+        resumed = json.loads(store.attrs.get("resumed", "[]")) + [
+            {"command": command, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "continued_from_step": continued_from_step(plan)}]
+        store.set_root_attrs(config=file_config, resumed=resumed)
+    else:
+        store = SweepStore(out, config=file_config, command=command, overwrite=overwrite)
+    return store, config, plan
+
+
+def continued_from_step(plan: ResumePlan) -> dict[str, int]:
+    """Each run that continues from a checkpoint, and the steps it keeps (its step rows)."""
+    return {name: int(plan.truncate.get(name, {}).get("steps", 0))
+            for names in plan.continued.values() for name in names if name not in plan.kept}
+
+
+def kept_summaries(out, plan) -> dict[str, RunSummary]:
+    if plan is None or not plan.kept:
+        return {}
+    return {r.name: _kept_summary(r) for r in read_sweep(out).runs if r.name in plan.kept}
 
 
 @dataclass
@@ -262,12 +268,14 @@ def resume_action(status: str | None, has_checkpoint: bool) -> str:
 
 
 def plan_resume(config: SweepConfig, run_attrs: dict[str, dict],
-                checkpoints: dict[str, Path], device: torch.device) -> ResumePlan:
+                checkpoints: dict[str, Path], device: torch.device,
+                names: Sequence[str] | None = None) -> ResumePlan:
     """Decide, run by run (by name), what a resumed sweep does; read every checkpoint's row
     counts. A checkpoint holding several runs (a grid) continues them together, in the
-    trainer it was saved from (the runs' ``grid`` attribute)."""
+    trainer it was saved from (the runs' ``grid`` attribute). ``names``: only these runs of
+    the sweep (a Ray unit whose worker was lost); None: every run."""
     plan = ResumePlan()
-    names = set(sweep_run_names(config))
+    names = set(sweep_run_names(config) if names is None else names)
     for name in sorted(names):
         status = run_attrs.get(name, {}).get("status")
         action = resume_action(status, name in checkpoints)
@@ -297,24 +305,23 @@ def plan_resume(config: SweepConfig, run_attrs: dict[str, dict],
     return plan
 
 
-def _groups(config: SweepConfig, varying: Sequence[str], model_name: str,
-            plan: ResumePlan | None, data, device,
-            autocast) -> list[tuple[list[float], str, Path | None]]:
+def groups_to_train(cell: SweepConfig, varying, model_name: str, plan: ResumePlan | None,
+                    data, device, autocast) -> list[tuple[list[float], str, Path | None]]:
     """(learning rates, trainer mode, checkpoint to continue from) of each trainer of a model
-    in one cell (``config``; ``varying``: the sweep's axes that name runs): the groups of
-    continued checkpoints first, then the fresh runs, grouped to fit in memory."""
-    lr_of = {cell_run_name(config, varying, model_name, lr): lr for lr in config.lrs}
+    in a cell: the groups of continued checkpoints first, then the fresh runs, grouped to fit
+    in memory."""
+    lr_of = {cell_run_name(cell, varying, model_name, lr): lr for lr in cell.lrs}
     groups: list[tuple[list[float], str, Path | None]] = []
-    fresh = list(config.lrs)
+    fresh = list(cell.lrs)
     if plan is not None:
         for path, names in plan.continued.items():
             if names[0] in lr_of:
                 groups.append(([lr_of[n] for n in names], plan.modes[path], path))
         fresh = [lr for n, lr in lr_of.items() if n in plan.fresh]
     if fresh:
-        mode = grid_mode(config, model_name, data, device)
+        mode = grid_mode(cell, model_name, data, device)
         chunks = ([[lr] for lr in fresh] if mode == "sequential"
-                  else grid_chunks(mode, model_name, fresh, config, data, device, autocast))
+                  else grid_chunks(mode, model_name, fresh, cell, data, device, autocast))
         groups += [(lrs, mode if mode == "streams" or len(lrs) > 1 else "sequential", None)
                    for lrs in chunks]
     return groups
@@ -345,6 +352,57 @@ def _kept_summary(run) -> RunSummary:
         else math.nan
     return RunSummary(run.name, run.model, run.lr, run.status, int(run.steps_completed or 0), acc,
                       median_beta, float(run.seconds), run.diverged_step)
+
+
+def sweep_attributes(config: SweepConfig, data, device: torch.device) -> dict:
+    """The file's ``config`` attribute: the settings, the device and torch that trained them,
+    the data's name (and array file). Settings that only the data can judge (a batch larger
+    than the training set, the DLN's full batch) raise here, before the file exists: a bad one
+    leaves nothing on disk."""
+    for batch_size in config.axis_values("batch_size"):
+        task_for(data).stream(batch_size, 0, config.augment)
+    return {**asdict(config), "resolved_device": str(device), "torch_version": torch.__version__,
+            "dataset_name": data.name, **dataset_file(data)}
+
+
+def train_group(store: SweepStore, cell: SweepConfig, varying: Sequence[str], model_name: str,
+                lrs: Sequence[float], mode: str, data, device, autocast, *,
+                start: Checkpoint | None = None, done=(),
+                checkpointing: Checkpointing | None = None, stop=None,
+                on_progress: Callable[[Progress], None] | None = None, run_index: int = 0,
+                runs_total: int | None = None) -> list[RunSummary]:
+    """One trainer's runs (``lrs`` of ``model_name`` in ``cell``, trained as ``mode`` says),
+    written to ``store`` (a ``SweepStore``, or anything with its ``run`` and ``flush``: a Ray
+    worker's relay); their summaries, but for the runs named in ``done`` (the file holds them
+    complete: left as they are).
+
+    ``cell``: one cell of the sweep (``SweepConfig.cells``); ``varying``: the sweep's axes
+    with several values (they name the runs). ``start``: the checkpoint to continue from;
+    ``checkpointing``, ``stop``: as ``loop.train_runs`` takes them. ``run_index``,
+    ``runs_total``: where these runs stand in the whole sweep, for progress.
+    """
+    runs_total = len(lrs) if runs_total is None else runs_total
+    steps_per_epoch = task_for(data).stream(cell.batch_size, 0, cell.augment).steps_per_epoch
+    precision = effective_precision(cell.precision, device)
+    source = dataset_file(data)
+    names = [cell_run_name(cell, varying, model_name, lr) for lr in lrs]
+    runs = [RunState(RunLog(n, np.asarray(cell.etas) * lr), lr, done=True) if n in done else
+            RunState(_open_run(store, cell, varying, model_name, lr, mode, len(lrs), precision,
+                               steps_per_epoch, data.name, source), lr)
+            for n, lr in zip(names, lrs)]
+
+    def on_probe(k, record):
+        runs[k].betas.append(record.beta)
+        runs[k].log.add_probe(record)
+
+    trainer = make_trainer(mode, model_name, lrs, cell, data, device, on_probe, runs[0].log,
+                           autocast)
+    label = runs[0].log.name if len(runs) == 1 else f"{model_name} x{len(runs)} lrs ({mode})"
+    seconds = train_runs(trainer, runs, cell, data, device,
+                         lambda: store.flush(*(r.log for r in runs if not r.done)),
+                         on_progress, label, run_index, runs_total, autocast,
+                         checkpointing=checkpointing, start=start, stop=stop)
+    return [_summary(model_name, r, seconds) for r in runs if not r.done]
 
 
 def check_size(config: SweepConfig, allow_large: bool) -> None:

@@ -1,0 +1,663 @@
+"""A sweep on a Ray cluster: the same runs, the same one HDF5 file, written by the driver alone.
+
+``run_sweep_ray(config, out, RayOptions(...))`` is what ``landscape run --ray`` calls. The sweep
+splits into *units* (``sweep_units``): in each cell of the axes (``SweepConfig.cells``: one
+seed, batch size, ...), one run, or the learning rates of one model that train together on one
+GPU (a streams or batched grid, as a local sweep groups them). Each unit is a Ray generator
+task asking for ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs; it trains with the code of a
+local sweep (``sweep.train_group``) into a ``RelayStore``, whose flushes (after every epoch, at
+the least) hand each run's new rows (``RunLog.take_pending``) back to the driver. The driver is
+the only writer of the file (it holds its ``SweepLock``): it replays the rows into its
+``SweepStore`` (``RunLog.absorb``) and flushes, so the file is readable during the sweep as a
+local one is.
+
+Checkpoints: a worker saves them as a local sweep does, into ``FILE.checkpoints/`` (a folder
+the driver and every worker reach at the same path), under a temporary name, and announces
+each after the rows it refers to; the driver renames it into place once those rows are in the
+file. So the checkpoints beside the file always agree with it, as a local sweep's do.
+
+A unit whose code raises: its runs are marked ``failed`` with the error (attribute ``error``),
+and the other units go on. A unit whose worker died (process killed, node lost, out of memory):
+its runs are planned as a resumed sweep plans a file's (``sweep.plan_resume``): complete ones
+stay, the others continue from their checkpoint (the rows after it cut from the file) or start
+again, on another worker; up to ``max_retries`` times, then they are marked ``failed`` like the
+first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
+
+``ray`` is an optional dependency (``pip install "landscape[ray]"``), imported only when a Ray
+sweep starts, so that the package imports, and runs locally, without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import platform
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data import ImageData, load_dataset
+from ..errors import LandscapeError
+from ..models import MODELS, NORMS, ModelSpec, Norm, is_stochastic
+from ..models.registry import register_model, register_norm
+from ..store import RunLog, SweepLock, SweepStore
+from .config import SweepConfig
+from .device import resolve_device, training_precision
+from .loop import Progress, RunSummary
+from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, load_checkpoint
+from .sweep import (ResumePlan, cell_run_name, check_checkpoint_every, check_size,
+                    continued_from_step,
+                    groups_to_train, kept_summaries, open_sweep, plan_resume, sweep_run_names,
+                    train_group)
+
+INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
+PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often (its rows: every flush)
+# The driver writes the file at most this often (and when a unit ends or is lost): each write
+# copies the file and renames the copy over it (atomic, ``SweepStore.commit``), a cost that
+# grows with the file, so it must not grow with the number of workers.
+FLUSH_SECONDS = 1.0
+PACKAGE = Path(__file__).resolve().parents[1]  # the landscape package the workers must run
+
+
+@dataclass
+class RayOptions:
+    """Where a sweep's units run and what each asks for."""
+
+    address: str | None = None  # None: a local Ray instance; "auto" or HOST:PORT: a cluster
+    gpus_per_task: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    cpus_per_task: float = 1.0  # also each worker's torch threads (at least 1)
+    max_retries: int = 2  # times a unit whose worker died starts again
+
+    def validate(self) -> None:
+        """Raise ``LandscapeError`` naming the first bad value; connects to nothing."""
+        if self.address is not None:
+            _check_address(self.address)
+        if self.gpus_per_task is not None:
+            _number("--ray-gpus-per-task", self.gpus_per_task, 0.0)
+        _number("--ray-cpus-per-task", self.cpus_per_task, 0.0, strict=True)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
+                or self.max_retries < 0:
+            raise LandscapeError(f"--max-retries must be an integer >= 0, got {self.max_retries!r}")
+
+
+def _number(option: str, value, low: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise LandscapeError(f"{option} must be a finite number {bound}, got {value!r}")
+
+
+def _check_address(address: str) -> None:
+    """``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (Ray client)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LandscapeError(f"--ray-address {address!r}: give HOST:PORT (the head node's GCS "
+                             "port, 6379 by default), ray://HOST:PORT, or auto")
+
+
+def import_ray():
+    """The ``ray`` module, or one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise LandscapeError(f"--ray needs the ray package: {INSTALL}") from None
+    return ray
+
+
+def sweep_units(config: SweepConfig, data, on_gpu: bool,
+                plan: ResumePlan | None = None) -> list[Unit]:
+    """The sweep's units of work in the order of a local sweep: cell by cell
+    (``SweepConfig.cells``), model by model.
+
+    A model's learning rates stay one unit where a local sweep would train them together
+    (``sweep.grid_mode``): a streams grid on a GPU, or a batched grid on request, for a model
+    without random draws trained by SGD; otherwise (sequential runs, instruments' hooks, the
+    DLN, dropout, adam, the CPU) each run is a unit of its own. A fresh unit is trained by
+    ``train_group`` in the groups ``groups_to_train`` chooses. With a resume ``plan``, runs it
+    keeps are in no unit, and each checkpoint it continues is a unit of its own.
+    """
+    units = []
+    varying = config.varying_axes()
+    for cell in config.cells():
+        for model in cell.models:
+            lrs = list(cell.lrs)
+            if plan is not None:
+                lr_of = {cell_run_name(cell, varying, model, lr): lr for lr in cell.lrs}
+                units += [Unit(cell, model, tuple(lr_of[n] for n in names), path, plan.modes[path])
+                          for path, names in plan.continued.items() if names[0] in lr_of]
+                lrs = [lr for n, lr in lr_of.items() if n in plan.fresh]
+            together = (len(lrs) > 1 and cell.grid != "sequential"
+                        and not cell.uses_hooks() and isinstance(data, ImageData)
+                        and cell.optimizer == "sgd" and not _draws_at_random(cell, model)
+                        and (cell.grid == "batched"
+                             or (on_gpu and not cell.compile
+                                 and cell.probe_dtype_of(model) == "float32")))
+            units += [Unit(cell, model, tuple(lrs))] if together else \
+                [Unit(cell, model, (lr,)) for lr in lrs]
+    return units
+
+
+def _draws_at_random(cell: SweepConfig, model: str) -> bool:
+    """Whether ``model`` in ``cell`` has random layers (dropout, noise): such runs train one
+    by one (neither vmap nor a CUDA graph holds their draws)."""
+    with torch.device("meta"):
+        return is_stochastic(cell.model(model))
+
+
+@dataclass
+class Unit:
+    """One Ray task's work: learning rates of one model in one cell of the axes."""
+
+    cell: SweepConfig  # one value per axis
+    model: str
+    lrs: tuple[float, ...]
+    checkpoint: Path | None = None  # continue these runs from it (they trained together)
+    mode: str | None = None  # the trainer that checkpoint fits; None: as a local sweep chooses
+    attempts: int = 0  # starts so far (a unit continued after a lost worker counts on)
+    done: frozenset = frozenset()  # runs the file holds complete: left as they are
+    key: int = 0  # tells this unit's temporary checkpoint files from others'
+    progress: Progress | None = None
+    done_steps: int = 0  # steps done, as a local sweep's progress counts them
+    summaries: list[RunSummary] = field(default_factory=list)
+
+
+@dataclass
+class CheckpointPlace:
+    """Where a unit's checkpoints go: ``FILE.checkpoints/`` beside the sweep file, on a
+    filesystem the driver and every worker reach at the same path (``token``: a file the
+    driver put there, that a worker must see)."""
+
+    sweep_path: str
+    token: str
+    every: int | None = None
+
+    def check(self) -> None:
+        if not (checkpoint_dir(self.sweep_path) / self.token).is_file():
+            raise LandscapeError(
+                f"{checkpoint_dir(self.sweep_path)} is not reachable from this Ray node "
+                f"({platform.node()}): checkpoints live beside --out, which must be on a "
+                "filesystem every node mounts at the same path")
+
+
+# ---------------------------------------------------------------------------------------
+# The worker side: one unit, trained by the local sweep's code into a relay of its rows.
+# ---------------------------------------------------------------------------------------
+
+class RelayStore(SweepStore):
+    """A ``SweepStore`` without a file, on a worker: its logs buffer rows as usual, and
+    ``flush`` hands their new rows (``RunLog.take_pending``) to ``send``. Each log counts the
+    rows the driver's file will hold of it once they arrive (``rows_in_file``, what a
+    checkpoint refers to), from ``rows``: those it held when the unit started."""
+
+    def __init__(self, send: Callable[[tuple], None],
+                 rows: dict[str, dict[str, int]] | None = None):  # noqa: D107 - no file
+        self.path = None
+        self.runs: dict[str, RunLog] = {}
+        self.send = send
+        self.start_rows = rows or {}
+
+    def run(self, name: str, eta, **attrs) -> RunLog:
+        log = super().run(name, eta, **attrs)
+        log.rows_in_file = dict(self.start_rows.get(name, {}))
+        return log
+
+    def flush(self, *logs: RunLog) -> None:
+        blocks = []
+        for log in logs or tuple(self.runs.values()):
+            log.rows_in_file = log.rows_held()  # once the driver has them
+            blocks.append(log.take_pending())
+        self.send(("rows", blocks))
+
+
+def train_unit(unit: Unit, varying: tuple[str, ...], spec: ModelSpec, norm: Norm, data,
+               threads: int, place: CheckpointPlace, rows: dict[str, dict[str, int]]):
+    """A Ray generator task: trains ``unit`` (``varying``: the sweep's axes that name runs)
+    and yields lists of messages -- ``("rows", [pending block, ...])``, ``("progress",
+    Progress)``, ``("checkpoint", saved, path, rows)`` (a checkpoint saved after the rows
+    before it, to be renamed to ``path`` once the driver has them in its file), and last
+    ``("done", [RunSummary, ...])``; an error in training raises here, after the rows it left
+    are yielded. ``rows``: rows of the unit's runs in the driver's file as the unit starts.
+
+    The model's registry entry travels with the unit (``spec``, ``norm``), so that a model
+    registered by the driver's script exists on the worker too. Training runs on a thread of
+    its own so that this generator can yield while it trains.
+    """
+    if unit.model not in MODELS:
+        register_model(unit.model, spec)
+    if spec.norm not in NORMS:
+        register_norm(spec.norm, norm)
+    box: queue.SimpleQueue = queue.SimpleQueue()
+    outcome: dict = {}
+    last_report = [0.0]
+
+    def progress(p: Progress) -> None:
+        if time.monotonic() - last_report[0] >= PROGRESS_SECONDS:
+            last_report[0] = time.monotonic()
+            box.put(("progress", p))
+
+    def work() -> None:
+        # torch's thread count is set on the training thread itself (OpenMP's is per thread).
+        torch.set_num_threads(threads)
+        try:
+            place.check()
+            outcome["summaries"] = _train_unit(unit, varying, data, place, rows, box.put,
+                                               progress)
+        except BaseException as error:  # noqa: BLE001 - raised again by the generator
+            outcome["error"] = error
+        finally:
+            box.put(None)
+
+    thread = threading.Thread(target=work, name="landscape-unit", daemon=True)
+    thread.start()
+    finished = False
+    while not finished:
+        messages = [box.get()]
+        while True:
+            try:
+                messages.append(box.get_nowait())
+            except queue.Empty:
+                break
+        finished = messages[-1] is None
+        messages = [m for m in messages if m is not None]
+        if messages:
+            yield messages
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield [("done", outcome["summaries"])]
+
+
+def _train_unit(unit: Unit, varying, data, place: CheckpointPlace, rows, send,
+                progress) -> list[RunSummary]:
+    """The unit's groups of runs, one after another, as a local sweep trains them; each
+    checkpoint saved under a name of its own (``.PATH.ray-KEY-ATTEMPT-N``) and announced."""
+    cell = replace(unit.cell, models=(unit.model,), lrs=unit.lrs)
+    device = resolve_device(cell.device)
+    data = data.to(device)
+    store = RelayStore(send, rows)
+    saves = itertools.count()
+    summaries: list[RunSummary] = []
+    with training_precision(cell.precision, device) as autocast:
+        groups = ([(list(unit.lrs), unit.mode, unit.checkpoint)] if unit.checkpoint else
+                  groups_to_train(cell, varying, unit.model, None, data, device, autocast))
+        for lrs, mode, checkpoint in groups:
+            names = [cell_run_name(cell, varying, unit.model, lr) for lr in lrs]
+            path = checkpoint_path(place.sweep_path, names)
+            saving = path.with_name(f".{path.name}.ray-{unit.key}-{unit.attempts}")
+
+            def announce(saved: Path, path=path, names=names) -> None:
+                numbered = saved.with_name(f"{saved.name}-{next(saves)}")
+                os.replace(saved, numbered)  # the next save cannot overwrite it
+                send(("checkpoint", str(numbered), str(path),
+                      {n: dict(store.runs[n].rows_in_file) for n in names if n in store.runs}))
+
+            start = None if checkpoint is None else load_checkpoint(checkpoint, device)
+            summaries += train_group(
+                store, cell, varying, unit.model, lrs, mode, data, device, autocast,
+                start=start, done=unit.done,
+                checkpointing=Checkpointing(saving, place.every, keep=False, on_saved=announce),
+                on_progress=progress)
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------
+# The driver side: submit the units, replay their rows into the one file, retry the lost.
+# ---------------------------------------------------------------------------------------
+
+def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = None, *,
+                  overwrite: bool = False, command: str = "",
+                  on_progress: Callable[[Progress], None] | None = None,
+                  data=None, allow_large: bool = False, resume: bool = False,
+                  checkpoint_every: int | None = None,
+                  keep_checkpoints: bool = False) -> list[RunSummary]:
+    """``run_sweep`` on Ray: every run of ``config`` as Ray tasks, one HDF5 file at ``out``
+    written by this process only, which holds its lock. Returns the summaries in the order
+    of a local sweep; a failed run's summary has status ``failed`` and its ``error``.
+
+    Checkpoints (every ``checkpoint_every`` steps, default every epoch) go to
+    ``FILE.checkpoints/`` beside ``out``, written by the workers: on a cluster, ``out`` must be
+    on a filesystem every node mounts at the same path. A unit whose worker is lost continues
+    from its last checkpoint on another worker; ``resume``: continue the sweep in ``out`` as
+    ``run_sweep(resume=True)`` does (a driver that was killed), its units on Ray.
+
+    Uses the Ray connection already made in this process (``ray.init``), if any; otherwise
+    starts a local instance (``options.address`` None) or joins the cluster at the address,
+    and shuts it down at the end. Inputs are checked before the file is created.
+    """
+    options = options or RayOptions()
+    ray = import_ray()
+    options.validate()
+    # Every check that does not need the cluster, before Ray starts (seconds): where the GPUs
+    # per task are not given, assume the workers can do what the settings ask (--grid streams:
+    # a GPU), and check that once the cluster says.
+    known = _known_gpus(config, options)
+    config.validate(on_gpu=config.grid == "streams" if known is None else known > 0)
+    if known is not None:
+        _check_gpus(config, known)
+    check_size(config, allow_large)
+    check_checkpoint_every(checkpoint_every)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_root)
+    data = data.to("cpu")
+    out = str(Path(out).resolve())  # the workers' path to the checkpoints too
+    with SweepLock(out):  # this driver is the file's one writer
+        started = _connect(ray, options)
+        try:
+            gpus = _gpus_per_task(config, options, ray.cluster_resources())
+            config.validate(on_gpu=gpus > 0)
+            device = torch.device("cuda" if gpus > 0 else "cpu")  # where the workers train
+            ray_attrs = {"address": options.address or "local", "gpus_per_task": gpus,
+                         "cpus_per_task": options.cpus_per_task,
+                         "max_retries": options.max_retries}
+            store, config, plan = open_sweep(out, config, data, device, command=command,
+                                             overwrite=overwrite, resume=resume,
+                                             keep_checkpoints=keep_checkpoints,
+                                             extra={"ray": ray_attrs}, on_gpu=gpus > 0)
+            place = _checkpoint_place(out, checkpoint_every)
+            units = sweep_units(config, data, gpus > 0, plan)
+            for key, unit in enumerate(units):
+                unit.key = key
+                unit.done = frozenset(plan.kept) if plan else frozenset()
+            task = ray.remote(train_unit).options(num_gpus=gpus, num_cpus=options.cpus_per_task,
+                                                  max_retries=0)  # the driver retries
+            driver = _Driver(ray, task, store, config, ray.put(data), units, options, place,
+                             device, keep_checkpoints, plan, on_progress)
+            driver.run()
+        finally:
+            if started:
+                ray.shutdown()
+        summaries = {s.name: s for unit in driver.units for s in unit.summaries}
+        summaries.update(kept_summaries(out, plan))
+        (checkpoint_dir(out) / place.token).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # empty once every run completed: no clutter left
+            checkpoint_dir(out).rmdir()
+    return [summaries[name] for name in sweep_run_names(config) if name in summaries]
+
+
+def _checkpoint_place(out: str, every: int | None) -> CheckpointPlace:
+    """The checkpoint folder, cleared of temporary files of workers gone (the lock is held),
+    with a token file that a worker must see there."""
+    folder = checkpoint_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (*folder.glob(".*.ray-*"), *folder.glob(".ray-driver-*")):
+        stale.unlink(missing_ok=True)  # a killed driver's token, its workers' unannounced saves
+    token = f".ray-driver-{os.getpid()}-{secrets.token_hex(4)}"
+    (folder / token).touch()
+    return CheckpointPlace(out, token, every)
+
+
+def _known_gpus(config: SweepConfig, options: RayOptions) -> float | None:
+    """GPUs per task where known without asking the cluster."""
+    if options.gpus_per_task is not None:
+        return options.gpus_per_task
+    return 0.0 if config.device == "cpu" else None
+
+
+def _gpus_per_task(config: SweepConfig, options: RayOptions, cluster: dict) -> float:
+    """``options.gpus_per_task``, or its default; refused where no node could run the task."""
+    has = {"GPU": cluster.get("GPU", 0.0), "CPU": cluster.get("CPU", 0.0)}
+    gpus = options.gpus_per_task
+    if gpus is None:
+        gpus = 1.0 if has["GPU"] > 0 and config.device != "cpu" else 0.0
+    _check_gpus(config, gpus)
+    for resource, option, asked in (("GPU", "--ray-gpus-per-task", gpus),
+                                    ("CPU", "--ray-cpus-per-task", options.cpus_per_task)):
+        if asked > has[resource]:
+            raise LandscapeError(f"{option} {asked:g}: the Ray cluster has {has[resource]:g} "
+                                 f"{resource}s in all; its tasks would wait forever")
+    return gpus
+
+
+def _check_gpus(config: SweepConfig, gpus: float) -> None:
+    """``--device`` and the GPUs per task agree."""
+    if config.device == "cpu" and gpus > 0:
+        raise LandscapeError(f"--device cpu trains on CPUs: --ray-gpus-per-task {gpus:g} would "
+                             "hold GPUs it never uses")
+    if config.device == "cuda" and gpus == 0:
+        raise LandscapeError("--device cuda needs a GPU per task: --ray-gpus-per-task is 0 (or "
+                             "the Ray cluster has no GPUs)")
+
+
+def _connect(ray, options: RayOptions) -> bool:
+    """Connect to Ray unless this process already is; returns whether it connected here.
+
+    A local instance's workers find this very package through ``PYTHONPATH``; a cluster's
+    get it shipped (``py_modules``), so that every node runs the driver's code.
+    """
+    if ray.is_initialized():
+        return False
+    if options.address is None:
+        path = os.pathsep.join(p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH"))
+                               if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": path}}
+    else:
+        runtime_env = {"py_modules": [str(PACKAGE)], "excludes": ["__pycache__"]}
+    local = {"include_dashboard": False} if options.address is None else {}
+    try:
+        ray.init(address=options.address, logging_level="WARNING", runtime_env=runtime_env,
+                 **local)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = options.address or "a local Ray instance"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LandscapeError(f"cannot start or reach {where}: {first}") from None
+    return True
+
+
+def _error_text(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}".strip()
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
+
+
+class _Driver:
+    """Submits the units, replays their rows into ``store`` as they come, promotes their
+    checkpoints once the rows they refer to are in the file, continues lost units from them."""
+
+    def __init__(self, ray, task, store: SweepStore, config: SweepConfig, data_ref,
+                 units: list[Unit], options: RayOptions, place: CheckpointPlace, device,
+                 keep_checkpoints: bool, plan: ResumePlan | None, on_progress):
+        self.ray, self.task, self.store, self.config = ray, task, store, config
+        self.data_ref, self.units, self.options, self.on_progress = data_ref, units, options, \
+            on_progress
+        self.place, self.device, self.keep_checkpoints = place, device, keep_checkpoints
+        self.specs = {m: MODELS[m] for m in config.models}
+        self.varying = config.varying_axes()
+        self.threads = max(1, int(options.cpus_per_task))
+        self.running: dict = {}  # generator -> unit
+        self.latest: Progress | None = None  # the last progress any unit reported
+        self.touched: dict[str, RunLog] = {}  # runs with rows to flush
+        self.saved: list[tuple] = []  # checkpoints announced, to promote after the next flush
+        # run -> the checkpoint it continues from, should its worker be lost
+        self.checkpoints: dict[str, Path] = dict(
+            (n, p) for p, names in (plan.continued.items() if plan else ()) for n in names)
+        # run -> rows of each group the file holds of it as its unit starts (a continued run:
+        # its checkpoint's)
+        self.rows: dict[str, dict[str, int]] = dict(plan.truncate) if plan else {}
+        self.kept = len(plan.kept) if plan else 0
+        self.retries: list[dict] = []
+        self.flushed = 0.0  # time.monotonic() of the last flush
+
+    def run(self) -> None:
+        ray = self.ray
+        for unit in self.units:
+            self.submit(unit)
+        try:
+            while self.running:
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
+                if ready:  # and whatever else is ready now: one flush for all of them
+                    ready, _ = ray.wait(list(self.running), num_returns=len(self.running),
+                                        timeout=0)
+                for gen in ready:
+                    self.take(gen)
+                if time.monotonic() - self.flushed >= FLUSH_SECONDS:
+                    self.flush()
+                if ready and self.latest is not None and self.on_progress is not None:
+                    _report(self.latest, self.units, self.running, self.on_progress,
+                            self.config.run_count(), self.kept)
+            self.flush()
+        except BaseException:  # Ctrl-C, or the driver's own failure: the file says how runs ended
+            for gen in self.running:
+                with contextlib.suppress(Exception):  # the interrupt, not this, is the news
+                    ray.cancel(gen, force=True)
+            for unit in self.running.values():
+                for name in self.names(unit):
+                    log = self.store.runs.get(name)
+                    if log is not None and log.attrs.get("status") == "running":
+                        log.set_attrs(status="interrupted")
+                        self.touched[name] = log
+            self.flush()
+            raise
+
+    def names(self, unit: Unit) -> list[str]:
+        return [cell_run_name(unit.cell, self.varying, unit.model, lr) for lr in unit.lrs]
+
+    def submit(self, unit: Unit) -> None:
+        unit.attempts += 1
+        unit.done_steps, unit.progress = 0, None
+        spec = self.specs[unit.model]
+        rows = {n: self.rows.get(n, {}) for n in self.names(unit)} if unit.checkpoint else {}
+        gen = self.task.remote(unit, self.varying, spec, NORMS[spec.norm], self.data_ref,
+                               self.threads, self.place, rows)
+        self.running[gen] = unit
+
+    def flush(self) -> None:
+        """The rows received to the file; then the checkpoints that refer to them renamed into
+        place (a checkpoint is never ahead of the file)."""
+        self.flushed = time.monotonic()
+        if self.touched:
+            self.store.flush(*self.touched.values())
+            self.touched = {}
+        for saved, path, names in self.saved:
+            os.replace(saved, path)
+            self.checkpoints.update({name: Path(path) for name in names})
+        self.saved = []
+
+    def take(self, gen) -> None:
+        """Every message the unit has ready now, in order: a driver that falls behind writes
+        more rows per flush, not more flushes (a flush costs per run, hardly per row)."""
+        ray, unit = self.ray, self.running[gen]
+        refs, ended = [], False
+        while not refs or ray.wait([gen], timeout=0)[0]:
+            try:
+                refs.append(next(gen))
+            except StopIteration:
+                ended = True
+                break
+        try:
+            for ref in refs:
+                self.receive(unit, ray.get(ref))
+        except ray.exceptions.RayTaskError as error:  # the unit's code raised
+            del self.running[gen]
+            self.fail(unit, _error_text(error))
+        except ray.exceptions.RayError as error:  # its worker died: continue it elsewhere
+            del self.running[gen]
+            if unit.attempts > self.options.max_retries:
+                self.fail(unit, f"{_error_text(error)} (its worker was lost {unit.attempts} "
+                                "times)")
+                return
+            self.continue_lost(unit, _error_text(error))
+        else:
+            if ended:
+                del self.running[gen]
+                unit.done_steps = len(unit.lrs) * (unit.progress.steps_total
+                                                   if unit.progress else 0)
+                self.flush()
+                if not self.keep_checkpoints:
+                    for name in self.names(unit):
+                        path = self.checkpoints.pop(name, None)
+                        if path is not None:
+                            path.unlink(missing_ok=True)
+
+    def receive(self, unit: Unit, messages: list) -> None:
+        for kind, *payload in messages:
+            if kind == "rows":
+                for pending in payload[0]:
+                    log = self.store.runs.get(pending["name"])
+                    if log is None:
+                        log = self.store.run(pending["name"], pending["eta"])
+                    log.absorb(pending)
+                    self.touched[log.name] = log
+            elif kind == "checkpoint":  # after the rows it refers to: those this log holds
+                saved, path, rows = payload
+                for name, counts in rows.items():
+                    held = self.store.runs[name].rows_held()
+                    if {g: n for g, n in held.items() if n} != {g: n for g, n in counts.items()
+                                                                if n}:
+                        raise RuntimeError(f"checkpoint {path} refers to rows {counts} of "
+                                           f"{name}; the driver holds {held}")
+                self.saved.append((saved, path, list(rows)))
+            elif kind == "progress":
+                unit.progress = self.latest = payload[0]
+                unit.done_steps = payload[0].run_index * payload[0].steps_total + payload[0].step
+            elif kind == "done":
+                unit.summaries = payload[0]
+
+    def continue_lost(self, unit: Unit, error: str) -> None:
+        """A lost unit's runs as a resumed sweep would take them: those the file holds
+        complete stay, those with a checkpoint continue from it (their rows after it cut),
+        the rest start again; as units of their own, on other workers."""
+        self.flush()  # every row received, and every checkpoint they complete
+        for stale in checkpoint_dir(self.place.sweep_path).glob(f".*.ray-{unit.key}-*"):
+            stale.unlink(missing_ok=True)  # saved, never announced: ahead of the file
+        names = self.names(unit)
+        attrs = {n: self.store.runs[n].attrs for n in names if n in self.store.runs}
+        plan = plan_resume(self.config, attrs, {n: self.checkpoints[n] for n in names
+                                                if n in self.checkpoints},
+                           self.device, names=names)
+        self.store.truncate(plan.truncate)
+        self.rows.update(plan.truncate)
+        lr_of = dict(zip(names, unit.lrs))
+        again = [Unit(unit.cell, unit.model, tuple(lr_of[n] for n in runs), path,
+                      plan.modes[path]) for path, runs in plan.continued.items()]
+        fresh = tuple(lr_of[n] for n in names if n in plan.fresh)
+        if fresh:
+            again.append(Unit(unit.cell, unit.model, fresh))
+        self.retries.append({"runs": names, "error": error, "attempt": unit.attempts,
+                             "continued_from_step": continued_from_step(plan)})
+        self.store.set_root_attrs(ray_retries=self.retries)
+        self.units.remove(unit)
+        for new in again:
+            new.attempts, new.key = unit.attempts, unit.key
+            new.done = frozenset(n for n in names if n in plan.kept) | unit.done
+            self.units.append(new)
+            self.submit(new)
+
+    def fail(self, unit: Unit, message: str) -> None:
+        """The unit's runs that did not end on their own are failed, with the error."""
+        self.flush()
+        done = {s.name for s in unit.summaries}
+        for name, lr in zip(self.names(unit), unit.lrs):
+            log = self.store.runs.get(name)
+            if log is not None and log.attrs.get("status") not in ("completed", "diverged"):
+                log.set_attrs(status="failed", error=message)
+                self.touched[name] = log
+            if name in done or name in unit.done:
+                continue
+            attrs = log.attrs if log is not None else {}
+            unit.summaries.append(RunSummary(name, unit.model, lr, attrs.get("status", "failed"),
+                                             int(attrs.get("steps_completed", 0)), math.nan,
+                                             math.nan, float(attrs.get("seconds", 0.0)),
+                                             attrs.get("diverged_step"), message))
+
+
+def _report(p: Progress, units: list[Unit], running: dict, on_progress, runs_total: int,
+            kept: int) -> None:
+    """One progress line for the whole sweep: the latest report's run, epoch, step and loss,
+    and the steps done by every unit."""
+    training = {id(u) for u in running.values()}
+    finished = kept + sum(len(u.lrs) for u in units if id(u) not in training)
+    on_progress(Progress(f"{p.run} ({len(running)} of {len(units)} units training)",
+                         min(finished, runs_total - 1), runs_total, p.epoch, p.step,
+                         p.steps_total, p.loss, sum(u.done_steps for u in units)))
