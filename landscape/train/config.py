@@ -161,8 +161,7 @@ class SweepConfig:
 
     def axis_values(self, axis: str) -> tuple:
         """The values of one axis (``AXES``): a list as given, a single value as a 1-tuple."""
-        value = getattr(self, axis)
-        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        return _values(getattr(self, axis))
 
     def varying_axes(self) -> tuple[str, ...]:
         """The axes with more than one value: the parts run names carry (``run_name``)."""
@@ -330,7 +329,7 @@ def resumed_config(stored: dict, given: dict, path, source: dict | None = None,
         if name not in known:
             continue
         if name in GROWABLE:
-            before, added = _as_list(values.get(name)), _as_list(value)
+            before, added = list(_values(values.get(name))), _values(value)
             grown = before + [v for v in added if _plain(v) not in _plain(before)]
             values[name] = grown[0] if name == "seed" and len(grown) == 1 else grown
         elif name in PLACE or name not in values:
@@ -352,11 +351,11 @@ def resumed_config(stored: dict, given: dict, path, source: dict | None = None,
     return config
 
 
-def _as_list(value: Any) -> list:
-    """A setting that may be one value or a list (an axis), as a list."""
+def _values(value: Any) -> tuple:
+    """A setting that may be one value or a list (an axis), as a tuple; None as none."""
     if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def _show(value: Any) -> str:

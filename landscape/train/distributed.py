@@ -55,7 +55,8 @@ from .loop import Progress, RunSummary
 from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, load_checkpoint
 from .sweep import (ResumePlan, cell_run_name, check_checkpoint_every, check_size,
                     continued_from_step,
-                    groups_to_train, kept_summaries, open_sweep, plan_resume, sweep_run_names,
+                    groups_to_train, kept_summaries, open_sweep, plan_resume, planned_groups,
+                    sweep_run_names,
                     train_group)
 
 INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
@@ -130,12 +131,9 @@ def sweep_units(config: SweepConfig, data, on_gpu: bool,
     varying = config.varying_axes()
     for cell in config.cells():
         for model in cell.models:
-            lrs = list(cell.lrs)
-            if plan is not None:
-                lr_of = {cell_run_name(cell, varying, model, lr): lr for lr in cell.lrs}
-                units += [Unit(cell, model, tuple(lr_of[n] for n in names), path, plan.modes[path])
-                          for path, names in plan.continued.items() if names[0] in lr_of]
-                lrs = [lr for n, lr in lr_of.items() if n in plan.fresh]
+            continued, lrs = planned_groups(cell, varying, model, plan)
+            units += [Unit(cell, model, tuple(group), path, mode)
+                      for group, mode, path in continued]
             together = (len(lrs) > 1 and cell.grid != "sequential"
                         and not cell.uses_hooks() and isinstance(data, ImageData)
                         and cell.optimizer == "sgd" and not _draws_at_random(cell, model)

@@ -305,19 +305,25 @@ def plan_resume(config: SweepConfig, run_attrs: dict[str, dict],
     return plan
 
 
+def planned_groups(cell: SweepConfig, varying, model_name: str, plan: ResumePlan | None
+                   ) -> tuple[list[tuple[list[float], str, Path | None]], list[float]]:
+    """A model's runs in a cell under a resume ``plan``: the groups that continue a checkpoint
+    (learning rates, the trainer mode it was saved from, its path), and the learning rates
+    that start afresh (all of them without a plan; none that the plan keeps)."""
+    if plan is None:
+        return [], list(cell.lrs)
+    lr_of = {cell_run_name(cell, varying, model_name, lr): lr for lr in cell.lrs}
+    continued = [([lr_of[n] for n in names], plan.modes[path], path)
+                 for path, names in plan.continued.items() if names[0] in lr_of]
+    return continued, [lr for n, lr in lr_of.items() if n in plan.fresh]
+
+
 def groups_to_train(cell: SweepConfig, varying, model_name: str, plan: ResumePlan | None,
                     data, device, autocast) -> list[tuple[list[float], str, Path | None]]:
     """(learning rates, trainer mode, checkpoint to continue from) of each trainer of a model
     in a cell: the groups of continued checkpoints first, then the fresh runs, grouped to fit
     in memory."""
-    lr_of = {cell_run_name(cell, varying, model_name, lr): lr for lr in cell.lrs}
-    groups: list[tuple[list[float], str, Path | None]] = []
-    fresh = list(cell.lrs)
-    if plan is not None:
-        for path, names in plan.continued.items():
-            if names[0] in lr_of:
-                groups.append(([lr_of[n] for n in names], plan.modes[path], path))
-        fresh = [lr for n, lr in lr_of.items() if n in plan.fresh]
+    groups, fresh = planned_groups(cell, varying, model_name, plan)
     if fresh:
         mode = grid_mode(cell, model_name, data, device)
         chunks = ([[lr] for lr in fresh] if mode == "sequential"
