@@ -62,8 +62,9 @@ from landscape.models import build_model  # noqa: E402
 from landscape.probes import along_gradient  # noqa: E402
 from landscape.store import SweepStore  # noqa: E402
 from landscape.train import (WARMUP, CapturedProbe, CapturedStep, ClassificationTask,  # noqa: E402
-                             GridRuns, SequentialRun, StreamRuns, SweepConfig, build_run,
-                             resolve_device, run_sweep, training_precision)
+                             GridRuns, SequentialRun, StreamRuns, SweepConfig, TrainerContext,
+                             build_run, plan_sweep, resolve_device, run_sweep,
+                             training_precision)
 
 ROOT = Path(__file__).resolve().parents[1]
 ETAS = (0.05, 0.1, 0.2, 0.4)  # the probe's default step sizes (x LR 1, as the micro-timings use)
@@ -167,8 +168,8 @@ def phase_timer(device: torch.device):
         setattr(owner, name, timed)
 
     try:
-        wrap(sweep_module, "grid_chunks", "memory trial (grid_chunks)")
-        wrap(sweep_module, "make_trainer", "building the runs")
+        wrap(sweep_module, "fit", "memory trial (fit)")
+        wrap(sweep_module, "build_trainer", "building the runs")
         for trainer in (SequentialRun, GridRuns, StreamRuns):  # what the loop calls each epoch
             wrap(trainer, "evaluate", "test evaluations")
         wrap(SweepStore, "flush", "HDF5 flushes")
@@ -199,11 +200,12 @@ def probe_vs_step(model_name: str, width: float, data: ImageData, device, repeat
     graphed probe (``CapturedStep``, ``CapturedProbe``: what ``--grid streams`` replays)."""
     config = SweepConfig(models=(model_name,), lrs=(0.1,), epochs=1, width=width,
                          device=str(device), precision=precision, probe=False)
-    run = SequentialRun(model_name, 0.1, config, data, device, lambda k, r: None, None)
     x, y = first_batch(data)
     out = {"graphed_step": float("nan"), "graphed_probe": float("nan")}
     with training_precision(precision, device) as autocast:
-        out["step"] = seconds_per_call(lambda: run.step(x, y, 0, autocast), device, repeat)
+        (group,) = plan_sweep(config)
+        run = SequentialRun(group, data, TrainerContext(device, autocast))
+        out["step"] = seconds_per_call(lambda: run.step(x, y, 0), device, repeat)
         out["probe_batched"] = seconds_per_call(
             lambda: along_gradient(run.model, F.cross_entropy, x, y, ETAS, points="vmap"), device, repeat)
         out["probe_sequential"] = seconds_per_call(

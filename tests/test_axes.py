@@ -15,7 +15,7 @@ from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
 from landscape.train import (AXES, MAX_RUNS_UNASKED, OPTIMIZERS, SweepConfig, build_run,
-                             check_size, grid_mode, load_experiment, run_name, run_sweep)
+                             check_size, load_experiment, plan_sweep, run_name, run_sweep)
 
 from conftest import one_cpu_thread
 
@@ -211,4 +211,4 @@ def test_the_batched_grid_takes_only_sgd_runs_without_random_draws(change, mode,
     --grid batched sweep train one after another (their `grid` attribute says so)."""
     cell = SweepConfig(models=("mlp_bn",), lrs=(0.01, 0.02), width=0.125, grid="batched",
                        device="cpu", **change)
-    assert grid_mode(cell, "mlp_bn", tiny_data(), torch.device("cpu")) == mode
+    assert {g.mode for g in plan_sweep(cell, on_gpu=False)} == {mode}

@@ -63,14 +63,14 @@ def test_phase_timer_times_the_phases_of_a_real_sweep_and_restores_the_sweep(tmp
     passes through (a batched grid here: memory trial, building, evaluations, HDF5) gets its
     seconds, and the sweep's functions are the original ones afterwards."""
     def sweep_functions():
-        return (sweep_module.grid_chunks, sweep_module.make_trainer, SweepStore.flush,
+        return (sweep_module.fit, sweep_module.build_trainer, SweepStore.flush,
                 SequentialRun.evaluate, GridRuns.evaluate, StreamRuns.evaluate)
 
     originals = sweep_functions()
     with bench.phase_timer(torch.device("cpu")) as phases:
         run_tiny_sweep(tmp_path / "phases.h5", "", lrs=TINY_LRS, steps=4, probe_every=2,
                        grid="batched")
-    assert set(phases) == {"memory trial (grid_chunks)", "building the runs", "test evaluations",
+    assert set(phases) == {"memory trial (fit)", "building the runs", "test evaluations",
                            "HDF5 flushes"}
     assert all(seconds > 0 for seconds in phases.values())
     assert sweep_functions() == originals

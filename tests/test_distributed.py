@@ -24,7 +24,7 @@ from landscape.cli import main
 from landscape.data import ImageData, load_dataset
 from landscape.models import MODELS, ModelSpec
 from landscape.read import read_sweep
-from landscape.train import RayOptions, SweepConfig, run_sweep, run_sweep_ray, sweep_units
+from landscape.train import RayOptions, SweepConfig, run_sweep, run_sweep_ray
 from landscape.errors import LandscapeError
 from landscape.store import SweepLock
 from landscape.train.checkpoint import checkpoint_header
@@ -275,31 +275,6 @@ def test_a_worker_lost_more_often_than_allowed_fails_its_runs(ray_instance, regi
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f[f"runs/{model}-lr0.1-seed0"].attrs["status"] == "failed"
         assert "lost 2 times" in f[f"runs/{model}-lr0.1-seed0"].attrs["error"]
-
-
-def test_units_keep_a_gpu_grid_together_and_split_the_rest(small_data):
-    lrs = (0.05, 0.1)
-
-    def units(config, on_gpu):
-        return [(u.cell.seed, u.cell.batch_size, u.cell.dropout, u.cell.optimizer, u.model, u.lrs)
-                for u in sweep_units(config, small_data, on_gpu)]
-
-    assert units(small_config(grid="auto"), True) == \
-        [(0, 16, 0.0, "sgd", "vgg_a", lrs), (0, 16, 0.0, "sgd", "vgg_a_bn", lrs)]
-    assert units(small_config(grid="batched"), False) == \
-        [(0, 16, 0.0, "sgd", "vgg_a", lrs), (0, 16, 0.0, "sgd", "vgg_a_bn", lrs)]
-    # every cell of the axes, in a local sweep's order (the last axis varying fastest)
-    assert units(small_config(models=("vgg_a",), seed=(0, 1), batch_size=(16, 32)), True) == \
-        [(s, b, 0.0, "sgd", "vgg_a", lrs) for s in (0, 1) for b in (16, 32)]
-    for config, on_gpu in ((small_config(), False), (small_config(grid="sequential"), True),
-                           (small_config(weight_stats=True), True)):
-        assert units(config, on_gpu) == \
-            [(0, 16, 0.0, "sgd", m, (lr,)) for m in ("vgg_a", "vgg_a_bn") for lr in lrs]
-    # dropout (random draws) and adam train run by run, as grid_mode has them
-    assert units(small_config(models=("vgg_a",), dropout=0.2), True) == \
-        [(0, 16, 0.2, "sgd", "vgg_a", (lr,)) for lr in lrs]
-    assert units(small_config(models=("vgg_a",), optimizer="adam"), True) == \
-        [(0, 16, 0.0, "adam", "vgg_a", (lr,)) for lr in lrs]
 
 
 RAY_SESSION = "/tmp/ray/session_latest"  # Ray's link to the newest instance's folder

@@ -4,14 +4,16 @@ The equality tests need a GPU and are skipped without one; ``python benchmarks/b
 --suite gpucheck`` runs the same comparison at full width on a GPU machine.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from landscape.data import BatchStream, load_cifar10_mini
-from landscape.train.streams import WARMUP, StreamRuns, supports_graphs
-from landscape.train import SweepConfig, training_precision
+from landscape.train import SweepConfig, TrainerContext, plan_sweep, training_precision
+from landscape.train.streams import WARMUP, StreamRuns
 from paper_util import gpu
 
 
@@ -26,23 +28,26 @@ def deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
 
+def graphed(config: SweepConfig, model: str, on_gpu: bool = True) -> bool:
+    """Whether the plan trains the learning rates of ``model`` as CUDA-graph streams."""
+    config = replace(config, models=(model,), lrs=(0.05, 0.1))
+    return {g.mode for g in plan_sweep(config, on_gpu=on_gpu)} == {"streams"}
+
+
 def test_streams_need_a_gpu_and_a_graph_safe_model(capsys):
+    """The plan's rule, from the settings alone (no GPU needed to ask it)."""
     from landscape.cli import main
 
-    data = load_cifar10_mini()
-    cpu = torch.device("cpu")
-    assert not supports_graphs(SweepConfig(), "vgg_a", data, cpu)
+    assert not graphed(SweepConfig(), "vgg_a", on_gpu=False)
+    assert graphed(SweepConfig(), "vgg_a_bn")
+    assert not graphed(SweepConfig(), "vgg_a_noisy_bn")  # host-side noise
+    assert not graphed(SweepConfig(ics_every=5), "vgg_a")  # Python hooks
+    assert not graphed(SweepConfig(compile=True), "vgg_a")
     if not torch.cuda.is_available():
         assert main(["run", "--dataset", "cifar10-mini", "--grid", "streams", "--device", "cpu",
                      "--out", "never.h5"]) == 2
         err = capsys.readouterr().err
         assert "--grid streams" in err and err.count("\n") == 1
-    else:
-        cuda = torch.device("cuda")
-        assert supports_graphs(SweepConfig(), "vgg_a_bn", data, cuda)
-        assert not supports_graphs(SweepConfig(), "vgg_a_noisy_bn", data, cuda)  # host-side noise
-        assert not supports_graphs(SweepConfig(ics_every=5), "vgg_a", data, cuda)  # Python hooks
-        assert not supports_graphs(SweepConfig(compile=True), "vgg_a", data, cuda)
 
 
 @gpu
@@ -61,8 +66,9 @@ def test_graphed_streams_equal_eager_sgd_runs(model_name, deterministic_cudnn):
                          precision="fp32", device="cuda")
     batches = list(zip(range(steps), BatchStream(data, 64, 0, False).epoch()))
     with training_precision("fp32", device) as autocast:
-        runs = StreamRuns(model_name, lrs, config, data, device, lambda k, r: None, autocast)
-        losses = torch.stack([runs.step(x, y, i, autocast)[0] for i, (x, y) in batches])
+        (group,) = plan_sweep(config, on_gpu=True)
+        runs = StreamRuns(group, data, TrainerContext(device, autocast))
+        losses = torch.stack([runs.step(x, y, i)[0] for i, (x, y) in batches])
         rows = runs.pop_grad_rows()
     for k, lr in enumerate(lrs):
         torch.manual_seed(0)

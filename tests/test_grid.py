@@ -170,10 +170,10 @@ def test_out_of_memory_mid_sweep_is_one_line_and_keeps_the_file(tmp_path, monkey
 
     real_step = train.SequentialRun.step
 
-    def step(self, x, y, step, autocast):
+    def step(self, x, y, step):
         if step == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return real_step(self, x, y, step, autocast)
+        return real_step(self, x, y, step)
 
     monkeypatch.setattr(train.SequentialRun, "step", step)
     out = tmp_path / "oom.h5"

@@ -235,27 +235,26 @@ def test_compiled_step_computes_the_eager_step(one_cpu_thread):
     kernels round differently (inductor fuses the pointwise ops) drift apart chaotically, by
     about 1% in the loss by the 4th step (measured), so only the step itself can be compared.
     """
-    import contextlib
     import copy
 
     import torch.nn.functional as F
 
     from landscape import data as data_mod
-    from landscape.train import SequentialRun
+    from landscape.train import SequentialRun, TrainerContext, plan_sweep
 
     full = data_mod.load_dataset("cifar10-mini")
     data = data_mod.ImageData(full.name, full.x_train[:256], full.y_train[:256],
                               full.x_test[:64], full.y_test[:64], full.mean, full.std)
     config = SweepConfig(models=("vgg_a_bn",), lrs=(0.05,), batch_size=16, width=0.125,
                          device="cpu", compile=True, probe=False)
-    run = SequentialRun("vgg_a_bn", 0.05, config, data, torch.device("cpu"),
-                    on_probe=lambda k, r: None, log=None)
+    (group,) = plan_sweep(config)
+    run = SequentialRun(group, data, TrainerContext(torch.device("cpu")))
     batches = data_mod.BatchStream(data, 16, seed=0).epoch()
     for step, (x, y) in zip(range(4), batches):
         eager = copy.deepcopy(run.model)  # same weights and BN buffers, not compiled
         eager_loss = F.cross_entropy(eager(x), y)
         eager_loss.backward()
-        loss, _ = run.step(x, y, step, contextlib.nullcontext)
+        loss, _ = run.step(x, y, step)
         assert float(loss) == pytest.approx(eager_loss.item(), rel=1e-5)
         g = torch.cat([p.grad.reshape(-1) for p in run.model.parameters()])
         g_eager = torch.cat([p.grad.reshape(-1) for p in eager.parameters()])

@@ -12,10 +12,10 @@ from .layers import (NORMALIZATION_TYPES, default_ics_layers, normalized_layers,
                      preactivation_module, resolve_layers, weight_layers)
 from .norms import LpBatchNorm, NoiseInjection, seed_noise
 from .randomness import is_stochastic, random_modules
-from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, glorot_init_
+from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, draws_random, glorot_init_
 from .vgg import VGG, vgg_a
 
-__all__ = ["MODELS", "NORMS", "ModelSpec", "Norm", "build_model", "glorot_init_", "VGG", "vgg_a",
+__all__ = ["MODELS", "NORMS", "ModelSpec", "Norm", "build_model", "draws_random", "glorot_init_", "VGG", "vgg_a",
            "DeepLinear", "DLN_MODELS", "MLP", "CNN", "COURSE_MODELS", "random_modules", "NoiseInjection", "LpBatchNorm", "is_stochastic",
            "seed_noise", "weight_layers", "resolve_layers", "default_ics_layers",
            "preactivation_module", "normalized_layers", "NORMALIZATION_TYPES"]

@@ -154,8 +154,9 @@ def _noisy(bn):
 
 register_norm("none", Norm(conv=lambda c: nn.Identity(), linear=lambda c: nn.Identity()))
 register_norm("batch", Norm(conv=nn.BatchNorm2d, linear=nn.BatchNorm1d))
-register_norm("noisy_batch", Norm(conv=_noisy(nn.BatchNorm2d), linear=_noisy(nn.BatchNorm1d)))
-register_norm("noise", Norm(conv=NoiseInjection, linear=NoiseInjection))
+register_norm("noisy_batch", Norm(conv=_noisy(nn.BatchNorm2d), linear=_noisy(nn.BatchNorm1d),
+                                  random=True))
+register_norm("noise", Norm(conv=NoiseInjection, linear=NoiseInjection, random=True))
 for _name, _p in (("l1", 1), ("l2", 2), ("linf", math.inf)):
     register_norm(_name, Norm(conv=lambda c, p=_p: LpBatchNorm(c, p),
                               linear=lambda c, p=_p: LpBatchNorm(c, p)))

@@ -25,6 +25,8 @@ class Norm:
 
     conv: Callable[[int], nn.Module]
     linear: Callable[[int], nn.Module]
+    # Whether its layers draw random numbers in training mode (the paper's noisy BN).
+    random: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class ModelSpec:
     norm: str
     # Whether the builder takes a dropout rate (``dropout=p``): the course models and VGG-A.
     dropout: bool = False
+    # Whether its own layers (besides its normalization's and dropout) draw random numbers in
+    # training mode. A sweep trains such runs one by one, and a trainer refuses a model that
+    # draws but is not declared (``draws_random``; ``randomness.is_stochastic`` looks).
+    random: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -76,6 +82,14 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10,
                                  f"got {dropout!r}")
         return spec.build(width=width, num_classes=num_classes)
     return spec.build(width=width, num_classes=num_classes, dropout=dropout)
+
+
+def draws_random(name: str, dropout: float = 0.0) -> bool:
+    """Whether model ``name`` with dropout rate ``dropout`` draws random numbers in training
+    mode, as its registration says: its own layers, its normalization, or dropout layers with
+    a rate above 0. Neither vmap (the batched grid) nor a CUDA graph replays such draws."""
+    spec = MODELS[name]
+    return spec.random or NORMS[spec.norm].random or (spec.dropout and dropout > 0)
 
 
 def glorot_init_(model: nn.Module) -> nn.Module:

@@ -1,14 +1,18 @@
-"""Train: a sweep's settings, the training loop, and the ways a learning-rate grid runs.
+"""Train: a sweep's settings, its plan, the trainers, the training loop, and the executors.
 
-``config`` (``SweepConfig`` and its validation), ``experiment`` (TOML experiment files),
-``device`` (device, TF32/bf16, out of memory), ``tasks`` (what a dataset needs of the loop),
-``instruments`` (the probes a sweep attaches, bound to a run's log), the three trainers --
-``sequential`` (one eager run, probes as hooks), ``batched`` (the grid as one vmapped model),
-``streams`` (CUDA-graph steps on concurrent streams) -- ``loop`` (``train_runs``),
-``checkpoint`` (a trainer and the loop position, saved and restored), ``signals`` (SIGINT and
-SIGTERM stop at a step boundary), ``sweep`` (``run_sweep``: every model at every learning
-rate and every value of the axes ``AXES``, one HDF5 file; ``resume=True`` continues one) and
-``distributed`` (``run_sweep_ray``: the same sweep as Ray tasks, the same one file).
+``config`` (``SweepConfig``, its validation, and ``SweepConfig.training_mode``: the one rule of
+which runs train together), ``experiment`` (TOML experiment files), ``device`` (device,
+TF32/bf16, out of memory), ``tasks`` (what a dataset needs of the loop), ``plan`` (``RunSpec``,
+``Group``, ``plan_sweep``, ``plan_resume``: the sweep's groups, decided once from the settings),
+``instruments`` (the probes a sweep attaches, bound to a run's log), ``protocol`` (the
+``Trainer`` protocol) and its three trainers -- ``sequential`` (one eager run, probes as hooks),
+``batched`` (the grid as one vmapped model), ``streams`` (CUDA-graph steps on concurrent
+streams) -- ``trainers`` (a group's trainer; ``fit``: a group split to fit the device),
+``events`` (``LoopListener``: what the loop announces), ``loop`` (``TrainingLoop``,
+``train_runs``), ``checkpoint`` (a trainer and the loop position, saved and restored),
+``signals`` (SIGINT and SIGTERM stop at a step boundary), ``sweep`` (``execute_sweep``: the one
+body of every sweep; ``run_sweep``, its local executor) and ``distributed`` (``run_sweep_ray``:
+the same sweep as Ray tasks, the same one file).
 """
 
 from .batched import BatchedGrid, GridRuns, supports_batched
@@ -16,25 +20,33 @@ from .checkpoint import (Checkpoint, Checkpointing, LoopPosition, load_checkpoin
                          save_checkpoint)
 from .config import (AXES, GRID_MODES, MAX_RUNS_UNASKED, OPTIMIZERS, PRECISIONS, SweepConfig,
                      resumed_config)
-from .distributed import RayOptions, run_sweep_ray, sweep_units
 from .device import out_of_memory, resolve_device, training_precision
+from .distributed import RayExecutor, RayOptions, run_sweep_ray
+from .events import LoopListener
 from .experiment import load_experiment, merge
-from .loop import Progress, RunSummary, train_runs
+from .loop import Progress, ReportProgress, RunState, RunSummary, TrainingLoop, WriteRows, \
+    train_runs
+from .plan import (Group, ResumePlan, RunSpec, plan_resume, plan_sweep, resume_action, run_name,
+                   sweep_runs)
+from .protocol import Trainer, TrainerContext
 from .sequential import SequentialRun, build_run, make_optimizer
-from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns, supports_graphs
 from .signals import SweepInterrupted, stop_on_signals
-from .sweep import (cell_run_name, check_size, grid_chunks, grid_mode, plan_resume, resume_action,
-                    run_name, run_sweep, train_group)
+from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns
+from .sweep import (Executor, GroupRunner, LocalExecutor, SweepOptions, check_size,
+                    execute_sweep, run_sweep)
 from .tasks import ClassificationTask, RegressionTask, dln_loss, evaluate, task_for
+from .trainers import TRAINERS, build_trainer, fit
 
 __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "PRECISIONS",
            "resolve_device", "training_precision", "out_of_memory", "load_experiment", "merge",
-           "train_runs", "SequentialRun", "build_run", "BatchedGrid", "GridRuns",
+           "train_runs", "TrainingLoop", "LoopListener", "WriteRows", "ReportProgress",
+           "RunState", "SequentialRun", "build_run", "BatchedGrid", "GridRuns",
            "supports_batched", "WARMUP", "CapturedStep", "CapturedProbe", "StreamRuns",
-           "supports_graphs", "grid_chunks", "grid_mode", "run_name", "ClassificationTask",
-           "RegressionTask", "dln_loss", "evaluate", "task_for", "AXES", "MAX_RUNS_UNASKED",
-           "OPTIMIZERS", "check_size", "make_optimizer",
-           "Checkpoint", "Checkpointing",
-           "LoopPosition", "load_checkpoint", "restore", "save_checkpoint", "resumed_config",
-           "SweepInterrupted", "stop_on_signals", "plan_resume", "resume_action", "cell_run_name",
-           "train_group", "RayOptions", "run_sweep_ray", "sweep_units"]
+           "run_name", "ClassificationTask", "RegressionTask", "dln_loss", "evaluate", "task_for",
+           "AXES", "MAX_RUNS_UNASKED", "OPTIMIZERS", "check_size", "make_optimizer",
+           "Checkpoint", "Checkpointing", "LoopPosition", "load_checkpoint", "restore",
+           "save_checkpoint", "resumed_config", "SweepInterrupted", "stop_on_signals",
+           "RunSpec", "Group", "plan_sweep", "sweep_runs", "ResumePlan", "plan_resume",
+           "resume_action", "Trainer", "TrainerContext", "TRAINERS", "build_trainer", "fit",
+           "Executor", "LocalExecutor", "GroupRunner", "SweepOptions", "execute_sweep",
+           "RayExecutor", "RayOptions", "run_sweep_ray"]

@@ -26,7 +26,8 @@ from torch.func import functional_call, stack_module_state
 from ..data import eval_batches
 from ..probes import PROBE_DTYPES, GradientStats, along_gradient
 from . import tasks
-from .config import SweepConfig
+from .plan import Group
+from .protocol import TrainerContext
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -141,23 +142,26 @@ class BatchedGrid:
 
 
 class GridRuns:
-    """All learning rates of one model as one ``BatchedGrid``; probes on per-run copies."""
+    """All learning rates of a group as one ``BatchedGrid``; probes on per-run copies. A
+    ``protocol.Trainer``."""
 
-    def __init__(self, model_name: str, lrs, config: SweepConfig, data, device,
-                 on_probe: Callable[[int, object], None]):
+    def __init__(self, group: Group, data, context: TrainerContext):
+        config, device = group.cell, context.device
+
         def build():
             torch.manual_seed(config.seed)  # same initial weights as SequentialRun
-            return config.model(model_name, data.num_classes).to(device)
+            return config.model(group.model, data.num_classes).to(device)
 
-        self.task = tasks.task_for(data)  # always classification: see sweep.grid_mode
-        self.grid = BatchedGrid(build, lrs, config.momentum, config.weight_decay,
+        self.task = tasks.task_for(data)  # always classification: see SweepConfig.trains_alone
+        self.grid = BatchedGrid(build, group.lrs, config.momentum, config.weight_decay,
                                 compile=config.compile)
-        self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
+        self.lrs, self.config, self.k = group.lrs, config, len(group.runs)
+        self.on_probe, self.autocast = context.on_probe, context.autocast
         self._scratch = build()  # a real module that each probe loads one run's state into
         self.stats = GradientStats()  # not attached: fed the stacked gradients of every run
-        self.probe_dtype = PROBE_DTYPES[config.probe_dtype_of(model_name)]
+        self.probe_dtype = PROBE_DTYPES[config.probe_dtype_of(group.model)]
 
-    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x, y, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.probe and step % self.config.probe_every == 0:
             for k in range(self.k):  # at theta_t, on this step's batch, before the update
                 if bool(self.grid.alive[k]):
@@ -168,7 +172,7 @@ class GridRuns:
                     record.step, record.lr = step, self.lrs[k]
                     self.on_probe(k, record)
         theta = self.grid.flat(self.grid.params)
-        losses, correct, grads = self.grid.step(x, y, autocast)
+        losses, correct, grads = self.grid.step(x, y, self.autocast)
         self.stats.record(self.grid.flat(grads), theta)
         return losses, correct
 

@@ -20,8 +20,8 @@ Use from Python (the CLI's ``--resume`` is built on these)::
     checkpoint = load_checkpoint(path, device)
     position = restore(trainer, checkpoint)           # a trainer built as the saved one was
 
-``loop.train_runs(..., checkpointing=Checkpointing(path, every), start=checkpoint)`` saves them
-as it trains and continues from one.
+``loop.train_runs(..., listeners=[..., Checkpointing(path, every)], start=checkpoint)`` saves
+them as it trains and continues from one.
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 from ..errors import LandscapeError, os_reason
 from ..store import replace_atomically
+from .events import LoopListener
 
 FORMAT = 1
 SUFFIX = ".pt"
@@ -137,18 +136,15 @@ def restore(trainer, checkpoint: Checkpoint) -> LoopPosition:
 
 
 @dataclass
-class Checkpointing:
-    """When and where ``train_runs`` saves the checkpoint of its runs.
-
-    ``every``: steps between checkpoints; None: at the end of every epoch. A checkpoint is also
-    saved when a stop is asked for (SIGINT, SIGTERM). ``keep``: leave the last one when the
-    runs complete (it is removed otherwise)."""
+class Checkpointing(LoopListener):
+    """Saves the checkpoint of a loop's runs at ``path``: every ``every`` steps (None: at the
+    end of every epoch but the last), and when a stop is asked for (SIGINT, SIGTERM); each
+    after the rows it refers to are in the file. ``keep``: leave the last one when the runs
+    complete (it is removed otherwise). A listener of ``loop.TrainingLoop``."""
 
     path: Path
     every: int | None = None
     keep: bool = False
-    # Called with ``path`` after each save: a Ray worker hands the checkpoint to its driver.
-    on_saved: Callable[[Path], None] | None = None
 
     def due_after_step(self, step: int, total_steps: int) -> bool:
         return self.every is not None and step % self.every == 0 and step < total_steps
@@ -156,13 +152,25 @@ class Checkpointing:
     def due_after_epoch(self, last: bool) -> bool:
         return self.every is None and not last
 
-    def saved(self) -> None:
-        if self.on_saved is not None:
-            self.on_saved(self.path)
+    def on_step(self, loop) -> None:
+        if loop.stopping() or self.due_after_step(loop.step, loop.total_steps):
+            self.save(loop)
 
-    def finish(self) -> None:
+    def on_epoch_end(self, loop, last: bool) -> None:
+        if loop.stopping() or self.due_after_epoch(last):
+            self.save(loop)
+
+    def save(self, loop) -> None:
+        """The rows to the file, then the checkpoint that refers to them; announced."""
+        loop.rows_due()
+        save_checkpoint(self.path, loop.trainer, loop.position(),
+                        {run.log.name: run.log.rows_in_file for run in loop.runs},
+                        [run.log.name for run in loop.runs])
+        loop.emit("on_checkpoint_saved", self.path)
+
+    def on_runs_end(self, loop, error: BaseException | None) -> None:
         """The runs are complete and in the file: their checkpoint is no longer needed."""
-        if not self.keep:
+        if error is None and not self.keep:
             self.path.unlink(missing_ok=True)
 
 

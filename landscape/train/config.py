@@ -20,7 +20,7 @@ from ..data import DATASETS
 from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
-from ..models import DLN_MODELS, MODELS, build_model
+from ..models import DLN_MODELS, MODELS, build_model, draws_random
 from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
@@ -88,6 +88,35 @@ class SweepConfig:
         runs train sequentially (not as a batched grid or CUDA graphs)."""
         return bool(self.ics_every or self.activations_every or self.sharpness_every
                     or self.records_weights())
+
+    def training_mode(self, model: str, on_gpu: bool, runs: int) -> str:
+        """How ``runs`` learning rates of ``model`` in this cell (one value per axis) train
+        together -- the one rule, from the settings alone (``plan.plan_sweep`` applies it):
+
+        - ``streams``: each run's step and probe a CUDA graph, the runs on concurrent streams;
+          on a GPU (``on_gpu``), under ``--grid auto`` or ``streams``, without ``--compile``
+          (its GPU gradients were measured wrong), with float32 probes (what graphs record);
+        - ``batched``: one vmapped model, only when asked (``--grid batched``) and for two runs
+          or more: measured slower than separate runs on a CPU and on an H100 alike
+          (benchmarks/RESULTS.md), vmap turns K convolutions into grouped ones;
+        - ``sequential``: one eager run after another: everything else, and always for runs
+          that no grid holds (``trains_alone``).
+        """
+        if self.grid == "sequential" or self.trains_alone(model):
+            return "sequential"
+        if self.grid in ("auto", "streams"):
+            graphs = on_gpu and not self.compile and self.probe_dtype_of(model) == "float32"
+            return "streams" if graphs else "sequential"
+        return "batched" if runs >= 2 else "sequential"
+
+    def trains_alone(self, model: str) -> bool:
+        """Whether runs of ``model`` in this cell must train one by one, whatever ``grid``
+        asks: instruments hook one eager module and ``torch.optim`` optimizer
+        (``uses_hooks``); the DLN's regression is no image classification; adam/adamw (the
+        batched grid writes SGD's update, a graph holds no host-side step count); a model that
+        draws random numbers (``models.draws_random``: neither vmap nor a graph replays them)."""
+        return (self.uses_hooks() or self.dataset == DLN_DATASET or self.optimizer != "sgd"
+                or draws_random(model, self.dropout))
 
     def records_weights(self) -> bool:
         """Whether runs record weight statistics: ``weight_stats``, or by default with the

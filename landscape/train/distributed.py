@@ -1,15 +1,14 @@
 """A sweep on a Ray cluster: the same runs, the same one HDF5 file, written by the driver alone.
 
-``run_sweep_ray(config, out, RayOptions(...))`` is what ``landscape run --ray`` calls. The sweep
-splits into *units* (``sweep_units``): in each cell of the axes (``SweepConfig.cells``: one
-seed, batch size, ...), one run, or the learning rates of one model that train together on one
-GPU (a streams or batched grid, as a local sweep groups them). Each unit is a Ray generator
-task asking for ``gpus_per_task`` GPUs and ``cpus_per_task`` CPUs; it trains with the code of a
-local sweep (``sweep.train_group``) into a ``RelayStore``, whose flushes (after every epoch, at
-the least) hand each run's new rows (``RunLog.take_pending``) back to the driver. The driver is
-the only writer of the file (it holds its ``SweepLock``): it replays the rows into its
-``SweepStore`` (``RunLog.absorb``) and flushes, so the file is readable during the sweep as a
-local one is.
+``run_sweep_ray(config, out, RayOptions(...))`` is what ``landscape run --ray`` calls: the body
+of every sweep (``sweep.execute_sweep``) with ``RayExecutor``. Each group of the plan
+(``plan.plan_sweep``: one run, or the learning rates of one model that train together on one
+GPU) is a *unit*: a Ray generator task asking for ``gpus_per_task`` GPUs and ``cpus_per_task``
+CPUs, which trains the group with the local sweep's code (``sweep.GroupRunner``) into a
+``Relay``, whose flushes (after every epoch, at the least) hand each run's new rows
+(``RunLog.take_pending``) back to the driver. The driver is the only writer of the file (it
+holds its ``SweepLock``): it replays the rows into its ``SweepStore`` (``RunLog.absorb``) and
+flushes, so the file is readable during the sweep as a local one is.
 
 Checkpoints: a worker saves them as a local sweep does, into ``FILE.checkpoints/`` (a folder
 the driver and every worker reach at the same path), under a temporary name, and announces
@@ -18,9 +17,9 @@ file. So the checkpoints beside the file always agree with it, as a local sweep'
 
 A unit whose code raises: its runs are marked ``failed`` with the error (attribute ``error``),
 and the other units go on. A unit whose worker died (process killed, node lost, out of memory):
-its runs are planned as a resumed sweep plans a file's (``sweep.plan_resume``): complete ones
-stay, the others continue from their checkpoint (the rows after it cut from the file) or start
-again, on another worker; up to ``max_retries`` times, then they are marked ``failed`` like the
+its runs are planned as a resumed sweep plans a file's (``plan.plan_resume``, then
+``plan.plan_sweep``): complete ones stay, the others continue from their checkpoint (the rows
+after it cut from the file) or start again, on another worker; up to ``max_retries`` times, then they are marked ``failed`` like the
 first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
 
 ``ray`` is an optional dependency (``pip install "landscape[ray]"``), imported only when a Ray
@@ -38,26 +37,24 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-from ..data import ImageData, load_dataset
 from ..errors import LandscapeError
-from ..models import MODELS, NORMS, ModelSpec, Norm, is_stochastic
+from ..models import MODELS, NORMS, ModelSpec, Norm
 from ..models.registry import register_model, register_norm
-from ..store import RunLog, SweepLock, SweepStore
+from ..store import RunLog
+from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path
 from .config import SweepConfig
 from .device import resolve_device, training_precision
+from .events import LoopListener
 from .loop import Progress, RunSummary
-from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, load_checkpoint
-from .sweep import (ResumePlan, cell_run_name, check_checkpoint_every, check_size,
-                    continued_from_step,
-                    groups_to_train, kept_summaries, open_sweep, plan_resume, planned_groups,
-                    sweep_run_names,
-                    train_group)
+from .plan import Group, plan_resume, plan_sweep
+from .protocol import TrainerContext
+from .sweep import GroupRunner, OpenSweep, SweepOptions, Where, execute_sweep
 
 INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
 PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often (its rows: every flush)
@@ -115,52 +112,11 @@ def import_ray():
     return ray
 
 
-def sweep_units(config: SweepConfig, data, on_gpu: bool,
-                plan: ResumePlan | None = None) -> list[Unit]:
-    """The sweep's units of work in the order of a local sweep: cell by cell
-    (``SweepConfig.cells``), model by model.
-
-    A model's learning rates stay one unit where a local sweep would train them together
-    (``sweep.grid_mode``): a streams grid on a GPU, or a batched grid on request, for a model
-    without random draws trained by SGD; otherwise (sequential runs, instruments' hooks, the
-    DLN, dropout, adam, the CPU) each run is a unit of its own. A fresh unit is trained by
-    ``train_group`` in the groups ``groups_to_train`` chooses. With a resume ``plan``, runs it
-    keeps are in no unit, and each checkpoint it continues is a unit of its own.
-    """
-    units = []
-    varying = config.varying_axes()
-    for cell in config.cells():
-        for model in cell.models:
-            continued, lrs = planned_groups(cell, varying, model, plan)
-            units += [Unit(cell, model, tuple(group), path, mode)
-                      for group, mode, path in continued]
-            together = (len(lrs) > 1 and cell.grid != "sequential"
-                        and not cell.uses_hooks() and isinstance(data, ImageData)
-                        and cell.optimizer == "sgd" and not _draws_at_random(cell, model)
-                        and (cell.grid == "batched"
-                             or (on_gpu and not cell.compile
-                                 and cell.probe_dtype_of(model) == "float32")))
-            units += [Unit(cell, model, tuple(lrs))] if together else \
-                [Unit(cell, model, (lr,)) for lr in lrs]
-    return units
-
-
-def _draws_at_random(cell: SweepConfig, model: str) -> bool:
-    """Whether ``model`` in ``cell`` has random layers (dropout, noise): such runs train one
-    by one (neither vmap nor a CUDA graph holds their draws)."""
-    with torch.device("meta"):
-        return is_stochastic(cell.model(model))
-
-
 @dataclass
 class Unit:
-    """One Ray task's work: learning rates of one model in one cell of the axes."""
+    """One Ray task's work: a group of the plan, and how its attempts went."""
 
-    cell: SweepConfig  # one value per axis
-    model: str
-    lrs: tuple[float, ...]
-    checkpoint: Path | None = None  # continue these runs from it (they trained together)
-    mode: str | None = None  # the trainer that checkpoint fits; None: as a local sweep chooses
+    group: Group
     attempts: int = 0  # starts so far (a unit continued after a lost worker counts on)
     done: frozenset = frozenset()  # runs the file holds complete: left as they are
     key: int = 0  # tells this unit's temporary checkpoint files from others'
@@ -191,22 +147,25 @@ class CheckpointPlace:
 # The worker side: one unit, trained by the local sweep's code into a relay of its rows.
 # ---------------------------------------------------------------------------------------
 
-class RelayStore(SweepStore):
-    """A ``SweepStore`` without a file, on a worker: its logs buffer rows as usual, and
-    ``flush`` hands their new rows (``RunLog.take_pending``) to ``send``. Each log counts the
-    rows the driver's file will hold of it once they arrive (``rows_in_file``, what a
-    checkpoint refers to), from ``rows``: those it held when the unit started."""
+class Relay:
+    """A worker's writer of rows, with a ``SweepStore``'s ``run`` and ``flush`` but no file:
+    its logs buffer rows as usual, and ``flush`` hands their new rows
+    (``RunLog.take_pending``) to ``send``. Each log counts the rows the driver's file will
+    hold of it once they arrive (``rows_in_file``, what a checkpoint refers to), from
+    ``rows``: those it held when the unit started."""
 
     def __init__(self, send: Callable[[tuple], None],
-                 rows: dict[str, dict[str, int]] | None = None):  # noqa: D107 - no file
-        self.path = None
+                 rows: dict[str, dict[str, int]] | None = None):
         self.runs: dict[str, RunLog] = {}
         self.send = send
         self.start_rows = rows or {}
 
     def run(self, name: str, eta, **attrs) -> RunLog:
-        log = super().run(name, eta, **attrs)
+        log = RunLog(name, eta)
+        log.set_attrs(status="running", **attrs)
         log.rows_in_file = dict(self.start_rows.get(name, {}))
+        self.runs[name] = log
+        self.flush(log)
         return log
 
     def flush(self, *logs: RunLog) -> None:
@@ -217,10 +176,26 @@ class RelayStore(SweepStore):
         self.send(("rows", blocks))
 
 
-def train_unit(unit: Unit, varying: tuple[str, ...], spec: ModelSpec, norm: Norm, data,
-               threads: int, place: CheckpointPlace, rows: dict[str, dict[str, int]]):
-    """A Ray generator task: trains ``unit`` (``varying``: the sweep's axes that name runs)
-    and yields lists of messages -- ``("rows", [pending block, ...])``, ``("progress",
+class Announce(LoopListener):
+    """Hands each checkpoint a worker saved (under a temporary name) to the driver, after the
+    rows it refers to: numbered, so that the next save cannot overwrite it before the driver
+    renames it to ``path``, its place beside the file."""
+
+    def __init__(self, path: Path, relay: Relay, saves: Iterator[int]):
+        self.path, self.relay, self.saves = path, relay, saves
+
+    def on_checkpoint_saved(self, loop, saved: Path) -> None:
+        numbered = saved.with_name(f"{saved.name}-{next(self.saves)}")
+        os.replace(saved, numbered)
+        names = [run.log.name for run in loop.runs]
+        self.relay.send(("checkpoint", str(numbered), str(self.path),
+                         {n: dict(self.relay.runs[n].rows_in_file) for n in names
+                          if n in self.relay.runs}))
+
+
+def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
+               place: CheckpointPlace, rows: dict[str, dict[str, int]]):
+    """A Ray generator task: trains ``unit`` and yields lists of messages -- ``("rows", [pending block, ...])``, ``("progress",
     Progress)``, ``("checkpoint", saved, path, rows)`` (a checkpoint saved after the rows
     before it, to be renamed to ``path`` once the driver has them in its file), and last
     ``("done", [RunSummary, ...])``; an error in training raises here, after the rows it left
@@ -230,8 +205,8 @@ def train_unit(unit: Unit, varying: tuple[str, ...], spec: ModelSpec, norm: Norm
     registered by the driver's script exists on the worker too. Training runs on a thread of
     its own so that this generator can yield while it trains.
     """
-    if unit.model not in MODELS:
-        register_model(unit.model, spec)
+    if unit.group.model not in MODELS:
+        register_model(unit.group.model, spec)
     if spec.norm not in NORMS:
         register_norm(spec.norm, norm)
     box: queue.SimpleQueue = queue.SimpleQueue()
@@ -248,8 +223,7 @@ def train_unit(unit: Unit, varying: tuple[str, ...], spec: ModelSpec, norm: Norm
         torch.set_num_threads(threads)
         try:
             place.check()
-            outcome["summaries"] = _train_unit(unit, varying, data, place, rows, box.put,
-                                               progress)
+            outcome["summaries"] = _train_unit(unit, data, place, rows, box.put, progress)
         except BaseException as error:  # noqa: BLE001 - raised again by the generator
             outcome["error"] = error
         finally:
@@ -275,52 +249,36 @@ def train_unit(unit: Unit, varying: tuple[str, ...], spec: ModelSpec, norm: Norm
     yield [("done", outcome["summaries"])]
 
 
-def _train_unit(unit: Unit, varying, data, place: CheckpointPlace, rows, send,
+def _train_unit(unit: Unit, data, place: CheckpointPlace, rows, send,
                 progress) -> list[RunSummary]:
-    """The unit's groups of runs, one after another, as a local sweep trains them; each
-    checkpoint saved under a name of its own (``.PATH.ray-KEY-ATTEMPT-N``) and announced."""
-    cell = replace(unit.cell, models=(unit.model,), lrs=unit.lrs)
+    """The unit's group, fitted to this worker's device and trained as a local sweep trains
+    it, into a relay of its rows; each checkpoint saved under a name of its own
+    (``.PATH.ray-KEY-ATTEMPT-N``) and announced."""
+    cell = unit.group.cell
     device = resolve_device(cell.device)
-    data = data.to(device)
-    store = RelayStore(send, rows)
-    saves = itertools.count()
-    summaries: list[RunSummary] = []
+    relay, saves = Relay(send, rows), itertools.count()
+
+    def checkpointing(group: Group) -> list[LoopListener]:
+        path = checkpoint_path(place.sweep_path, group.names)
+        saving = path.with_name(f".{path.name}.ray-{unit.key}-{unit.attempts}")
+        return [Checkpointing(saving, place.every, keep=False), Announce(path, relay, saves)]
+
     with training_precision(cell.precision, device) as autocast:
-        groups = ([(list(unit.lrs), unit.mode, unit.checkpoint)] if unit.checkpoint else
-                  groups_to_train(cell, varying, unit.model, None, data, device, autocast))
-        for lrs, mode, checkpoint in groups:
-            names = [cell_run_name(cell, varying, unit.model, lr) for lr in lrs]
-            path = checkpoint_path(place.sweep_path, names)
-            saving = path.with_name(f".{path.name}.ray-{unit.key}-{unit.attempts}")
-
-            def announce(saved: Path, path=path, names=names) -> None:
-                numbered = saved.with_name(f"{saved.name}-{next(saves)}")
-                os.replace(saved, numbered)  # the next save cannot overwrite it
-                send(("checkpoint", str(numbered), str(path),
-                      {n: dict(store.runs[n].rows_in_file) for n in names if n in store.runs}))
-
-            start = None if checkpoint is None else load_checkpoint(checkpoint, device)
-            summaries += train_group(
-                store, cell, varying, unit.model, lrs, mode, data, device, autocast,
-                start=start, done=unit.done,
-                checkpointing=Checkpointing(saving, place.every, keep=False, on_saved=announce),
-                on_progress=progress)
-    return summaries
+        runner = GroupRunner(relay, data.to(device), TrainerContext(device, autocast),
+                             checkpointing, unit.done, on_progress=progress)
+        return runner.train(unit.group)
 
 
 # ---------------------------------------------------------------------------------------
 # The driver side: submit the units, replay their rows into the one file, retry the lost.
 # ---------------------------------------------------------------------------------------
 
-def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = None, *,
-                  overwrite: bool = False, command: str = "",
-                  on_progress: Callable[[Progress], None] | None = None,
-                  data=None, allow_large: bool = False, resume: bool = False,
-                  checkpoint_every: int | None = None,
-                  keep_checkpoints: bool = False) -> list[RunSummary]:
-    """``run_sweep`` on Ray: every run of ``config`` as Ray tasks, one HDF5 file at ``out``
-    written by this process only, which holds its lock. Returns the summaries in the order
-    of a local sweep; a failed run's summary has status ``failed`` and its ``error``.
+def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = None,
+                  **settings) -> list[RunSummary]:
+    """``run_sweep`` on Ray: every group of the plan as a Ray task, one HDF5 file at ``out``
+    written by this process only, which holds its lock; ``settings``: the fields of
+    ``sweep.SweepOptions``, as ``run_sweep`` takes them. Returns the summaries in the order of
+    a local sweep; a failed run's summary has status ``failed`` and its ``error``.
 
     Checkpoints (every ``checkpoint_every`` steps, default every epoch) go to
     ``FILE.checkpoints/`` beside ``out``, written by the workers: on a cluster, ``out`` must be
@@ -332,54 +290,56 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
     starts a local instance (``options.address`` None) or joins the cluster at the address,
     and shuts it down at the end. Inputs are checked before the file is created.
     """
-    options = options or RayOptions()
-    ray = import_ray()
-    options.validate()
-    # Every check that does not need the cluster, before Ray starts (seconds): where the GPUs
-    # per task are not given, assume the workers can do what the settings ask (--grid streams:
-    # a GPU), and check that once the cluster says.
-    known = _known_gpus(config, options)
-    config.validate(on_gpu=config.grid == "streams" if known is None else known > 0)
-    if known is not None:
-        _check_gpus(config, known)
-    check_size(config, allow_large)
-    check_checkpoint_every(checkpoint_every)
-    if data is None:
-        data = load_dataset(config.dataset, config.data_root)
-    data = data.to("cpu")
     out = str(Path(out).resolve())  # the workers' path to the checkpoints too
-    with SweepLock(out):  # this driver is the file's one writer
-        started = _connect(ray, options)
+    return execute_sweep(config, out, RayExecutor(options or RayOptions()),
+                         SweepOptions(**settings))
+
+
+class RayExecutor:
+    """Each group of the plan a Ray task (a ``Unit``); this process, the driver, the file's
+    one writer (``_Driver``)."""
+
+    def __init__(self, options: RayOptions):
+        self.options, self.ray, self.gpus = options, None, 0.0
+
+    def check(self, config: SweepConfig) -> None:
+        """Every check that does not need the cluster, before Ray starts (seconds): where the
+        GPUs per task are not given, assume the workers can do what the settings ask (--grid
+        streams: a GPU), and check that once the cluster says (``session``)."""
+        self.ray = import_ray()
+        self.options.validate()
+        known = _known_gpus(config, self.options)
+        config.validate(on_gpu=config.grid == "streams" if known is None else known > 0)
+        if known is not None:
+            _check_gpus(config, known)
+
+    @contextlib.contextmanager
+    def session(self, config: SweepConfig) -> Iterator[Where]:
+        started = _connect(self.ray, self.options)
         try:
-            gpus = _gpus_per_task(config, options, ray.cluster_resources())
-            config.validate(on_gpu=gpus > 0)
-            device = torch.device("cuda" if gpus > 0 else "cpu")  # where the workers train
-            ray_attrs = {"address": options.address or "local", "gpus_per_task": gpus,
-                         "cpus_per_task": options.cpus_per_task,
-                         "max_retries": options.max_retries}
-            store, config, plan = open_sweep(out, config, data, device, command=command,
-                                             overwrite=overwrite, resume=resume,
-                                             keep_checkpoints=keep_checkpoints,
-                                             extra={"ray": ray_attrs}, on_gpu=gpus > 0)
-            place = _checkpoint_place(out, checkpoint_every)
-            units = sweep_units(config, data, gpus > 0, plan)
-            for key, unit in enumerate(units):
-                unit.key = key
-                unit.done = frozenset(plan.kept) if plan else frozenset()
-            task = ray.remote(train_unit).options(num_gpus=gpus, num_cpus=options.cpus_per_task,
-                                                  max_retries=0)  # the driver retries
-            driver = _Driver(ray, task, store, config, ray.put(data), units, options, place,
-                             device, keep_checkpoints, plan, on_progress)
-            driver.run()
+            self.gpus = _gpus_per_task(config, self.options, self.ray.cluster_resources())
+            config.validate(on_gpu=self.gpus > 0)
+            options = self.options
+            attrs = {"ray": {"address": options.address or "local", "gpus_per_task": self.gpus,
+                             "cpus_per_task": options.cpus_per_task,
+                             "max_retries": options.max_retries}}
+            # where the workers train; the driver keeps the data on the CPU
+            yield Where(torch.device("cuda" if self.gpus > 0 else "cpu"), torch.device("cpu"),
+                        remote=True, attrs=attrs)
         finally:
             if started:
-                ray.shutdown()
-        summaries = {s.name: s for unit in driver.units for s in unit.summaries}
-        summaries.update(kept_summaries(out, plan))
-        (checkpoint_dir(out) / place.token).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # empty once every run completed: no clutter left
-            checkpoint_dir(out).rmdir()
-    return [summaries[name] for name in sweep_run_names(config) if name in summaries]
+                self.ray.shutdown()
+
+    def run(self, groups: list[Group], sweep: OpenSweep) -> list[RunSummary]:
+        place = _checkpoint_place(sweep.out, sweep.options.checkpoint_every)
+        units = [Unit(group, done=sweep.kept, key=key) for key, group in enumerate(groups)]
+        task = self.ray.remote(train_unit).options(num_gpus=self.gpus,
+                                                   num_cpus=self.options.cpus_per_task,
+                                                   max_retries=0)  # the driver retries
+        driver = _Driver(self.ray, task, sweep, units, self.options, place)
+        driver.run()
+        (checkpoint_dir(sweep.out) / place.token).unlink(missing_ok=True)
+        return [s for unit in driver.units for s in unit.summaries]
 
 
 def _checkpoint_place(out: str, every: int | None) -> CheckpointPlace:
@@ -463,27 +423,26 @@ class _Driver:
     """Submits the units, replays their rows into ``store`` as they come, promotes their
     checkpoints once the rows they refer to are in the file, continues lost units from them."""
 
-    def __init__(self, ray, task, store: SweepStore, config: SweepConfig, data_ref,
-                 units: list[Unit], options: RayOptions, place: CheckpointPlace, device,
-                 keep_checkpoints: bool, plan: ResumePlan | None, on_progress):
-        self.ray, self.task, self.store, self.config = ray, task, store, config
-        self.data_ref, self.units, self.options, self.on_progress = data_ref, units, options, \
-            on_progress
-        self.place, self.device, self.keep_checkpoints = place, device, keep_checkpoints
-        self.specs = {m: MODELS[m] for m in config.models}
-        self.varying = config.varying_axes()
+    def __init__(self, ray, task, sweep: OpenSweep, units: list[Unit], options: RayOptions,
+                 place: CheckpointPlace):
+        self.ray, self.task, self.sweep, self.units = ray, task, sweep, units
+        self.store, self.config, self.options, self.place = sweep.store, sweep.config, options, \
+            place
+        self.on_progress = sweep.options.on_progress
+        self.data_ref = ray.put(sweep.data)
+        self.specs = {m: MODELS[m] for m in self.config.models}
         self.threads = max(1, int(options.cpus_per_task))
         self.running: dict = {}  # generator -> unit
         self.latest: Progress | None = None  # the last progress any unit reported
         self.touched: dict[str, RunLog] = {}  # runs with rows to flush
         self.saved: list[tuple] = []  # checkpoints announced, to promote after the next flush
+        plan = sweep.resume
         # run -> the checkpoint it continues from, should its worker be lost
-        self.checkpoints: dict[str, Path] = dict(
-            (n, p) for p, names in (plan.continued.items() if plan else ()) for n in names)
+        self.checkpoints: dict[str, Path] = plan.checkpoints() if plan else {}
         # run -> rows of each group the file holds of it as its unit starts (a continued run:
         # its checkpoint's)
         self.rows: dict[str, dict[str, int]] = dict(plan.truncate) if plan else {}
-        self.kept = len(plan.kept) if plan else 0
+        self.kept = len(sweep.kept)
         self.retries: list[dict] = []
         self.flushed = 0.0  # time.monotonic() of the last flush
 
@@ -510,7 +469,7 @@ class _Driver:
                 with contextlib.suppress(Exception):  # the interrupt, not this, is the news
                     ray.cancel(gen, force=True)
             for unit in self.running.values():
-                for name in self.names(unit):
+                for name in unit.group.names:
                     log = self.store.runs.get(name)
                     if log is not None and log.attrs.get("status") == "running":
                         log.set_attrs(status="interrupted")
@@ -518,16 +477,14 @@ class _Driver:
             self.flush()
             raise
 
-    def names(self, unit: Unit) -> list[str]:
-        return [cell_run_name(unit.cell, self.varying, unit.model, lr) for lr in unit.lrs]
-
     def submit(self, unit: Unit) -> None:
         unit.attempts += 1
         unit.done_steps, unit.progress = 0, None
-        spec = self.specs[unit.model]
-        rows = {n: self.rows.get(n, {}) for n in self.names(unit)} if unit.checkpoint else {}
-        gen = self.task.remote(unit, self.varying, spec, NORMS[spec.norm], self.data_ref,
-                               self.threads, self.place, rows)
+        spec = self.specs[unit.group.model]
+        rows = ({n: self.rows.get(n, {}) for n in unit.group.names} if unit.group.checkpoint
+                else {})
+        gen = self.task.remote(unit, spec, NORMS[spec.norm], self.data_ref, self.threads,
+                               self.place, rows)
         self.running[gen] = unit
 
     def flush(self) -> None:
@@ -569,11 +526,11 @@ class _Driver:
         else:
             if ended:
                 del self.running[gen]
-                unit.done_steps = len(unit.lrs) * (unit.progress.steps_total
-                                                   if unit.progress else 0)
+                unit.done_steps = len(unit.group.runs) * (unit.progress.steps_total
+                                                          if unit.progress else 0)
                 self.flush()
-                if not self.keep_checkpoints:
-                    for name in self.names(unit):
+                if not self.sweep.options.keep_checkpoints:
+                    for name in unit.group.names:
                         path = self.checkpoints.pop(name, None)
                         if path is not None:
                             path.unlink(missing_ok=True)
@@ -609,34 +566,27 @@ class _Driver:
         self.flush()  # every row received, and every checkpoint they complete
         for stale in checkpoint_dir(self.place.sweep_path).glob(f".*.ray-{unit.key}-*"):
             stale.unlink(missing_ok=True)  # saved, never announced: ahead of the file
-        names = self.names(unit)
+        names = unit.group.names
         attrs = {n: self.store.runs[n].attrs for n in names if n in self.store.runs}
+        on_gpu = self.sweep.where.on_gpu
         plan = plan_resume(self.config, attrs, {n: self.checkpoints[n] for n in names
-                                                if n in self.checkpoints},
-                           self.device, names=names)
+                                                if n in self.checkpoints}, on_gpu, only=names)
         self.store.truncate(plan.truncate)
         self.rows.update(plan.truncate)
-        lr_of = dict(zip(names, unit.lrs))
-        again = [Unit(unit.cell, unit.model, tuple(lr_of[n] for n in runs), path,
-                      plan.modes[path]) for path, runs in plan.continued.items()]
-        fresh = tuple(lr_of[n] for n in names if n in plan.fresh)
-        if fresh:
-            again.append(Unit(unit.cell, unit.model, fresh))
         self.retries.append({"runs": names, "error": error, "attempt": unit.attempts,
-                             "continued_from_step": continued_from_step(plan)})
+                             "continued_from_step": plan.continued_from_step()})
         self.store.set_root_attrs(ray_retries=self.retries)
         self.units.remove(unit)
-        for new in again:
-            new.attempts, new.key = unit.attempts, unit.key
-            new.done = frozenset(n for n in names if n in plan.kept) | unit.done
-            self.units.append(new)
-            self.submit(new)
+        for group in plan_sweep(self.config, plan, on_gpu=on_gpu):
+            again = Unit(group, unit.attempts, frozenset(plan.kept) | unit.done, unit.key)
+            self.units.append(again)
+            self.submit(again)
 
     def fail(self, unit: Unit, message: str) -> None:
         """The unit's runs that did not end on their own are failed, with the error."""
         self.flush()
         done = {s.name for s in unit.summaries}
-        for name, lr in zip(self.names(unit), unit.lrs):
+        for name, lr in zip(unit.group.names, unit.group.lrs):
             log = self.store.runs.get(name)
             if log is not None and log.attrs.get("status") not in ("completed", "diverged"):
                 log.set_attrs(status="failed", error=message)
@@ -644,7 +594,8 @@ class _Driver:
             if name in done or name in unit.done:
                 continue
             attrs = log.attrs if log is not None else {}
-            unit.summaries.append(RunSummary(name, unit.model, lr, attrs.get("status", "failed"),
+            unit.summaries.append(RunSummary(name, unit.group.model, lr,
+                                             attrs.get("status", "failed"),
                                              int(attrs.get("steps_completed", 0)), math.nan,
                                              math.nan, float(attrs.get("seconds", 0.0)),
                                              attrs.get("diverged_step"), message))
@@ -655,7 +606,7 @@ def _report(p: Progress, units: list[Unit], running: dict, on_progress, runs_tot
     """One progress line for the whole sweep: the latest report's run, epoch, step and loss,
     and the steps done by every unit."""
     training = {id(u) for u in running.values()}
-    finished = kept + sum(len(u.lrs) for u in units if id(u) not in training)
+    finished = kept + sum(len(u.group.runs) for u in units if id(u) not in training)
     on_progress(Progress(f"{p.run} ({len(running)} of {len(units)} units training)",
                          min(finished, runs_total - 1), runs_total, p.epoch, p.step,
                          p.steps_total, p.loss, sum(u.done_steps for u in units)))

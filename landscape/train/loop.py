@@ -1,8 +1,11 @@
 """The training loop: K runs of one model, one step at a time on a shared minibatch.
 
-A *trainer* advances its runs by one step (``SequentialRun``: K = 1; ``GridRuns``: a batched
-learning-rate grid; ``StreamRuns``: CUDA-graph steps on concurrent streams); ``train_runs``
-is the loop around any of them: epochs, divergence, the rows each run writes to its log.
+A *trainer* (``protocol.Trainer``) advances its runs by one step; ``TrainingLoop`` is the loop
+around any of them: epochs, divergence, the rows each run writes to its log, and named events
+that its listeners subscribe to (``LoopListener``: a step done, an epoch done, rows due to the
+file, a checkpoint saved, the runs ended). The file's writer (``WriteRows``), checkpointing
+(``checkpoint.Checkpointing``), progress (``ReportProgress``) and a Ray worker's relay are such
+listeners; the loop knows none of them. ``train_runs`` is the loop as one call.
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..store import RunLog
 from ..store.schema import MODE_FIELDS
-from .checkpoint import Checkpoint, Checkpointing, LoopPosition, restore, save_checkpoint
+from .checkpoint import Checkpoint, LoopPosition, restore
 from .config import SweepConfig
+from .events import LoopListener
+from .protocol import Trainer
 from .signals import StopRequest, SweepInterrupted
 from .tasks import mode_stats
 
@@ -67,169 +72,241 @@ class RunState:
     done: bool = False  # the file already holds this run complete (or diverged): left as it is
 
 
-def train_runs(trainer, runs: list[RunState], config: SweepConfig, data, device,
-               flush: Callable[[], None], on_progress, label: str, run_index: int,
-               runs_total: int, autocast, *, checkpointing: Checkpointing | None = None,
-               start: Checkpoint | None = None, stop: StopRequest | None = None) -> float:
-    """Train the trainer's K runs to the end (or divergence); write rows; returns seconds.
+class WriteRows(LoopListener):
+    """Hands the rows of the loop's runs to ``writer`` (a ``store.SweepStore``, or anything
+    with its ``flush(*logs)``: a Ray worker's relay) whenever they are due."""
 
-    ``checkpointing``: save a checkpoint of the runs as it says (and when ``stop`` is asked
-    for); removed when the runs complete. ``start``: continue from that checkpoint (a trainer
-    built as the saved one was). Runs marked ``done`` (the file holds them complete) are left
-    as they are. ``stop``: a stop asked for (``signals.stop_on_signals``) checkpoints, flushes,
-    marks the runs ``interrupted`` and raises ``SweepInterrupted``.
-    """
-    stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
-    mode_subset = trainer.task.mode_subset(config.batch_size)  # fixed: the same every epoch
-    total_steps = config.steps or config.epochs * stream.steps_per_epoch
-    n_epochs = math.ceil(total_steps / stream.steps_per_epoch)
-    # The host reads device values only every `sync_every` steps (divergence check, rows).
-    sync_every = 1 if device.type == "cpu" else 50
-    pending_steps, pending_epochs, pending_losses = [], [], []
-    position = LoopPosition()
-    if start is not None:
-        position = restore(trainer, start)
-        stream.load_state_dict(position.stream)
-        for run, kept in zip(runs, position.runs, strict=True):
-            run.status, run.steps, run.diverged_step = (kept["status"], kept["steps"],
-                                                        kept["diverged_step"])
-            run.test_acc, run.betas = kept["test_acc"], list(kept["betas"])
-    alive = [not run.done and (start is None or kept["alive"])
-             for run, kept in zip(runs, position.runs or [{}] * len(runs))]
-    for k in range(len(runs)):
-        if not alive[k]:
-            trainer.freeze(k)
-    last_loss = None
-    started = time.perf_counter() - position.seconds
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    flush()  # every group (the instruments' too) exists, empty, from the start
+    def __init__(self, writer):
+        self.writer = writer
 
-    def sync() -> None:
+    def on_rows_due(self, loop: TrainingLoop) -> None:
+        self.writer.flush(*(run.log for run in loop.runs if not run.done))
+
+
+class ReportProgress(LoopListener):
+    """Calls ``on_progress`` with a ``Progress`` after every step."""
+
+    def __init__(self, on_progress: Callable[[Progress], None], label: str, run_index: int,
+                 runs_total: int):
+        self.on_progress, self.label = on_progress, label
+        self.run_index, self.runs_total = run_index, runs_total
+
+    def on_step(self, loop: TrainingLoop) -> None:
+        self.on_progress(Progress(self.label, self.run_index, self.runs_total, loop.epoch,
+                                  loop.step, loop.total_steps, loop.last_loss))
+
+
+@dataclass
+class EpochSums:
+    """The running loss and accuracy sums of the epoch under way (per run)."""
+
+    loss: torch.Tensor  # (K,) float64: sum of minibatch losses x size
+    correct: torch.Tensor  # (K,) int64
+    seen: int  # training samples so far
+    first_step: int  # the step the epoch began with
+    started: float  # time.perf_counter() at its start
+
+
+class TrainingLoop:
+    """Train a trainer's K runs to the end (or divergence), writing rows into their logs and
+    telling ``listeners`` what happens. Runs marked ``done`` (the file holds them complete)
+    are left as they are. ``stop``: a stop asked for (``signals.stop_on_signals``) ends the
+    loop at a step boundary (rows due, then ``SweepInterrupted``); a checkpointing listener
+    saves a checkpoint first."""
+
+    def __init__(self, trainer: Trainer, runs: list[RunState], config: SweepConfig, data,
+                 device: torch.device, listeners: Sequence[LoopListener] = (),
+                 stop: StopRequest | None = None):
+        self.trainer, self.runs, self.data, self.device = trainer, runs, data, device
+        self.listeners, self.stop = list(listeners), stop
+        self.stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
+        self.mode_subset = trainer.task.mode_subset(config.batch_size)  # the same every epoch
+        self.total_steps = config.steps or config.epochs * self.stream.steps_per_epoch
+        self.n_epochs = math.ceil(self.total_steps / self.stream.steps_per_epoch)
+        # The host reads device values only every `sync_every` steps (divergence check, rows).
+        self.sync_every = 1 if device.type == "cpu" else 50
+        self.step, self.epoch, self.last_loss = 0, 0, None
+        self.alive = [not run.done for run in runs]
+        self.sums: EpochSums | None = None  # None between epochs
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (step, epoch, losses (K,))
+        self.started = time.perf_counter()
+
+    def emit(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(self, *args)
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
+
+    def run(self, start: Checkpoint | None = None) -> float:
+        """Train; returns the seconds spent (those before a checkpoint included)."""
+        self._begin(start)
+        error = None
+        try:
+            for epoch in range(self.epoch, self.n_epochs):
+                if not self._train_epoch(epoch):
+                    break
+        except BaseException as raised:  # the file says how the runs ended, then it goes on
+            error = raised
+            for k, run in enumerate(self.runs):
+                if self.alive[k]:
+                    run.status = ("interrupted" if isinstance(raised, (KeyboardInterrupt,
+                                                                       SweepInterrupted))
+                                  else "failed")
+            raise
+        finally:
+            seconds = self._end()
+            self.emit("on_runs_end", error)
+        return seconds
+
+    def _begin(self, start: Checkpoint | None) -> None:
+        if start is not None:
+            position = restore(self.trainer, start)
+            self.stream.load_state_dict(position.stream)
+            for k, (run, kept) in enumerate(zip(self.runs, position.runs, strict=True)):
+                run.status, run.steps, run.diverged_step = (kept["status"], kept["steps"],
+                                                            kept["diverged_step"])
+                run.test_acc, run.betas = kept["test_acc"], list(kept["betas"])
+                self.alive[k] = self.alive[k] and kept["alive"]
+            self.step, self.epoch = position.step, position.epoch
+            if position.loss_sum is not None:  # resumed mid-epoch
+                self.sums = EpochSums(position.loss_sum.to(self.device),
+                                      position.correct.to(self.device), position.seen,
+                                      position.epoch_first_step, time.perf_counter())
+            self.started -= position.seconds
+        for k in range(len(self.runs)):
+            if not self.alive[k]:
+                self.trainer.freeze(k)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.emit("on_rows_due")  # every group (the instruments' too) exists, empty, from the start
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """One epoch (or what is left of it); False once no run is alive."""
+        self.epoch = epoch
+        if self.sums is None:
+            k = len(self.runs)
+            self.sums = EpochSums(torch.zeros(k, device=self.device, dtype=torch.float64),
+                                  torch.zeros(k, device=self.device, dtype=torch.int64), 0,
+                                  self.step, time.perf_counter())
+        for x, y in self.stream.epoch():
+            if self.step >= self.total_steps or not any(self.alive):
+                break
+            losses, right = self.trainer.step(x, y, self.step)
+            self.sums.loss += losses.double() * len(y)
+            self.sums.correct += right
+            self.sums.seen += len(y)
+            self._pending.append((self.step, epoch, losses))
+            self.step += 1
+            if self.step % self.sync_every == 0:
+                self.sync()
+            self.emit("on_step")
+            self._stop_if_asked()
+        self.sync()
+        if not any(self.alive):
+            return False
+        self._epoch_rows(epoch)
+        self.sums, self.epoch = None, epoch + 1  # a checkpoint now starts the next epoch
+        self.rows_due()
+        self.emit("on_epoch_end", epoch == self.n_epochs - 1)
+        self._stop_if_asked()
+        return True
+
+    def _stop_if_asked(self) -> None:
+        if self.stopping():
+            self.rows_due()
+            raise SweepInterrupted(self.stop.signum)
+
+    def rows_due(self) -> None:
+        """Pending rows to the logs, and the logs' rows to the file (the listeners')."""
+        self.sync()
+        self.emit("on_rows_due")
+
+    def sync(self) -> None:
         """Move pending rows to the logs; a run whose loss is not finite stops there."""
-        nonlocal pending_steps, pending_epochs, pending_losses, last_loss
-        if not pending_steps:
+        if not self._pending:
             return
-        losses = torch.stack(pending_losses).to("cpu", torch.float64).numpy()  # (n, K)
-        grad_rows = trainer.pop_grad_rows()  # (n, K, 3)
-        for k, run in enumerate(runs):
-            if not alive[k]:
-                continue
-            bad = np.flatnonzero(~np.isfinite(losses[:, k]))
-            keep = len(losses) if len(bad) == 0 else bad[0] + 1  # keep the step it happened
-            run.log.add_steps(step=pending_steps[:keep], epoch=pending_epochs[:keep],
-                              loss=losses[:keep, k], grad_norm=grad_rows[:keep, k, 0],
-                              grad_diff=grad_rows[:keep, k, 1],
-                              beta_consecutive=grad_rows[:keep, k, 2])
-            run.steps = pending_steps[keep - 1] + 1
-            if len(bad):
-                run.status, run.diverged_step = "diverged", int(pending_steps[bad[0]])
-                alive[k] = False
-                trainer.freeze(k)
-        last_loss = float(losses[-1, 0])
-        pending_steps, pending_epochs, pending_losses = [], [], []
+        steps = [s for s, _, _ in self._pending]
+        epochs = [e for _, e, _ in self._pending]
+        losses = torch.stack([l for _, _, l in self._pending]).to("cpu", torch.float64).numpy()
+        grad_rows = self.trainer.pop_grad_rows()  # (n, K, 3)
+        for k, run in enumerate(self.runs):
+            if self.alive[k]:
+                self._add_steps(k, run, steps, epochs, losses[:, k], grad_rows[:, k])
+        self.last_loss = float(losses[-1, 0])
+        self._pending = []
 
-    def checkpoint(at: LoopPosition) -> None:
-        """Rows to the file, then (when checkpointing) the checkpoint that refers to them."""
-        sync()
-        flush()
-        if checkpointing is None:
-            return
-        at.step, at.stream, at.seconds = step, stream.state_dict(), time.perf_counter() - started
+    def _add_steps(self, k: int, run: RunState, steps, epochs, losses, grad_rows) -> None:
+        bad = np.flatnonzero(~np.isfinite(losses))
+        keep = len(losses) if len(bad) == 0 else bad[0] + 1  # keep the step it happened
+        run.log.add_steps(step=steps[:keep], epoch=epochs[:keep], loss=losses[:keep],
+                          grad_norm=grad_rows[:keep, 0], grad_diff=grad_rows[:keep, 1],
+                          beta_consecutive=grad_rows[:keep, 2])
+        run.steps = steps[keep - 1] + 1
+        if len(bad):
+            run.status, run.diverged_step = "diverged", int(steps[bad[0]])
+            self.alive[k] = False
+            self.trainer.freeze(k)
+
+    def _epoch_rows(self, epoch: int) -> None:
+        """The epoch's row of every live run: train and test loss and accuracy, and train vs
+        eval mode on a fixed training subset."""
+        sums = self.sums
+        test_loss, test_acc = self.trainer.evaluate(self.data)
+        train_loss = (sums.loss / max(sums.seen, 1)).cpu().numpy()
+        train_acc = (sums.correct.double() / max(sums.seen, 1)).cpu().numpy()
+        if not self.trainer.task.has_accuracy:
+            train_acc = np.full(len(self.runs), math.nan)  # regression (the DLN)
+        for k, run in enumerate(self.runs):
+            if self.alive[k]:
+                # None for the DLN (its epochs store NaN there).
+                modes = (dict(zip(MODE_FIELDS, mode_stats(self.trainer.module(k),
+                                                          self.mode_subset)))
+                         if self.mode_subset else {})
+                run.test_acc = float(test_acc[k])
+                # steps < steps_per_epoch marks a partial last epoch (--steps): its
+                # train_loss/acc average fewer minibatches than a whole epoch's.
+                run.log.add_epoch(epoch=epoch, steps=self.step - sums.first_step,
+                                  train_loss=float(train_loss[k]), train_acc=float(train_acc[k]),
+                                  test_loss=float(test_loss[k]), test_acc=run.test_acc,
+                                  seconds=time.perf_counter() - sums.started, **modes)
+                run.log.set_attrs(steps_completed=run.steps)
+
+    def position(self) -> LoopPosition:
+        """Where the loop stands between two steps: what a checkpoint holds of it."""
+        at = LoopPosition(epoch=self.epoch, step=self.step, stream=self.stream.state_dict(),
+                          seconds=time.perf_counter() - self.started)
+        if self.sums is not None:  # inside an epoch
+            at.epoch_first_step, at.seen = self.sums.first_step, self.sums.seen
+            at.loss_sum, at.correct = self.sums.loss.cpu(), self.sums.correct.cpu()
         at.runs = [{"status": run.status, "steps": run.steps, "diverged_step": run.diverged_step,
                     "test_acc": float(run.test_acc), "betas": [float(b) for b in run.betas],
-                    "alive": alive[k]} for k, run in enumerate(runs)]
-        save_checkpoint(checkpointing.path, trainer, at,
-                        {run.log.name: run.log.rows_in_file for run in runs},
-                        [run.log.name for run in runs])
-        checkpointing.saved()
+                    "alive": self.alive[k]} for k, run in enumerate(self.runs)]
+        return at
 
-    def stopping() -> bool:
-        return stop is not None and stop.signum is not None
-
-    step = position.step
-    try:
-        for epoch in range(position.epoch, n_epochs):
-            epoch_start = time.perf_counter()
-            if epoch == position.epoch and position.loss_sum is not None:  # resumed mid-epoch
-                loss_sum, correct = position.loss_sum.to(device), position.correct.to(device)
-                seen, first_step = position.seen, position.epoch_first_step
-            else:
-                loss_sum = torch.zeros(len(runs), device=device, dtype=torch.float64)
-                correct = torch.zeros(len(runs), device=device, dtype=torch.int64)
-                seen, first_step = 0, step
-            for x, y in stream.epoch():
-                if step >= total_steps or not any(alive):
-                    break
-                losses, right = trainer.step(x, y, step, autocast)
-                loss_sum += losses.double() * len(y)
-                correct += right
-                seen += len(y)
-                pending_steps.append(step)
-                pending_epochs.append(epoch)
-                pending_losses.append(losses)
-                step += 1
-                if step % sync_every == 0:
-                    sync()
-                if on_progress is not None:
-                    on_progress(Progress(label, run_index, runs_total, epoch, step, total_steps,
-                                         last_loss))
-                if stopping() or (checkpointing is not None
-                                  and checkpointing.due_after_step(step, total_steps)):
-                    checkpoint(LoopPosition(epoch=epoch, epoch_first_step=first_step, seen=seen,
-                                            loss_sum=loss_sum.cpu(), correct=correct.cpu()))
-                    if stopping():
-                        raise SweepInterrupted(stop.signum)
-            sync()
-            if not any(alive):
-                break
-            test_loss, test_acc = trainer.evaluate(data)
-            train_loss = (loss_sum / max(seen, 1)).cpu().numpy()
-            train_acc = (correct.double() / max(seen, 1)).cpu().numpy()
-            if not trainer.task.has_accuracy:
-                train_acc = np.full(len(runs), math.nan)  # regression (the DLN)
-            for k, run in enumerate(runs):
-                if alive[k]:
-                    # Train mode (batch statistics) vs eval mode (running ones) on a fixed
-                    # training subset; none for the DLN (its epochs store NaN there).
-                    modes = (dict(zip(MODE_FIELDS, mode_stats(trainer.module(k), mode_subset)))
-                             if mode_subset else {})
-                    run.test_acc = float(test_acc[k])
-                    # steps < steps_per_epoch marks a partial last epoch (--steps): its
-                    # train_loss/acc average fewer minibatches than a whole epoch's.
-                    run.log.add_epoch(epoch=epoch, steps=step - first_step,
-                                      train_loss=float(train_loss[k]),
-                                      train_acc=float(train_acc[k]), test_loss=float(test_loss[k]),
-                                      test_acc=run.test_acc,
-                                      seconds=time.perf_counter() - epoch_start, **modes)
-                    run.log.set_attrs(steps_completed=run.steps)
-            flush()
-            if stopping() or (checkpointing is not None
-                              and checkpointing.due_after_epoch(epoch == n_epochs - 1)):
-                checkpoint(LoopPosition(epoch=epoch + 1))  # the next epoch, from its start
-                if stopping():
-                    raise SweepInterrupted(stop.signum)
-    except BaseException as error:  # the file says how the runs ended, then the error goes on
-        for k, run in enumerate(runs):
-            if alive[k]:
-                run.status = ("interrupted" if isinstance(error, (KeyboardInterrupt,
-                                                                  SweepInterrupted))
-                              else "failed")
-        raise
-    finally:
-        trainer.close()
-        sync()
-        seconds = time.perf_counter() - started
-        for run in runs:
+    def _end(self) -> float:
+        """The trainer closed, the last rows and every run's final attributes to the file."""
+        self.trainer.close()
+        self.sync()
+        seconds = time.perf_counter() - self.started
+        for run in self.runs:
             if run.done:
                 continue  # the file holds it complete: left as it is
             attrs = dict(status=run.status, steps_completed=run.steps, seconds=seconds)
-            if device.type == "cuda":  # of this run (or of the whole batched grid)
-                attrs["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if self.device.type == "cuda":  # of this run (or of the whole batched grid)
+                attrs["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             if run.diverged_step is not None:
                 attrs["diverged_step"] = run.diverged_step
             run.log.set_attrs(**attrs)
-        flush()
-    if checkpointing is not None:
-        checkpointing.finish()
-    return seconds
+        self.emit("on_rows_due")
+        return seconds
+
+
+def train_runs(trainer: Trainer, runs: list[RunState], config: SweepConfig, data,
+               device: torch.device, *, listeners: Sequence[LoopListener] = (),
+               start: Checkpoint | None = None, stop: StopRequest | None = None) -> float:
+    """Train the trainer's K runs to the end (or divergence); returns the seconds spent.
+    ``listeners``: ``LoopListener``s (``WriteRows(store)`` writes the rows to a file,
+    ``checkpoint.Checkpointing`` saves checkpoints, ``ReportProgress`` reports); ``start``:
+    continue from that checkpoint (a trainer built as the saved one was)."""
+    return TrainingLoop(trainer, runs, config, data, device, listeners, stop).run(start)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
-from ..store import RunLog
 from . import tasks
 from .config import SweepConfig
 from .instruments import WeightRecorder, build_instruments
+from .plan import Group
+from .protocol import TrainerContext
 
 
 def make_optimizer(parameters, lr: float, config: SweepConfig) -> torch.optim.Optimizer:
@@ -38,12 +37,14 @@ def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
 
 
 class SequentialRun:
-    """One run: the model, its optimizer (``make_optimizer``), and the probes attached as hooks."""
+    """One run: the model, its optimizer (``make_optimizer``), and the probes attached as hooks.
+    A ``protocol.Trainer`` of a group of one run."""
 
-    def __init__(self, model_name: str, lr: float, config: SweepConfig, data, device,
-                 on_probe: Callable[[int, object], None], log: RunLog):
-        self.model, self.optimizer = build_run(model_name, lr, config, data.num_classes, device)
+    def __init__(self, group: Group, data, context: TrainerContext):
+        (run,), config, device = group.runs, group.cell, context.device
+        self.model, self.optimizer = build_run(run.model, run.lr, config, data.num_classes, device)
         self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
+        self.autocast = context.autocast
         # The probe reuses the training step's loss and gradient when that step ran in exact
         # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the
         # probe computes g itself, with its own draws (LandscapeProbe.reuse_grad).
@@ -51,15 +52,16 @@ class SequentialRun:
         # Absolute step sizes (the run's LR times --etas): with adam/adamw too, the probe steps
         # along the raw gradient, theta - eta g, as for SGD (the paper's probe).
         self.probe = LandscapeProbe(every=config.probe_every,
-                                    etas=tuple(e * lr for e in config.etas), relative=False,
-                                    on_record=lambda r: on_probe(0, r), keep=False,
+                                    etas=tuple(e * run.lr for e in config.etas), relative=False,
+                                    on_record=lambda r: context.on_probe(0, r), keep=False,
                                     reuse_grad=exact_step,
-                                    dtype=PROBE_DTYPES[config.probe_dtype_of(model_name)])
+                                    dtype=PROBE_DTYPES[config.probe_dtype_of(run.model)])
         self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)
         # Compiled for training steps only; probes call the eager module through functional_call.
         self.forward = torch.compile(self.model) if config.compile else self.model
+        log = context.logs[0] if context.logs else None
         self.instruments = build_instruments(config, self.model, log)  # ICS, activations, ...
         self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.records_weights()
                         else None)
@@ -67,9 +69,9 @@ class SequentialRun:
             self.loss_fn = instrument.attach(self.model, self.optimizer, self.loss_fn)
         self.k = 1
 
-    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x, y, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
-        with autocast():
+        with self.autocast():
             out = self.forward(x)
             loss = self.loss_fn(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)

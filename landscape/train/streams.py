@@ -12,11 +12,12 @@ momentum buffers and let cuDNN pick its kernels), the graph is recorded from the
 function, and every step reads the batch from one static input buffer shared by the K runs.
 ``python benchmarks/bench.py --suite gpucheck`` compares graphed runs with eager ones on a GPU.
 
-Only for what a graph can hold: CUDA, image classification, models that draw no random
-numbers (``models.is_stochastic``: not the noisy-BN family, no dropout -- a recorded probe
-could not give its points the same draws), ``--optimizer sgd`` only, no ICS or activation instruments (their hooks run
-Python at every forward), no ``torch.compile`` (``CapturedStep`` can record a compiled forward,
-which was timed in benchmarks/RESULTS.md, Round 3; its gradients were measured wrong on an H100).
+Only for what a graph can hold (``SweepConfig.training_mode`` says when): CUDA, image
+classification, models that draw no random numbers (``models.draws_random``: not the noisy-BN
+family, no dropout -- a recorded probe could not give its points the same draws), ``--optimizer
+sgd`` only, no instruments (their hooks run Python at every forward), no ``torch.compile``
+(``CapturedStep`` can record a compiled forward, which was timed in benchmarks/RESULTS.md,
+Round 3; its gradients were measured wrong on an H100).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..data import ImageData
-from ..models import build_model, is_stochastic
 from ..probes import (gradient_step_stats, no_trace, probe_tensors, record_from,
                       trainable_parameters)
 from . import tasks
+from .plan import Group
+from .protocol import TrainerContext
 from .sequential import build_run
 
 WARMUP = 3  # eager steps before the graph is recorded (the side-stream warm-up CUDA asks for)
@@ -138,32 +139,23 @@ class CapturedProbe:
             return (self.etas, *(t.clone() for t in self.outputs))
 
 
-def supports_graphs(config, model_name: str, data, device: torch.device) -> bool:
-    """Whether the runs of ``model_name`` can be CUDA graphs under ``config``."""
-    if device.type != "cuda" or config.compile or config.uses_hooks():
-        return False
-    if not isinstance(data, ImageData) or config.probe_dtype_of(model_name) != "float32":
-        return False  # graphs record float32 probes
-    if config.optimizer != "sgd":
-        return False  # Adam's step counter lives on the host unless capturable: not recorded yet
-    return not is_stochastic(build_model(model_name, width=0.0625, dropout=config.dropout))
-
-
 class StreamRuns:
     """K runs of one model (one per learning rate) in lockstep, each step a CUDA graph on its
-    own stream. The trainer interface of ``loop.train_runs`` (like ``SequentialRun``, ``GridRuns``)."""
+    own stream. A ``protocol.Trainer`` (like ``SequentialRun``, ``GridRuns``)."""
 
-    def __init__(self, model_name: str, lrs: Sequence[float], config, data, device,
-                 on_probe: Callable[[int, object], None], autocast):
+    def __init__(self, group: Group, data, context: TrainerContext):
+        config, device = group.cell, context.device
         self.task = tasks.task_for(data)
-        self.lrs, self.config, self.on_probe, self.k = list(lrs), config, on_probe, len(lrs)
+        self.lrs, self.config, self.k = group.lrs, config, len(group.runs)
+        self.on_probe = context.on_probe
         self.models, self.steps = [], []
         self.x = torch.empty((config.batch_size, *data.x_train.shape[1:]), device=device)
         self.y = torch.empty(config.batch_size, dtype=torch.int64, device=device)
         for lr in self.lrs:
-            model, optimizer = build_run(model_name, lr, config, data.num_classes, device)
+            model, optimizer = build_run(group.model, lr, config, data.num_classes, device)
             self.models.append(model.train())
-            self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y, autocast))
+            self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y,
+                                           context.autocast))
         # Each run's probe goes on its run's stream, before that run's step: at theta_t, on
         # this step's batch, and concurrently with the other runs' probes and steps.
         self.probes = [CapturedProbe(model, self.task.loss_fn, self.x, self.y,
@@ -173,7 +165,7 @@ class StreamRuns:
         self._rows: list[torch.Tensor] = []
         self._pending_probes: list[tuple[int, int, tuple[torch.Tensor, ...]]] = []
 
-    def step(self, x, y, step: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x, y, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.x.copy_(x)
         self.y.copy_(y)
         probing = self.config.probe and step % self.config.probe_every == 0
