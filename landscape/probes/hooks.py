@@ -85,6 +85,7 @@ class _StepCapture:
     def __init__(self):
         self.calls: collections.deque = collections.deque(maxlen=_RECENT_CALLS)
         self.batches: list[tuple[Batch, torch.Tensor]] = []
+        self.settled = 0  # how many of them backward() has carried into .grad
 
     def add_call(self, module: nn.Module, args, kwargs, output) -> None:
         modes = tuple(m.training for m in module.modules())
@@ -143,8 +144,10 @@ class StepInstrument:
     ``optimizer.step(closure)`` right after the closure's first call (its own batch; an
     optimizer that calls the closure again, as LBFGS does, is measured at that first call
     only). Each record gets the step's index and goes to ``on_record`` and (``keep``)
-    ``records``. A step's capture is dropped once it is measured: no batch of an earlier
-    step is ever measured (a step with no backpropagated wrapped loss raises RuntimeError).
+    ``records``. A step's capture is dropped once it is measured, and so are the batches
+    whose ``.grad`` a ``zero_grad()`` (``set_to_none=True``, the default) wiped before the
+    step (an iteration whose ``step()`` was skipped): no batch of an earlier step is ever
+    measured (a step with no backpropagated wrapped loss raises RuntimeError).
     """
 
     every: int = 100
@@ -157,6 +160,7 @@ class StepInstrument:
     def __post_init__(self):
         _check_every(type(self).__name__, self.every)
         self._handles: list = []
+        self._grad_handles: list = []  # only while a probed step's backward() may run
         self._capture: _StepCapture | None = None  # the coming step's, when it is probed
         self._model = self._optimizer = self._loss_fn = None
         self._warned: set[str] = set()
@@ -204,10 +208,16 @@ class StepInstrument:
         """The coming step is known (attached, restored, or the last step done): capture its
         batches when the schedule probes it (other steps cost one check per hook)."""
         self._capture = _StepCapture() if self.step % self.every == 0 else None
+        if self._capture is not None:
+            self._grad_handles = [p.register_post_accumulate_grad_hook(self._grad_accumulated)
+                                  for p in self._model.parameters() if p.requires_grad]
 
     def _end_capture(self) -> None:
         """The step is measured (or its measurement failed): nothing more is captured for it."""
         self._capture = None
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles = []
 
     def _before_step(self, optimizer, args, kwargs):
         if self._capture is None:
@@ -244,9 +254,21 @@ class StepInstrument:
                          weight: torch.Tensor) -> None:
         # Only into the capture the loss was made in, while it is the coming step's: a loss
         # backpropagated after its step never counts toward a later one.
-        if capture is self._capture and not measuring_now():
-            capture.batches.append((Batch(batch.inputs, batch.targets, weight.detach(),
-                                          batch.loss_kwargs), loss))
+        if capture is not self._capture or measuring_now():
+            return
+        if capture.settled and all(p.grad is None for p in self._model.parameters()
+                                   if p.requires_grad):
+            # zero_grad() since those batches went backward: .grad no longer holds them (their
+            # step() was skipped -- GradScaler on inf, a `continue` -- or zeroed in between).
+            del capture.batches[:capture.settled]
+            capture.settled = 0
+        capture.batches.append((Batch(batch.inputs, batch.targets, weight.detach(),
+                                      batch.loss_kwargs), loss))
+
+    def _grad_accumulated(self, p: torch.Tensor) -> None:
+        """backward() reached ``p.grad``: the batches captured so far are in ``.grad``."""
+        if self._capture is not None and not measuring_now():
+            self._capture.settled = len(self._capture.batches)
 
     # -- measuring ---------------------------------------------------------------------------
 
@@ -366,7 +388,6 @@ class LandscapeProbe(StepInstrument):
     def __post_init__(self):
         super().__post_init__()
         _check_etas(type(self).__name__, self.etas, self.relative)
-        self._grad_handles: list = []  # only while a probed step's backward() may run
         self._grad_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._rng_since_step = None  # generators' state after the last step, when probed
 
@@ -378,23 +399,20 @@ class LandscapeProbe(StepInstrument):
                           "pass relative=False to give absolute etas", stacklevel=2)
         return super().attach(model, optimizer, loss_fn)
 
-    # -- the norms of .grad after backward(), to see whether step() gets other gradients ---
+    # -- the generators' state and the norms of .grad after backward(): whether the step's
+    # loss and .grad can stand in for the probe's (reuse_grad), whether step() gets others ---
 
     def _begin_step(self) -> None:
         super()._begin_step()
-        if self._capture is not None:
-            self._rng_since_step = (rng_state(next(self._model.parameters()).device)
-                                    if self.reuse_grad else None)
-            self._grad_handles = [p.register_post_accumulate_grad_hook(self._record_grad_norm)
-                                  for p in self._model.parameters() if p.requires_grad]
+        if self._capture is not None and self.reuse_grad:
+            self._rng_since_step = rng_state(next(self._model.parameters()).device)
 
     def _end_capture(self) -> None:
         super()._end_capture()
-        for h in self._grad_handles:
-            h.remove()
-        self._grad_handles, self._grad_norms, self._rng_since_step = [], {}, None
+        self._grad_norms, self._rng_since_step = {}, None
 
-    def _record_grad_norm(self, p: torch.Tensor) -> None:
+    def _grad_accumulated(self, p: torch.Tensor) -> None:
+        super()._grad_accumulated(p)
         if not measuring_now():
             self._grad_norms[p] = torch.linalg.vector_norm(p.grad)
 
