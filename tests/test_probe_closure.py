@@ -222,10 +222,12 @@ def test_a_closure_never_called_is_warned_and_not_measured():
 
 def test_measure_by_hand_follows_the_schedule():
     """measure() between backward() and step() of a probed step: that step's batch (the same
-    record as the scheduled one that follows); on a step the schedule skips, or before any
-    backward of a probed step: RuntimeError, never an earlier step's batch."""
+    record as the scheduled one that follows); before attach, on a step the schedule skips, or
+    before any backward of a probed step: RuntimeError, never an earlier step's batch."""
     model = mlp()
     opt, probe = sgd(model), LandscapeProbe(every=2, etas=ETAS)
+    with pytest.raises(RuntimeError, match=r"^LandscapeProbe: not attached"):
+        probe.measure()
     loss_fn = probe.attach(model, opt, F.cross_entropy)
     x, y = batch(16, 0)
     with pytest.raises(RuntimeError, match="no training batch seen yet"):

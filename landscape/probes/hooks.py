@@ -274,6 +274,9 @@ class StepInstrument:
 
     def _captured_batches(self) -> list[tuple[Batch, torch.Tensor]]:
         owner = type(self).__name__
+        if self._model is None:
+            raise RuntimeError(f"{owner}: not attached: call attach(model, optimizer, loss_fn) "
+                               "and train a step first")
         if self._capture is None:
             why = (f"the coming step {self.step} is not probed (every={self.every})"
                    if self.step % self.every else f"step {self.step} was measured already")
