@@ -2,19 +2,23 @@
 
 Each measurement is a function returning a typed record and leaving no trace (``context``):
 ``along_gradient`` (``landscape``: loss, gradient predictiveness, effective beta along the
-gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``), ``sharpness`` (``curvature``: Hessian eigenvalues,
-trace, curvature along the gradient).
-``hooks`` attaches them to any training loop from outside; ``gradients`` records the
-per-step consecutive-gradient statistics. Probes know nothing of files, plots or the CLI.
+gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``),
+``sharpness`` (``curvature``: Hessian eigenvalues, trace, curvature along the gradient).
+``hooks`` attaches them to any training loop from outside (``StepInstrument``, the base its
+probes share as siblings: ``LandscapeProbe``, ``ICSProbe``, ``ActivationProbe``,
+``SharpnessProbe``); ``gradients`` and ``weights`` record per-step statistics; ``steps`` says
+where a step's gradient is ready (``optimizer.step()`` or ``optimizer.step(closure)``).
+Probes know nothing of files, plots or the CLI.
 """
 
 from .activations import DEFAULT_BIN_EDGES, ActivationRecord, activation_stats
 from .context import (Batch, Batches, LossFn, ModelInputs, buffer_clones, loss_and_grad, no_trace,
-                      in_dtype, probe_forward, probing, trainable_parameters)
+                      in_dtype, probe_forward, probe_passes, probing, trainable_parameters)
 from .curvature import HessianOperator, SharpnessRecord, sharpness
 from .weights import WEIGHT_STAT_FIELDS, WeightStats, update_angle
-from .gradients import GradientStats, gradient_step_stats
-from .hooks import ActivationProbe, ICSProbe, LandscapeProbe, SharpnessProbe, StepInstrument
+from .gradients import GRADIENT_STAT_FIELDS, GradientStats, gradient_step_stats
+from .hooks import (ActivationProbe, ICSProbe, LandscapeProbe, RecordingLoss, SharpnessProbe,
+                    StepInstrument)
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
 from .landscape import (POINT_MODES, PROBE_DTYPES, STEP_ROUNDING_LIMIT, LandscapeRecord,
                         StepResolutionWarning, along_gradient, evaluate_points, parameter_layers,
@@ -28,4 +32,5 @@ __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensor
            "loss_and_grad", "trainable_parameters", "buffer_clones", "ModelInputs", "Batch",
            "Batches", "probe_forward", "step_rounding", "STEP_ROUNDING_LIMIT",
            "StepResolutionWarning", "in_dtype", "probing", "sharpness", "SharpnessRecord",
-           "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS", "update_angle"]
+           "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS", "update_angle",
+           "GRADIENT_STAT_FIELDS", "RecordingLoss", "probe_passes"]

@@ -25,6 +25,7 @@ draw nothing (``train.streams.supports_graphs``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -191,8 +192,11 @@ def same_rng_state(a: RngState, b: RngState) -> bool:
         a[1] is None or torch.equal(a[1], b[1]))
 
 
-# The generator state each forward pass of the running probe starts from (innermost last).
-_PROBE_DRAWS: list[tuple[torch.device, RngState]] = []
+# The generator state each forward pass of the running probe starts from (innermost last), per
+# thread (a context variable: a training task that Ray runs on a thread, or any other thread,
+# has its own; a new thread starts with none).
+_PROBE_DRAWS: contextvars.ContextVar[tuple[tuple[torch.device, RngState], ...]] = \
+    contextvars.ContextVar("landscape_probe_draws", default=())
 
 
 def _set_rng_state(device: torch.device, state: RngState) -> None:
@@ -205,11 +209,11 @@ def _set_rng_state(device: torch.device, state: RngState) -> None:
 def _same_random_draws(device: torch.device) -> Iterator[None]:
     """Every ``probe_forward`` inside draws what the first one draws; training's state after."""
     entry = rng_state(device)
-    _PROBE_DRAWS.append((device, entry))
+    token = _PROBE_DRAWS.set(_PROBE_DRAWS.get() + ((device, entry),))
     try:
         yield
     finally:
-        _PROBE_DRAWS.pop()
+        _PROBE_DRAWS.reset(token)
         _set_rng_state(device, entry)
 
 
@@ -218,9 +222,10 @@ def replay_random_draws() -> None:
 
     Not while a CUDA graph is being recorded: a graph cannot reset a generator, and graphs
     hold only models that draw no random numbers."""
-    if not _PROBE_DRAWS:
+    draws = _PROBE_DRAWS.get()
+    if not draws:
         return
-    device, state = _PROBE_DRAWS[-1]
+    device, state = draws[-1]
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return
     _set_rng_state(device, state)
@@ -245,26 +250,37 @@ def _full_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
-_open_probes = [0]  # how many no_trace contexts are open: forward passes there are a probe's
+# How many probe measurements are open in this thread (``no_trace`` or ``probe_passes``): forward
+# passes and losses there are a probe's, not training's. A context variable, not a global: a
+# thread that trains while another thread measures must not take its own training passes for
+# a probe's (nor the other way round), e.g. two Ray tasks on threads of one worker.
+_PROBE_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("landscape_probe_depth",
+                                                                   default=0)
 
 
 def probing() -> bool:
-    """Whether a probe is measuring now: hooks that keep training batches skip its passes
-    (a float64 probe's inputs are copies, not the training batch)."""
-    return _open_probes[0] > 0
+    """Whether a probe is measuring now, in this thread: hooks that keep training batches skip
+    its passes (a float64 probe's inputs are copies, not the training batch)."""
+    return _PROBE_DEPTH.get() > 0
+
+
+@contextlib.contextmanager
+def probe_passes() -> Iterator[None]:
+    """Inside, ``probing()`` is true in this thread: the model calls and losses are a probe's."""
+    token = _PROBE_DEPTH.set(_PROBE_DEPTH.get() + 1)
+    try:
+        yield
+    finally:
+        _PROBE_DEPTH.reset(token)
 
 
 @contextlib.contextmanager
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Train-mode, float32 (no autocast, no TF32), grad-enabled probe context in which every
     evaluation draws the same random numbers, and which leaves the RNG as it was."""
-    _open_probes[0] += 1
-    try:
-        with _train_mode(model), _same_random_draws(device), torch.enable_grad(), \
-                _full_float32(), torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        _open_probes[0] -= 1
+    with probe_passes(), _train_mode(model), _same_random_draws(device), torch.enable_grad(), \
+            _full_float32(), torch.autocast(device.type, enabled=False):
+        yield
 
 
 def loss_and_grad(model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,

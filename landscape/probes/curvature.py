@@ -92,7 +92,7 @@ class HessianOperator:
                           if h is None else h.reshape(-1) for p, h in zip(leaves, hv)])
 
 
-def _top_eigenpairs(op: HessianOperator, k: int, tol: float, max_iterations: int | None,
+def _top_eigenpairs(op: HessianOperator, k: int, tol: float,
                     v0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The k largest algebraic eigenpairs of H by ARPACK's implicitly restarted Lanczos."""
     def matvec(x: np.ndarray) -> np.ndarray:
@@ -103,7 +103,9 @@ def _top_eigenpairs(op: HessianOperator, k: int, tol: float, max_iterations: int
     # Few Lanczos vectors (ncv): each is one Hessian-vector product before the first restart,
     # and a warm start (the last probe's eigenvector) usually converges in the first cycle.
     ncv = min(op.size, max(2 * k + 1, k + 8))
-    maxiter = max_iterations if max_iterations is not None else max(100, 10 * op.size)
+    # Restarts: ARPACK's own default (10 P), at least 100; tol is what stops it (on VGG-A a
+    # warm-started probe took 10-15 products, one or two cycles: benchmarks/RESULTS.md).
+    maxiter = max(100, 10 * op.size)
     start = v0.to("cpu", torch.float64).numpy()
     try:
         values, vectors = eigsh(linear, k=k, which="LA", tol=tol, ncv=ncv, maxiter=maxiter,
@@ -126,8 +128,7 @@ def _dense_eigenpairs(op: HessianOperator, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
-              k: int = 1, trace_samples: int = 0, tol: float = 1e-3,
-              max_iterations: int | None = None, seed: int = 0,
+              k: int = 1, trace_samples: int = 0, tol: float = 1e-3, seed: int = 0,
               v0: np.ndarray | torch.Tensor | None = None,
               keep_vectors: bool = False) -> SharpnessRecord:
     """The k largest Hessian eigenvalues, Hutchinson's trace and gHg of the loss on a batch.
@@ -176,7 +177,7 @@ def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
         if k + 1 >= op.size:
             values, vectors = _dense_eigenpairs(op, k)
         else:
-            values, vectors = _top_eigenpairs(op, k, tol, max_iterations, start)
+            values, vectors = _top_eigenpairs(op, k, tol, start)
         iterations = op.products
         residual = _residuals(op, values, vectors)
         g = op.gradient()

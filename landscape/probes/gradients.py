@@ -10,6 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .steps import after_gradient
+
+# The columns of ``GradientStats.pop()``, in order.
+GRADIENT_STAT_FIELDS = ("grad_norm", "grad_diff", "beta_consecutive")
+
 
 def gradient_step_stats(g: torch.Tensor, theta: torch.Tensor, prev_g: torch.Tensor,
                         prev_theta: torch.Tensor) -> torch.Tensor:
@@ -38,7 +43,10 @@ class GradientStats:
 
     def attach(self, optimizer: torch.optim.Optimizer) -> "GradientStats":
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
-        self._handle = optimizer.register_step_pre_hook(lambda opt, a, k: self.observe())
+        # At theta_t once .grad holds the step's gradient (after the closure's first call for
+        # optimizer.step(closure)).
+        self._handle = optimizer.register_step_pre_hook(
+            lambda opt, a, k: after_gradient(a, k, self.observe))
         return self
 
     def detach(self) -> None:
@@ -73,8 +81,8 @@ class GradientStats:
         self._rows = []
 
     def pop(self) -> np.ndarray:
-        """(n, 3) float64 array of [grad_norm, grad_diff, beta_consecutive] since the last pop
-        ((n, K, 3) when ``record`` was given K runs)."""
+        """(n, 3) float64 array of ``GRADIENT_STAT_FIELDS`` (grad_norm, grad_diff,
+        beta_consecutive) since the last pop ((n, K, 3) when ``record`` was given K runs)."""
         if not self._rows:
             return np.zeros((0, 3))
         rows = torch.stack(self._rows).to("cpu", torch.float64).numpy()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models import normalized_layers, weight_layers
+from .steps import after_gradient
 
 WEIGHT_STAT_FIELDS = ("norm", "effective_lr", "effective_grad_norm", "angular_update")
 
@@ -50,7 +51,10 @@ class WeightStats:
     def attach(self, optimizer: torch.optim.Optimizer) -> "WeightStats":
         group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self._groups = [group_of.get(id(w)) for w in self._weights]
-        self._handles = [optimizer.register_step_pre_hook(lambda opt, a, k: self.before_step()),
+        # before_step at theta_t once .grad holds the step's gradient (after the closure's
+        # first call for optimizer.step(closure)).
+        self._handles = [optimizer.register_step_pre_hook(
+                             lambda opt, a, k: after_gradient(a, k, self.before_step)),
                          optimizer.register_step_post_hook(lambda opt, a, k: self.after_step())]
         return self
 
