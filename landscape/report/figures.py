@@ -186,10 +186,23 @@ def _title(text: str) -> dict:
                 pad=dict(t=14), font=dict(size=15))
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool) -> None:
-    fig.update_layout(title=_title(title), height=FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=100, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.15, x=0))
+def _finish(fig: go.Figure, title: str, height: int, *, empty: bool, menus: Sequence[dict] = (),
+            top: int = 110, left: int = 70, legend_y: float | None = None) -> go.Figure:
+    """The tail every figure shares: its title top left, its height, the white template and
+    margins, a horizontal legend below the plot (``legend_y``: in fractions of the plot's
+    height), its menus, and a note instead of an empty panel when there is nothing to draw."""
+    fig.update_layout(title=_title(title), height=height, template="plotly_white",
+                      margin=dict(t=top, l=left, r=20, b=50))
+    if legend_y is not None:
+        fig.update_layout(legend=dict(orientation="h", y=legend_y, x=0))
+    if menus:
+        fig.update_layout(updatemenus=list(menus))
+    if empty:
+        _no_data(fig)
+    return fig
+
+
+def _band_axes(fig: go.Figure, x_title: str, y_title: str, log_y: bool) -> None:
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", **Y_AXIS_STYLE)
 
@@ -238,13 +251,11 @@ def band_figure(series: Sequence[BandSeries], title: str, x_title: str, y_title:
     """Bands overlaid in one panel, with a log/linear toggle (``log_y`` None: by the data)."""
     log_y = _resolve_log(log_y, series)
     fig = go.Figure([t for s in series for t in band_traces(s, smooth)])
-    _layout(fig, title, x_title, y_title, log_y)
-    fig.update_layout(updatemenus=[_axis_toggle(log_y)])
+    _band_axes(fig, x_title, y_title, log_y)
     if (note := sparse_note(series, point_name)) is not None:
         fig.add_annotation(**_note(note))
-    if not series:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title, FIGURE_HEIGHT, top=100, legend_y=-0.15,
+                   menus=[_axis_toggle(log_y)], empty=not series)
 
 
 @dataclass(frozen=True)
@@ -290,7 +301,7 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
             trace.visible = lr == initial_lr
             fig.add_trace(trace)
             owner.append(lr)
-    _layout(fig, title_at_lr(title, initial_lr) if lrs else title, x_title, y_title, log_y)
+    _band_axes(fig, x_title, y_title, log_y)
     notes = {lr: [_note(n)] if (n := sparse_note(series_by_lr[lr], point_name)) else []
              for lr in lrs}
     if lrs:
@@ -304,10 +315,18 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
         menus.insert(0, dict(type="buttons", direction="right", buttons=buttons,
                              active=lrs.index(initial_lr), x=0, xanchor="left", y=1.01,
                              yanchor="bottom", showactive=True))
-    fig.update_layout(updatemenus=menus)
-    if not lrs:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title_at_lr(title, initial_lr) if lrs else title, FIGURE_HEIGHT, top=100,
+                   legend_y=-0.15, menus=menus, empty=not lrs)
+
+
+FEW_EPOCHS = 20  # up to this many epochs on an axis, a tick at every epoch
+
+
+def epoch_ticks(epochs: Sequence[np.ndarray]) -> dict:
+    """An epoch axis's tick settings: a tick at every whole epoch when they are few (plotly's
+    own choice on 0-2 would be 0, 0.2, 0.4 …: fractions of an epoch no run has)."""
+    values = np.concatenate([np.asarray(e, float) for e in epochs] or [np.zeros(0)])
+    return dict(dtick=1) if len(values) and values.max() - values.min() <= FEW_EPOCHS else {}
 
 
 MAX_MARKED_POINTS = 400  # per panel of the training curves: beyond, lines only
@@ -355,14 +374,8 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
         subtitle_note = f"no accuracy (regression): {missing}"
     if subtitle_note:
         title = f"{title}<br><sup>{subtitle_note}</sup>"
-    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
-    few = len(epochs) and epochs.max() - epochs.min() <= 20
-    fig.update_layout(title=_title(title), height=rows * FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=110, l=70, r=20, b=50))
-    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
-    if not curves:
-        _no_data(fig)
-    return fig
+    fig.update_xaxes(title_text=x_title, **epoch_ticks([c.epoch for c in curves]))
+    return _finish(fig, title, rows * FIGURE_HEIGHT, empty=not curves)
 
 
 @dataclass(frozen=True)
@@ -401,14 +414,8 @@ def mode_figure(curves: Sequence[ModeCurve], title: str,
     for col in (1, 2):
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dash"), row=2, col=col)
     fig.update_yaxes(**Y_AXIS_STYLE)
-    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
-    few = len(epochs) and epochs.max() - epochs.min() <= 20
-    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=110, l=70, r=20, b=50))
-    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
-    if not curves:
-        _no_data(fig)
-    return fig
+    fig.update_xaxes(title_text=x_title, **epoch_ticks([c.epoch for c in curves]))
+    return _finish(fig, title, 2 * FIGURE_HEIGHT, empty=not curves)
 
 
 def _no_data(fig: go.Figure) -> None:
@@ -521,20 +528,14 @@ def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMa
 
     for trace, visible in zip(fig.data, shown(0) if maps else [True] * len(owner)):
         trace.visible = visible
-    fig.update_layout(title=_title(title), height=int(1.8 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=120, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.08, x=0))
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text="mean ± std", row=1, col=1)
     fig.update_yaxes(title_text="pre-activation value", row=2, col=1)
     fig.update_yaxes(**Y_AXIS_STYLE)
-    if len(maps) > 1:
-        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
-                                                 [shown(p) for p in range(len(maps))],
-                                                 "dropdown")])
-    if not maps:
-        _no_data(fig)
-    return fig
+    menus = ([_selector([m.label for m in maps], [shown(p) for p in range(len(maps))],
+                        "dropdown")] if len(maps) > 1 else [])
+    return _finish(fig, title, int(1.8 * FIGURE_HEIGHT), top=120, legend_y=-0.08, menus=menus,
+                   empty=not maps)
 
 
 @dataclass(frozen=True)
@@ -567,9 +568,6 @@ def layer_lines_figure(layers: Sequence[LayerPanels], title: str, subtitles: tup
                                      hoverinfo="skip", visible=i == 0,
                                      line=dict(color="gray", dash="dot", width=1)), row=2, col=1)
             owner.append(i)
-    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.1, x=0))
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text=y_titles[0], type="log", row=1, col=1)
     fig.update_yaxes(title_text=y_titles[1], type="log" if bottom_log else "linear", row=2, col=1)
@@ -581,10 +579,8 @@ def layer_lines_figure(layers: Sequence[LayerPanels], title: str, subtitles: tup
                                   "buttons" if len(layers) <= 4 else "dropdown"))
     elif layers:
         fig.layout.annotations[0].text = f"{layers[0].title}: {subtitles[0]}"
-    fig.update_layout(updatemenus=menus)
-    if not layers:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title, int(1.6 * FIGURE_HEIGHT), legend_y=-0.1, menus=menus,
+                   empty=not layers)
 
 
 @dataclass(frozen=True)
@@ -606,17 +602,12 @@ def layer_map_figure(maps: Sequence[LayerMap], title: str, z_title: str) -> go.F
                                  name=m.label, visible=i == 0, colorbar=dict(title=z_title),
                                  hovertemplate="step %{x}<br>%{y}<br>" + z_title
                                                + " %{z:.4f}<extra></extra>"))
-    fig.update_layout(title=_title(title), height=int(1.3 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=150, r=20, b=50))
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="layer (forward order)", autorange="reversed")
-    if len(maps) > 1:
-        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
-                                                 [[j == i for j in range(len(maps))]
-                                                  for i in range(len(maps))], "dropdown")])
-    if not maps:
-        _no_data(fig)
-    return fig
+    menus = ([_selector([m.label for m in maps], [[j == i for j in range(len(maps))]
+                                                  for i in range(len(maps))], "dropdown")]
+             if len(maps) > 1 else [])
+    return _finish(fig, title, int(1.3 * FIGURE_HEIGHT), left=150, menus=menus, empty=not maps)
 
 
 # Colours of an axis other than the model: the paper's two first, then the rest.
@@ -708,24 +699,20 @@ def facet_figure(metrics: Sequence[FacetMetric], panels: Sequence[str], title: s
             out[f"yaxis{a}.type"] = "log" if metric.log_y else "linear"
         return out
 
-    fig.update_layout(height=rows * FACET_HEIGHT + 120, template="plotly_white",
-                      margin=dict(t=130, l=70, r=20, b=50),
-                      legend=dict(orientation="h", x=0, y=-70 / (rows * FACET_HEIGHT),
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-70 / (rows * FACET_HEIGHT),
                                   yanchor="top", groupclick="togglegroup"))
     fig.update_yaxes(**Y_AXIS_STYLE)
+    menus, heading = [], title
     if metrics:
         first = relabel(metrics[0])
-        fig.update_layout(title=_title(first.pop("title.text")))
+        heading = first.pop("title.text")
         fig.update_layout(**{k.replace(".", "_"): v for k, v in first.items()})
         buttons = [dict(label=metric.name, method="update",
                         args=[{"visible": [o == m for o in owner]}, relabel(metric)])
                    for m, metric in enumerate(metrics)]
-        fig.update_layout(updatemenus=[dict(type="dropdown" if len(metrics) > 5 else "buttons",
-                                            direction="down" if len(metrics) > 5 else "right",
-                                            buttons=buttons, active=0, x=0, xanchor="left",
-                                            y=1.0, yanchor="bottom", showactive=True,
-                                            pad=dict(b=30))])
-    else:
-        fig.update_layout(title=_title(title))
-        _no_data(fig)
-    return fig
+        menus = [dict(type="dropdown" if len(metrics) > 5 else "buttons",
+                      direction="down" if len(metrics) > 5 else "right", buttons=buttons,
+                      active=0, x=0, xanchor="left", y=1.0, yanchor="bottom", showactive=True,
+                      pad=dict(b=30))]
+    return _finish(fig, heading, rows * FACET_HEIGHT + 120, top=130, menus=menus,
+                   empty=not metrics)
