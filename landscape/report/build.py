@@ -29,7 +29,7 @@ from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_run
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
-from .findings import findings
+from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
                    grid_cells, ranked_cells, varying_axes)
 from .pools import Pooling, distinct_runs, optimizer, settings, value_text
@@ -550,12 +550,17 @@ def activation_section(d: ReportData) -> Content | None:
                                            "mean ± std per run; histogram over steps</sup>"))
 
 
+# The verdict column's colour (html.STYLE): green, red, and grey for both "not measured
+# here" and "too short to judge", which are no verdict.
+FINDING_CLASSES = {HOLDS: "holds", FAILS: "fails", TOO_SHORT: "short"}
+
+
 def findings_html(runs: Sequence[RunData]) -> str:
     found = findings(runs)
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
-    classes = [{"holds": "holds", "does not hold": "fails"}.get(r[2], "unmeasured") for r in rows]
+    classes = [FINDING_CLASSES.get(r[2], "unmeasured") for r in rows]
     return table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
                       text_columns=4)
 
@@ -805,7 +810,10 @@ def findings_section(d: ReportData) -> Content:
     return Content("Computed from the runs (rules: docs/report.md): runs with and without BN at "
                    "one learning rate compared over the probed steps before either stops "
                    "learning (gradient norm, running median over 1% of the steps, below 1% of "
-                   "its start to the end).", body=findings_html(d.runs))
+                   f"its start to the end). The paper judges over 15,000 steps: a claim is "
+                   f"“too short to judge” until every compared run has {MIN_STEPS:,} training "
+                   f"steps and {MIN_PROBES} probed steps while they learn.",
+                   body=findings_html(d.runs))
 
 
 def loss_grid_section(d: ReportData) -> Content:

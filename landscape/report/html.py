@@ -28,7 +28,7 @@ th { background: #f4f4f4; } th[data-order="up"]::after { content: " ▲"; }
 th[data-order="down"]::after { content: " ▼"; } td.text { text-align: left; }
 tr.diverged td { background: #fde8e8; } tr.running td { background: #fff7e0; }
 tr.holds td:nth-child(3) { color: #17692c; font-weight: bold; } tr.fails td:nth-child(3) { color: #a11; font-weight: bold; }
-tr.unmeasured td:nth-child(3) { color: #777; }
+tr.unmeasured td:nth-child(3), tr.short td:nth-child(3) { color: #777; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
 nav a { margin-right: 14px; }
 """
