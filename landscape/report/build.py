@@ -417,9 +417,11 @@ def mode_section(d: ReportData) -> Content | None:
     runs, legend = [r for r in d.runs if np.isfinite(r.epochs.train_mode_loss).any()], d.legend
     if not runs:
         return None
+    lrs = sorted({r.lr for r in runs})
     curves = [fg.ModeCurve(legend.run_text(r), legend.color(r), r.epochs.epoch,
                            masked(r.epochs.train_mode_acc), masked(r.epochs.eval_mode_acc),
-                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss))
+                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss),
+                           fg.LR_SYMBOLS[lrs.index(r.lr) % len(fg.LR_SYMBOLS)])
               for r in runs]
     return Content(
         "After each epoch, on a fixed subset of the training set (the same images every epoch, "
@@ -427,9 +429,11 @@ def mode_section(d: ReportData) -> Content | None:
         "in train mode (BatchNorm normalizes each batch by its own statistics; dropout and "
         "noise off) and in eval mode (BatchNorm uses its running averages), measured without "
         "changing the model. A network without normalization (and without dropout) computes "
-        "the same in both modes: its gaps are 0. Colour: model and settings.",
+        "the same in both modes: its gaps are 0. Colour: model and settings; marker: "
+        "learning rate.",
         fg.mode_figure(curves, "Train mode vs eval mode<br><sup>fixed training subset: batch "
-                               "statistics (solid) vs running statistics (dotted)</sup>",
+                               "statistics (solid) vs running statistics (dotted); marker: "
+                               "learning rate</sup>",
                        x_title="epoch (0 = the first pass, as in the file)"))
 
 
@@ -715,11 +719,12 @@ def _facet_series(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 # name -> (x title, y title): per epoch, per step or per probed step.
+EPOCH_AXIS = "epoch (from 0)"
 FACET_AXES = {
-    "test loss": ("epoch (from 0)", "test loss"),
-    "test accuracy": ("epoch (from 0)", "test accuracy"),
-    "training loss (epoch mean)": ("epoch (from 0)", "training loss"),
-    "training accuracy (epoch mean)": ("epoch (from 0)", "training accuracy"),
+    "test loss": (EPOCH_AXIS, "test loss"),
+    "test accuracy": (EPOCH_AXIS, "test accuracy"),
+    "training loss (epoch mean)": (EPOCH_AXIS, "training loss"),
+    "training accuracy (epoch mean)": (EPOCH_AXIS, "training accuracy"),
     "minibatch training loss": ("training step", "L(θ<sub>t</sub>; B<sub>t</sub>)"),
     "loss band along the gradient": ("training step (probed)",
                                      "max<sub>η</sub> L(θ − ηg) − min<sub>η</sub> L(θ − ηg)"),
@@ -761,8 +766,12 @@ def facet_metrics(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets
                 cell_label(cell, shown), colors.get(s.get(color_axis), fg.OTHER_COLORS[0]),
                 fg.LR_DASHES[combos.index(combo) % len(fg.LR_DASHES)], band))
         if lines:
-            log_y = fg.spans_decades([l.band.median for ls in lines.values() for l in ls])
-            metrics.append(fg.FacetMetric(name, x_title, y_title, log_y, dict(lines)))
+            drawn = [line.band for ls in lines.values() for line in ls]
+            log_y = fg.spans_decades([band.median for band in drawn])
+            metric = fg.FacetMetric(name, x_title, y_title, log_y, dict(lines))
+            if x_title == EPOCH_AXIS:  # whole epochs
+                metric = replace(metric, x_ticks=fg.epoch_ticks([band.x for band in drawn]))
+            metrics.append(metric)
     return metrics, panels
 
 
