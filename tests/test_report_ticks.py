@@ -15,9 +15,11 @@ import pytest
 
 from conftest import probe_record
 from landscape.report import figures as fg
+from landscape.report.bands import Band
 from landscape.report.build import build_report
 from landscape.store import SweepStore, read_sweep
 from test_report_browser import CHROMIUM, chromium
+from test_report_cli import figures
 
 STEPS_PER_EPOCH = 20
 
@@ -157,3 +159,22 @@ def test_an_empty_training_panel_says_why():
             if a.text == fg.EMPTY_TRAINING_PANEL[1]}
     assert refs == {("x domain", "y domain"), ("x3 domain", "y3 domain")}
     assert fig.layout.yaxis.showticklabels is False and fig.layout.yaxis2.showticklabels is None
+
+
+def test_runs_of_one_pool_in_4c_differ_by_their_learning_rates_marker(tmp_path):
+    """The dash of 4c says train or eval mode, so a pool's two learning rates (same colour)
+    would look alike in its legend: their markers differ."""
+    data, _ = figures(_page(tmp_path, epochs=2))["fig-modes"]
+    symbols = {t["name"]: t["marker"].get("symbol") for t in data}
+    assert symbols == {"VGG-A LR 0.05 seed 0": "circle", "VGG-A LR 0.1 seed 0": "square",
+                       "VGG-A+BN LR 0.05 seed 0": "circle", "VGG-A+BN LR 0.1 seed 0": "square"}
+
+
+def test_a_dashed_band_shows_its_dash_in_the_legend():
+    band = Band(np.arange(3.0), np.ones(3), np.full(3, 2.0), np.full(3, 1))
+    solid, dashed = (fg.band_traces(fg.BandSeries("λ", "#1f77b4", band, dash=d))
+                     for d in ("solid", "dash"))
+    in_legend = [[t for t in traces if t.showlegend is not False] for traces in (solid, dashed)]
+    assert [t.fill for t in in_legend[0]] == ["toself"]  # a solid band: its fill
+    [entry] = in_legend[1]
+    assert entry.fill is None and entry.line.dash == "dash" and entry.name == "λ"
