@@ -143,7 +143,8 @@ def test_log_axes_label_ticks_with_their_magnitude_and_titles_have_no_raw_subscr
         diverged_sweep):
     page = _page(diverged_sweep)
     assert '"minorloglabels":"complete"' in page  # 20, 50 rather than "2", "5"
-    assert '"exponentformat":"power"' in page
+    assert '"exponentformat":"e"' in page  # 20 rather than "2x10" (the labels drawn:
+    # tests/test_report_ticks.py)
     for raw in ("{t−1}", "g_t", "θ_t", "B_t", "_{W_i}", "β_eff"):
         assert raw not in page, raw
 

@@ -16,9 +16,10 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import plotly.graph_objects as go
 
 from ..errors import LandscapeError
 from ..store import RunData, SweepFile, read_sweep
@@ -28,7 +29,7 @@ from .bands import (Band, band_across_runs, band_over_eta, band_over_eta_and_run
 from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
-from .findings import findings
+from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
                    grid_cells, ranked_cells, varying_axes)
 from .pools import Pooling, distinct_runs, optimizer, settings, value_text
@@ -77,105 +78,89 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
     runs = distinct.runs
     facets.check(runs)
     legend = Legend.of(runs)
-    shown = best_cells(grid_cells(runs), facets.best)
-    curve_runs = [r for r in runs if any(r in c.runs for c in shown)]
+    data = ReportData(runs, legend, facets, smooth, best_cells(grid_cells(runs), facets.best),
+                      distinct.sweeps)
     title = title or "Loss landscape report: " + ", ".join(s.path.name for s in distinct.sweeps)
-    eta_text = _eta_multiples_text(runs)
-    references, no_line = stability_references(runs)
-    sections = [
-        Section("findings", "Findings: the paper's claims in these runs",
-                "Computed from the runs (rules: docs/report.md): runs with and without BN at "
-                "one learning rate compared over the probed steps before either stops "
-                "learning (gradient norm, running median over 1% of the steps, below 1% of "
-                "its start to the end).", body=findings_html(runs)),
-        Section("loss-grid", "1a. Loss landscape across the learning-rate grid",
-                "At each training step t, the band is [min, max] over the grid's runs of the "
-                "minibatch training loss L(θ<sub>t</sub>; B<sub>t</sub>) (the course "
-                "reproductions' view: how sensitive training is to the learning rate). Runs "
-                "pool into one band only when every setting but the learning rate and seed "
-                "agrees.",
-                fg.band_figure(grid_series(runs, legend, "loss"),
-                               "Loss across the LR grid<br><sup>per step: [min, max] over runs "
-                               "of L(θ<sub>t</sub>; B<sub>t</sub>)</sup>", "training step",
-                               "training loss", log_y=True, smooth=smooth)),
-        Section("loss-probe", "1b. Loss landscape along the gradient (Fig. 4a)",
-                f"At each probed step, the band is [min, max] over η of L(θ − η g), g = ∇L(θ), "
-                f"on the step's minibatch, η = {eta_text} × LR. The buttons switch learning rate.",
-                fg.band_figure_by_lr(probe_series(runs, legend, "loss"),
-                                     "Loss along the gradient (Fig. 4a)<br><sup>per probed step: "
-                                     "[min, max] over η of L(θ − η∇L(θ))</sup>", "training step",
-                                     "loss", log_y=True, smooth=smooth,
-                                     initial_lr=_initial_lr(runs))),
-        Section("grad-grid", "2a. Consecutive-minibatch gradient distance across the "
-                "learning-rate grid (not the paper's gradient predictiveness)",
-                "At each step, [min, max] over the grid's runs of ‖g<sub>t</sub> − "
-                "g<sub>t−1</sub>‖<sub>2</sub>, the change of the gradient between consecutive "
-                "steps, on different minibatches: what course reproductions call gradient "
-                "predictiveness. The paper's quantity, along the gradient on one minibatch, "
-                "is 2b.",
-                fg.band_figure(grid_series(runs, legend, "grad_diff"),
-                               "Consecutive-minibatch gradient distance across the LR grid"
-                               "<br><sup>per step: [min, max] over runs of ‖g<sub>t</sub> − "
-                               "g<sub>t−1</sub>‖<sub>2</sub> (not the paper's gradient "
-                               "predictiveness)</sup>", "training step",
-                               "‖g<sub>t</sub> − g<sub>t−1</sub>‖<sub>2</sub>", log_y=True,
-                               smooth=smooth)),
-        Section("grad-probe", "2b. Gradient predictiveness along the gradient (Fig. 4b)",
-                f"At each probed step, [min, max] over η of ‖∇L(θ − η g) − g‖<sub>2</sub>, "
-                f"η = {eta_text} × LR, same minibatch.",
-                fg.band_figure_by_lr(probe_series(runs, legend, "grad_diff"),
-                                     "Gradient predictiveness (Fig. 4b)<br><sup>per probed step: "
-                                     "[min, max] over η of ‖∇L(θ − ηg) − g‖<sub>2</sub></sup>",
-                                     "training step", "‖∇L(θ − ηg) − g‖<sub>2</sub>", log_y=True,
-                                     smooth=smooth, initial_lr=_initial_lr(runs))),
-        *[s for s in (layer_split_section(runs, legend),) if s is not None],  # not in old files
-        Section("beta", "3. Effective β-smoothness (Fig. 4c)",
-                "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
-                "<sub>2</sub>; with several seeds, their median (line) and "
-                + html.escape(facets.band_text()) + " (band). " + STABILITY_TEXT
-                + (f" No line for {html.escape(no_line)}: the stability edge of an optimizer "
-                   "other than (heavy-ball) SGD is not a fixed multiple of 1/LR."
-                   if no_line else ""),
-                fg.band_figure_by_lr(beta_series(runs, legend, facets.quantiles),
-                                     "Effective β-smoothness (Fig. 4c)<br><sup>max over η of "
-                                     "‖∇L(θ − ηg) − g‖<sub>2</sub> / ‖ηg‖<sub>2</sub>; dashed: "
-                                     "stability edge 2/LR (SGD), (2 + 2μ)/LR (momentum μ)</sup>",
-                                     "training step", "β<sub>eff</sub>", log_y=None,
-                                     smooth=smooth, references=references,
-                                     initial_lr=_initial_lr(runs))),
-        Section("training", "4. Training curves (Fig. 1)",
-                "Per epoch, " + (f"the runs of the {len(shown)} best settings by final test "
-                                 "loss (--best; the run table has every run)"
-                                 if facets.best is not None else "every run")
-                + ": training accuracy and loss (means over the epoch's "
-                "minibatches, in training mode) and test accuracy and loss (eval mode). "
-                + epoch_text(runs, legend),
-                fg.training_curves_figure(training_curves(curve_runs, legend),
-                                          "Training curves (Fig. 1)<br><sup>colour: model and "
-                                          "settings; dash: learning rate</sup>",
-                                          x_title="epoch (0 = the first pass, as in the file)")),
-        facet_section(runs, shown, facets),
-        *[s for s in (mode_section(runs, legend),) if s is not None],  # not in old files
-        Section("runs", "5. Runs and provenance",
-                "Diverged runs are flagged with the step at which the loss stopped being "
-                "finite; their non-finite values are masked in every band and marked ✕. "
-                "Click a column's header to sort by it; rank: the run's setting among all "
-                "settings by final test loss (median over its seeds; a diverged run counts "
-                "as infinite).",
-                body=run_table_html(runs, legend) + provenance_html(distinct.sweeps)),
-    ]
-    # The instrument figures only when some run recorded them.
-    sections += [s for s in (ics_section(runs, legend), activation_section(runs, legend),
-                             sharpness_section(runs, legend, facets.quantiles),
-                             weights_section(runs, legend))
-                 if s is not None]
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
              f"— {len(runs)} runs from {len(distinct.sweeps)} file(s). "
              f"{html.escape(legend.color_text())}. Bands are raw [min, max]"
              + (f", with edges smoothed over {smooth} points drawn on top" if smooth > 1 else "")
              + "; log/linear buttons switch the y axis.</p>" + notes)
-    return render_page(title, intro, sections)
+    return render_page(title, intro, report_sections(data))
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What every section builder reads: the report's distinct runs and how to draw them."""
+
+    runs: list[RunData]
+    legend: "Legend"
+    facets: Facets
+    smooth: int  # --smooth: points of the moving average drawn over the band edges
+    shown: list[Cell]  # the settings drawn in sections 4a and 4b (all, or the --best K)
+    sweeps: list[SweepFile]  # the distinct files, for the provenance
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a section builder returns: its definition (HTML), then a figure or raw HTML."""
+
+    definition: str
+    figure: go.Figure | None = None
+    body: str = ""
+
+
+# A section's place in the numbering (``SectionSpec.place``): NUMBER starts the next number,
+# LETTER continues the number above with the next letter, UNNUMBERED has none.
+NUMBER, LETTER, UNNUMBERED = "number", "letter", ""
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One row of the page's table of sections (``SECTIONS``)."""
+
+    anchor: str  # the section's id: links (#beta) and figure ids (fig-beta) use it
+    title: str  # the heading after its number
+    build: Callable[[ReportData], Content | None]  # None: nothing to show (instrument off)
+    place: str = NUMBER
+
+
+def section_labels(places: Sequence[str]) -> list[str]:
+    """The section numbers of a table's rows, from their places: a NUMBER row starts the
+    next number, a LETTER row continues the one above; a number with several rows letters
+    them a, b, c, …, a number with one row stays bare ('3'); an UNNUMBERED row gets ''.
+    Labels follow the table, not the page: a section left out keeps its label unused."""
+    numbers: list[int | None] = []
+    for place in places:
+        if place not in (NUMBER, LETTER, UNNUMBERED):
+            raise ValueError(f"a section's place is {NUMBER!r}, {LETTER!r} or "
+                             f"{UNNUMBERED!r}, got {place!r}")
+        if place == LETTER and not any(n is not None for n in numbers):
+            raise ValueError("a LETTER section needs a numbered section above it")
+        current = max((n for n in numbers if n is not None), default=0)
+        numbers.append(None if place == UNNUMBERED else current + (place == NUMBER))
+    rows = {n: numbers.count(n) for n in numbers}
+    labels, seen = [], defaultdict(int)
+    for n in numbers:
+        if n is None:
+            labels.append("")
+            continue
+        seen[n] += 1
+        labels.append(f"{n}{chr(ord('a') + seen[n] - 1)}" if rows[n] > 1 else str(n))
+    return labels
+
+
+def report_sections(data: ReportData) -> list[Section]:
+    """The page's sections in the order of ``SECTIONS``, numbered by their row there; a
+    section whose builder has nothing to show is left out and the others keep their labels."""
+    sections = []
+    for spec, label in zip(SECTIONS, section_labels([s.place for s in SECTIONS])):
+        content = spec.build(data)
+        if content is not None:
+            sections.append(Section(spec.anchor, f"{label}. {spec.title}" if label else spec.title,
+                                    content.definition, content.figure, content.body))
+    return sections
 
 
 @dataclass(frozen=True)
@@ -427,25 +412,28 @@ def epoch_values(run: RunData, attr: str) -> np.ndarray:
     return np.where(run.epochs.partial, np.nan, values) if attr.startswith("train") else values
 
 
-def mode_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
-    """4c: train mode vs eval mode on the fixed training subset, for the runs that have it."""
-    runs = [r for r in runs if np.isfinite(r.epochs.train_mode_loss).any()]
+def mode_section(d: ReportData) -> Content | None:
+    """Train mode vs eval mode on the fixed training subset, for the runs that have it."""
+    runs, legend = [r for r in d.runs if np.isfinite(r.epochs.train_mode_loss).any()], d.legend
     if not runs:
         return None
+    lrs = sorted({r.lr for r in runs})
     curves = [fg.ModeCurve(legend.run_text(r), legend.color(r), r.epochs.epoch,
                            masked(r.epochs.train_mode_acc), masked(r.epochs.eval_mode_acc),
-                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss))
+                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss),
+                           fg.LR_SYMBOLS[lrs.index(r.lr) % len(fg.LR_SYMBOLS)])
               for r in runs]
-    return Section(
-        "modes", "4c. Train mode vs eval mode (batch vs running statistics)",
+    return Content(
         "After each epoch, on a fixed subset of the training set (the same images every epoch, "
         "at least 1,024, in batches of the run's batch size): loss and accuracy with the model "
         "in train mode (BatchNorm normalizes each batch by its own statistics; dropout and "
         "noise off) and in eval mode (BatchNorm uses its running averages), measured without "
         "changing the model. A network without normalization (and without dropout) computes "
-        "the same in both modes: its gaps are 0. Colour: model and settings.",
+        "the same in both modes: its gaps are 0. Colour: model and settings; marker: "
+        "learning rate.",
         fg.mode_figure(curves, "Train mode vs eval mode<br><sup>fixed training subset: batch "
-                               "statistics (solid) vs running statistics (dotted)</sup>",
+                               "statistics (solid) vs running statistics (dotted); marker: "
+                               "learning rate</sup>",
                        x_title="epoch (0 = the first pass, as in the file)"))
 
 
@@ -461,6 +449,28 @@ def _layer_title(index: int, names: set[str]) -> str:
     return f"layer #{index}" + (f" ({', '.join(sorted(names))})" if names else "")
 
 
+@dataclass(frozen=True)
+class LayerRuns:
+    """One layer of a per-layer instrument, matched by index across models."""
+
+    index: int  # 1-based among the conv and linear layers: VGG-A's #5 is VGG-A+BN's #5
+    title: str  # 'layer #5 (features.8)': the index and the layer's names in the runs
+    columns: list[tuple[RunData, int]]  # the runs that have the layer, its column in each
+
+
+def per_layer(runs: Sequence[RunData], series: Callable[[RunData], object]) -> list[LayerRuns]:
+    """The layers of the per-layer series ``series(run)`` (``run.ics``, ``run.activations``,
+    ``run.weights``: each with ``layer_index`` and ``layer``) in index order, each with the
+    runs that have it, in the order of ``runs``."""
+    layers = []
+    for index in layer_indices([series(r).layer_index for r in runs]):
+        columns = [(run, col) for run in runs
+                   if (col := layer_column(series(run).layer_index, index)) is not None]
+        names = {series(run).layer[col] for run, col in columns}
+        layers.append(LayerRuns(index, _layer_title(index, names), columns))
+    return layers
+
+
 def _probed(runs: Sequence[RunData], attr: str) -> list[RunData]:
     """The runs with at least one probed step of instrument ``attr`` (ics, activations)."""
     return [r for r in runs if getattr(r, attr) is not None and len(getattr(r, attr).step)
@@ -472,26 +482,21 @@ def ics_layers(runs: Sequence[RunData], legend: Legend) -> list[fg.LayerICS]:
     runs = _probed(runs, "ics")
     dash = _lr_dash(runs)
     layers = []
-    for index in layer_indices([r.ics.layer_index for r in runs]):
-        l2, cosine, names = [], [], set()
-        for run in runs:
-            col = layer_column(run.ics.layer_index, index)
-            if col is None:
-                continue
-            names.add(run.ics.layer[col])
+    for layer in per_layer(runs, lambda r: r.ics):
+        l2, cosine = [], []
+        for run, col in layer.columns:
             for out, values in ((l2, run.ics.l2), (cosine, run.ics.cosine)):
                 out.append(fg.Line(legend.run_text(run), legend.color(run), dash(run), run.ics.step,
                                    masked(values[:, col])))
-        layers.append(fg.LayerICS(_layer_title(index, names), l2, cosine))
+        layers.append(fg.LayerICS(layer.title, l2, cosine))
     return layers
 
 
-def ics_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
-    layers = ics_layers(runs, legend)
+def ics_section(d: ReportData) -> Content | None:
+    layers = ics_layers(d.runs, d.legend)
     if not layers:
         return None
-    return Section(
-        "ics", "6. Internal covariate shift (Fig. 3)",
+    return Content(
         "For weight layer i at a probed step t, on the step's minibatch B: G = ∇<sub>W<sub>i"
         "</sub></sub>L(θ<sub>t</sub>; B), and G′ the same gradient after layers 1 … i−1 take "
         "this step's update (the optimizer's real update, applied to the earlier layers only). "
@@ -509,19 +514,14 @@ def activation_layers(runs: Sequence[RunData], legend: Legend,
     over at most ``steps_per_map`` evenly spaced probed steps (keeps the page small)."""
     runs = _probed(runs, "activations")
     dash = _lr_dash(runs)
-    indices = layer_indices([r.activations.layer_index for r in runs])
     bins = max((r.activations.hist.shape[-1] for r in runs), default=1)
     keep = steps_per_map(sum(len(r.activations.layer_index) for r in runs), bins)
     layers: dict[int, fg.LayerActivations] = {}
     maps: list[fg.HeatMap] = []
-    for index in indices:
-        bands, means = [], []
-        for run in runs:
-            a = run.activations
-            col = layer_column(a.layer_index, index)
-            if col is None:
-                continue
-            text = legend.run_text(run)
+    for layer in per_layer(runs, lambda r: r.activations):
+        index, bands, means = layer.index, [], []
+        for run, col in layer.columns:
+            a, text = run.activations, legend.run_text(run)
             bands.append(fg.BandSeries(f"{text} ± std", legend.color(run),
                                        mean_std_band(a.step, a.mean[:, col], a.std[:, col])))
             means.append(fg.Line(f"{text} mean", legend.color(run), dash(run), a.step,
@@ -538,12 +538,11 @@ def activation_layers(runs: Sequence[RunData], legend: Legend,
     return layers, maps
 
 
-def activation_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
-    layers, maps = activation_layers(runs, legend)
+def activation_section(d: ReportData) -> Content | None:
+    layers, maps = activation_layers(d.runs, d.legend)
     if not maps:
         return None
-    return Section(
-        "activations", "7. Activation distributions (Fig. 1c/2)",
+    return Content(
         "Each layer's pre-activation — the output of its normalization (BN, noisy BN, …; the "
         "layer's own output without one), what the ReLU receives — over every sample, unit and "
         "position of the probed step's minibatch, in train mode. Top: mean ± std per run; "
@@ -555,12 +554,17 @@ def activation_section(runs: Sequence[RunData], legend: Legend) -> Section | Non
                                            "mean ± std per run; histogram over steps</sup>"))
 
 
+# The verdict column's colour (html.STYLE): green, red, and grey for both "not measured
+# here" and "too short to judge", which are no verdict.
+FINDING_CLASSES = {HOLDS: "holds", FAILS: "fails", TOO_SHORT: "short"}
+
+
 def findings_html(runs: Sequence[RunData]) -> str:
     found = findings(runs)
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
-    classes = [{"holds": "holds", "does not hold": "fails"}.get(r[2], "unmeasured") for r in rows]
+    classes = [FINDING_CLASSES.get(r[2], "unmeasured") for r in rows]
     return table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
                       text_columns=4)
 
@@ -586,14 +590,12 @@ def sharpness_series(runs: Sequence[RunData], legend: Legend,
     return out
 
 
-def sharpness_section(runs: Sequence[RunData], legend: Legend,
-                      quantiles: tuple[float, float] = Facets().quantiles) -> Section | None:
-    runs = [r for r in runs if r.curvature is not None and len(r.curvature.step)]
+def sharpness_section(d: ReportData) -> Content | None:
+    runs = [r for r in d.runs if r.curvature is not None and len(r.curvature.step)]
     if not runs:
         return None
     references, no_line = stability_references(runs)
-    return Section(
-        "sharpness", "8. Sharpness and the edge of stability",
+    return Content(
         "Dashed bands: λ<sub>max</sub>, the largest eigenvalue of the Hessian of the minibatch "
         "loss at θ<sub>t</sub> (train-mode BN, Lanczos on Hessian-vector products, relative "
         "tolerance 10<sup>−3</sup>); solid: the probe's β<sub>eff</sub> (figure 3) at the "
@@ -605,7 +607,7 @@ def sharpness_section(runs: Sequence[RunData], legend: Legend,
         + (f" No line for {html.escape(no_line)}: an adaptive optimizer (Adam and its kin) "
            "rescales each coordinate by its own running statistics, so its stability edge is "
            "no fixed multiple of 1/LR and no single line exists." if no_line else ""),
-        fg.band_figure_by_lr(sharpness_series(runs, legend, quantiles),
+        fg.band_figure_by_lr(sharpness_series(runs, d.legend, d.facets.quantiles),
                              "Sharpness and the edge of stability<br><sup>dashed: λ<sub>max"
                              "</sub>(∇²L); solid: β<sub>eff</sub>; black: stability edge 2/LR "
                              "(SGD), (2 + 2μ)/LR (momentum μ)</sup>", "training step",
@@ -621,8 +623,9 @@ def _eta_column(run: RunData, multiple: float = 1.0) -> int:
     return int(np.argmin(np.abs(run.probe.eta / run.lr - multiple))) if run.lr > 0 else 0
 
 
-def layer_split_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
-    runs = sorted([r for r in runs if r.probe.layer and len(r.probe.grad_diff_layer)],
+def layer_split_section(d: ReportData) -> Content | None:
+    legend = d.legend
+    runs = sorted([r for r in d.runs if r.probe.layer and len(r.probe.grad_diff_layer)],
                   key=lambda r: (r.lr, legend.pool_label(r), r.seed))
     if not runs:
         return None
@@ -636,8 +639,7 @@ def layer_split_section(runs: Sequence[RunData], legend: Legend) -> Section | No
             share = squares / squares.sum(axis=1, keepdims=True)
         maps.append(fg.LayerMap(f"{legend.run_text(run)} · η = {p.eta[col] / run.lr:g}×LR",
                                 p.step[keep], list(p.layer), masked(share).T))
-    return Section(
-        "layer-split", "2c. Gradient predictiveness by layer: which layers carry it",
+    return Content(
         "For each module l owning parameters (conv, linear, BN), at each probed step: its "
         "share ‖∇<sub>l</sub>L(θ − ηg) − g<sub>l</sub>‖² / ‖∇L(θ − ηg) − g‖² of the "
         "gradient predictiveness of figure 2b (the shares add up to 1 over layers), at the "
@@ -651,29 +653,24 @@ def layer_split_section(runs: Sequence[RunData], legend: Legend) -> Section | No
 MAX_LINE_STEPS = 500  # points per line of the per-step weight statistics
 
 
-def weights_section(runs: Sequence[RunData], legend: Legend) -> Section | None:
-    runs = [r for r in runs if r.weights is not None and len(r.weights.step)]
+def weights_section(d: ReportData) -> Content | None:
+    runs, legend = [r for r in d.runs if r.weights is not None and len(r.weights.step)], d.legend
     if not runs:
         return None
     dash = _lr_dash(runs)
     layers = []
-    for index in layer_indices([r.weights.layer_index for r in runs]):
-        top, bottom, names = [], [], set()
-        for run in runs:
+    for layer in per_layer(runs, lambda r: r.weights):
+        top, bottom = [], []
+        for run, col in layer.columns:
             w = run.weights
-            col = layer_column(w.layer_index, index)
-            if col is None:
-                continue
-            names.add(w.layer[col])
             keep = subsample(len(w.step), MAX_LINE_STEPS)
             text = legend.run_text(run) + (" (scale-invariant)" if w.scale_invariant[col] else "")
             top.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
                                masked(w.norm[keep, col])))
             bottom.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
                                   masked(w.effective_lr[keep, col])))
-        layers.append(fg.LayerPanels(_layer_title(index, names), top, bottom))
-    return Section(
-        "weights", "9. Weight norms and effective learning rate",
+        layers.append(fg.LayerPanels(layer.title, top, bottom))
+    return Content(
         "For the weight w of each conv and linear layer, at every step: top ‖w‖<sub>2</sub>, "
         "bottom the effective learning rate LR / ‖w‖². A weight followed by a normalization "
         "(BN: marked scale-invariant) does not change the loss when scaled, L(cw) = L(w), so "
@@ -722,11 +719,12 @@ def _facet_series(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 # name -> (x title, y title): per epoch, per step or per probed step.
+EPOCH_AXIS = "epoch (from 0)"
 FACET_AXES = {
-    "test loss": ("epoch (from 0)", "test loss"),
-    "test accuracy": ("epoch (from 0)", "test accuracy"),
-    "training loss (epoch mean)": ("epoch (from 0)", "training loss"),
-    "training accuracy (epoch mean)": ("epoch (from 0)", "training accuracy"),
+    "test loss": (EPOCH_AXIS, "test loss"),
+    "test accuracy": (EPOCH_AXIS, "test accuracy"),
+    "training loss (epoch mean)": (EPOCH_AXIS, "training loss"),
+    "training accuracy (epoch mean)": (EPOCH_AXIS, "training accuracy"),
     "minibatch training loss": ("training step", "L(θ<sub>t</sub>; B<sub>t</sub>)"),
     "loss band along the gradient": ("training step (probed)",
                                      "max<sub>η</sub> L(θ − ηg) − min<sub>η</sub> L(θ − ηg)"),
@@ -768,19 +766,23 @@ def facet_metrics(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets
                 cell_label(cell, shown), colors.get(s.get(color_axis), fg.OTHER_COLORS[0]),
                 fg.LR_DASHES[combos.index(combo) % len(fg.LR_DASHES)], band))
         if lines:
-            log_y = fg.spans_decades([l.band.median for ls in lines.values() for l in ls])
-            metrics.append(fg.FacetMetric(name, x_title, y_title, log_y, dict(lines)))
+            drawn = [line.band for ls in lines.values() for line in ls]
+            log_y = fg.spans_decades([band.median for band in drawn])
+            metric = fg.FacetMetric(name, x_title, y_title, log_y, dict(lines))
+            if x_title == EPOCH_AXIS:  # whole epochs
+                metric = replace(metric, x_ticks=fg.epoch_ticks([band.x for band in drawn]))
+            metrics.append(metric)
     return metrics, panels
 
 
-def facet_section(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets) -> Section:
+def facet_section(d: ReportData) -> Content:
+    runs, cells, facets = d.runs, d.shown, d.facets
     color_axis = facets.color_axis()
     metrics, panels = facet_metrics(runs, cells, facets)
     others = [a for a in varying_axes(runs) if a not in (color_axis, facets.panel)]
     which = (f"the {len(cells)} best settings by final test loss (--best {facets.best})"
              if facets.best is not None else f"all {len(cells)} settings")
-    return Section(
-        "grid", "4b. The grid: median over seeds, by setting",
+    return Content(
         f"One line per setting (every axis but the seed; seeds pool across files): at each x, "
         f"the median over its runs still finite there, and the band "
         f"{html.escape(facets.band_text())}; one run is drawn as itself, and hover says how "
@@ -811,3 +813,136 @@ def provenance_html(sweeps: Sequence[SweepFile]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     parts.append(f"<p>Report made with {html.escape(versions)}.</p>")
     return "".join(parts)
+
+
+def findings_section(d: ReportData) -> Content:
+    return Content("Computed from the runs (rules: docs/report.md): runs with and without BN at "
+                   "one learning rate compared over the probed steps before either stops "
+                   "learning (gradient norm, running median over 1% of the steps, below 1% of "
+                   f"its start to the end). The paper judges over 15,000 steps: a claim is "
+                   f"“too short to judge” until every compared run has {MIN_STEPS:,} training "
+                   f"steps and {MIN_PROBES} probed steps while they learn.",
+                   body=findings_html(d.runs))
+
+
+def loss_grid_section(d: ReportData) -> Content:
+    return Content(
+        "At each training step t, the band is [min, max] over the grid's runs of the "
+        "minibatch training loss L(θ<sub>t</sub>; B<sub>t</sub>) (the course "
+        "reproductions' view: how sensitive training is to the learning rate). Runs "
+        "pool into one band only when every setting but the learning rate and seed "
+        "agrees.",
+        fg.band_figure(grid_series(d.runs, d.legend, "loss"),
+                       "Loss across the LR grid<br><sup>per step: [min, max] over runs "
+                       "of L(θ<sub>t</sub>; B<sub>t</sub>)</sup>", "training step",
+                       "training loss", log_y=True, smooth=d.smooth))
+
+
+def loss_probe_section(d: ReportData) -> Content:
+    return Content(
+        f"At each probed step, the band is [min, max] over η of L(θ − η g), g = ∇L(θ), "
+        f"on the step's minibatch, η = {_eta_multiples_text(d.runs)} × LR. The buttons switch "
+        f"learning rate.",
+        fg.band_figure_by_lr(probe_series(d.runs, d.legend, "loss"),
+                             "Loss along the gradient (Fig. 4a)<br><sup>per probed step: "
+                             "[min, max] over η of L(θ − η∇L(θ))</sup>", "training step",
+                             "loss", log_y=True, smooth=d.smooth,
+                             initial_lr=_initial_lr(d.runs)))
+
+
+def grad_grid_section(d: ReportData) -> Content:
+    return Content(
+        "At each step, [min, max] over the grid's runs of ‖g<sub>t</sub> − "
+        "g<sub>t−1</sub>‖<sub>2</sub>, the change of the gradient between consecutive "
+        "steps, on different minibatches: what course reproductions call gradient "
+        "predictiveness. The paper's quantity, along the gradient on one minibatch, "
+        "is 2b.",
+        fg.band_figure(grid_series(d.runs, d.legend, "grad_diff"),
+                       "Consecutive-minibatch gradient distance across the LR grid"
+                       "<br><sup>per step: [min, max] over runs of ‖g<sub>t</sub> − "
+                       "g<sub>t−1</sub>‖<sub>2</sub> (not the paper's gradient "
+                       "predictiveness)</sup>", "training step",
+                       "‖g<sub>t</sub> − g<sub>t−1</sub>‖<sub>2</sub>", log_y=True,
+                       smooth=d.smooth))
+
+
+def grad_probe_section(d: ReportData) -> Content:
+    return Content(
+        f"At each probed step, [min, max] over η of ‖∇L(θ − η g) − g‖<sub>2</sub>, "
+        f"η = {_eta_multiples_text(d.runs)} × LR, same minibatch.",
+        fg.band_figure_by_lr(probe_series(d.runs, d.legend, "grad_diff"),
+                             "Gradient predictiveness (Fig. 4b)<br><sup>per probed step: "
+                             "[min, max] over η of ‖∇L(θ − ηg) − g‖<sub>2</sub></sup>",
+                             "training step", "‖∇L(θ − ηg) − g‖<sub>2</sub>", log_y=True,
+                             smooth=d.smooth, initial_lr=_initial_lr(d.runs)))
+
+
+def beta_section(d: ReportData) -> Content:
+    references, no_line = stability_references(d.runs)
+    return Content(
+        "At each probed step, max over η of ‖∇L(θ − η g) − g‖<sub>2</sub> / ‖η g‖"
+        "<sub>2</sub>; with several seeds, their median (line) and "
+        + html.escape(d.facets.band_text()) + " (band). " + STABILITY_TEXT
+        + (f" No line for {html.escape(no_line)}: the stability edge of an optimizer "
+           "other than (heavy-ball) SGD is not a fixed multiple of 1/LR."
+           if no_line else ""),
+        fg.band_figure_by_lr(beta_series(d.runs, d.legend, d.facets.quantiles),
+                             "Effective β-smoothness (Fig. 4c)<br><sup>max over η of "
+                             "‖∇L(θ − ηg) − g‖<sub>2</sub> / ‖ηg‖<sub>2</sub>; dashed: "
+                             "stability edge 2/LR (SGD), (2 + 2μ)/LR (momentum μ)</sup>",
+                             "training step", "β<sub>eff</sub>", log_y=None,
+                             smooth=d.smooth, references=references,
+                             initial_lr=_initial_lr(d.runs)))
+
+
+def training_section(d: ReportData) -> Content:
+    curve_runs = [r for r in d.runs if any(r in c.runs for c in d.shown)]
+    return Content(
+        "Per epoch, " + (f"the runs of the {len(d.shown)} best settings by final test "
+                         "loss (--best; the run table has every run)"
+                         if d.facets.best is not None else "every run")
+        + ": training accuracy and loss (means over the epoch's "
+        "minibatches, in training mode) and test accuracy and loss (eval mode). "
+        + epoch_text(d.runs, d.legend),
+        fg.training_curves_figure(training_curves(curve_runs, d.legend),
+                                  "Training curves (Fig. 1)<br><sup>colour: model and "
+                                  "settings; dash: learning rate</sup>",
+                                  x_title="epoch (0 = the first pass, as in the file)"))
+
+
+def runs_section(d: ReportData) -> Content:
+    return Content(
+        "Diverged runs are flagged with the step at which the loss stopped being "
+        "finite; their non-finite values are masked in every band and marked ✕. "
+        "Click a column's header to sort by it; rank: the run's setting among all "
+        "settings by final test loss (median over its seeds; a diverged run counts "
+        "as infinite).", body=run_table_html(d.runs, d.legend) + provenance_html(d.sweeps))
+
+
+# The page, in order: anchor, title, builder, place in the numbering (``section_labels``).
+# Adding a figure: a builder (ReportData -> Content, or None when there is nothing to draw),
+# a row here, and its row in docs/report.md's table of figures.
+SECTIONS = (
+    SectionSpec("findings", "Findings: the paper's claims in these runs", findings_section,
+                UNNUMBERED),
+    SectionSpec("loss-grid", "Loss landscape across the learning-rate grid", loss_grid_section),
+    SectionSpec("loss-probe", "Loss landscape along the gradient (Fig. 4a)", loss_probe_section,
+                LETTER),
+    SectionSpec("grad-grid", "Consecutive-minibatch gradient distance across the learning-rate "
+                "grid (not the paper's gradient predictiveness)", grad_grid_section),
+    SectionSpec("grad-probe", "Gradient predictiveness along the gradient (Fig. 4b)",
+                grad_probe_section, LETTER),
+    SectionSpec("layer-split", "Gradient predictiveness by layer: which layers carry it",
+                layer_split_section, LETTER),  # files from before the split have none
+    SectionSpec("beta", "Effective β-smoothness (Fig. 4c)", beta_section),
+    SectionSpec("training", "Training curves (Fig. 1)", training_section),
+    SectionSpec("grid", "The grid: median over seeds, by setting", facet_section, LETTER),
+    SectionSpec("modes", "Train mode vs eval mode (batch vs running statistics)", mode_section,
+                LETTER),  # files from before the modes have none
+    SectionSpec("runs", "Runs and provenance", runs_section),
+    # The instruments: only when some run recorded them.
+    SectionSpec("ics", "Internal covariate shift (Fig. 3)", ics_section),
+    SectionSpec("activations", "Activation distributions (Fig. 1c/2)", activation_section),
+    SectionSpec("sharpness", "Sharpness and the edge of stability", sharpness_section),
+    SectionSpec("weights", "Weight norms and effective learning rate", weights_section),
+)

@@ -26,12 +26,24 @@ MODEL_COLORS = {"vgg_a": "#1f77b4", "vgg_a_bn": "#d62728"}
 OTHER_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
                 "#bcbd22")
 LR_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+# Where the dash already says something else (train vs eval mode), the learning rate's marker.
+LR_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
 FIGURE_HEIGHT = 460
 BAND_OPACITY = 0.25
 # A y axis spanning more than this many decades opens on a log scale (the DLN's beta: 1e6-1e11).
 LOG_DECADES = 2
-# Log axes label every tick with its magnitude (plotly's default labels 20 and 50 as "2", "5").
-Y_AXIS_STYLE = dict(minorloglabels="complete", exponentformat="power")
+# Log axes label every tick with its value (plotly's default labels 20 and 50 as "2", "5"):
+# plain numbers from 0.01 to 500, "1e+6" beyond (exponentformat "power" wrote 20 as "2x10").
+Y_AXIS_STYLE = dict(minorloglabels="complete", exponentformat="e")
+# Plotly picks a log axis's ticks from t = (decades shown) / nticks: t <= 0.3, every digit
+# (2, 3, … 9 per decade); t <= 0.7, 1, 2 and 5; beyond, every ceil(t)-th decade; and under one
+# decade shown, plain values (2.29, 2.3, 2.31). Its default nticks (about 9 on a 310-pixel
+# axis) labels every digit up to 2.6 decades, where 7, 8, 9 and 10 land a few pixels apart and
+# overlap (0.15-25: the quick start's figure 2a). ``log_nticks`` aims at t = 0.5 up to
+# LOG_D2_DECADES (1, 2, 5) and t = 0.9 beyond (every decade), at most LOG_NTICKS_MAX ticks.
+LOG_D2_DECADES = 3
+LOG_NTICKS_MAX = 10
+LOG_PADDING = 1.1  # plotly's autorange shows about 10% more than the data's decades
 
 
 def pool_colors(pools: Sequence[tuple[object, str]]) -> dict[object, str]:
@@ -53,15 +65,36 @@ def color_name(color: str) -> str:
     return COLOR_NAMES.get(color, color)
 
 
+def _finite(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
+                            or [np.zeros(0)])
+    return values[np.isfinite(values)]
+
+
 def spans_decades(arrays: Sequence[np.ndarray], decades: float = LOG_DECADES) -> bool:
     """Whether the finite positive values span more than ``decades`` powers of ten (and
     nothing is <= 0, which a log axis could not show)."""
-    values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
-                            or [np.zeros(0)])
-    values = values[np.isfinite(values)]
+    values = _finite(arrays)
     if not len(values) or values.min() <= 0:
         return False
     return bool(np.log10(values.max() / values.min()) > decades)
+
+
+def _decades(arrays: Sequence[np.ndarray]) -> float:
+    """How many powers of ten the finite positive values of ``arrays`` span (0: none)."""
+    values = _finite(arrays)
+    values = values[values > 0]
+    return float(np.log10(values.max() / values.min())) if len(values) else 0.0
+
+
+def log_nticks(arrays: Sequence[np.ndarray]) -> int:
+    """plotly's ``nticks`` for a y axis showing ``arrays`` on a log scale (see LOG_D2_DECADES;
+    0: plotly's own, under a decade). On a linear scale it gives 3 to 10 plain ticks."""
+    decades = _decades(arrays)
+    if decades <= 1:
+        return 0
+    per_tick = 0.5 if decades <= LOG_D2_DECADES else 0.9
+    return int(min(LOG_NTICKS_MAX, max(3, round(LOG_PADDING * decades / per_tick))))
 
 
 @dataclass(frozen=True)
@@ -143,6 +176,11 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
     traces = [go.Scatter(x=fill_x, y=fill_y, fill="toself", fillcolor=_rgba(color, BAND_OPACITY),
                          line=dict(width=0), mode="lines", name=series.label, legendgroup=group,
                          hoverinfo="skip")]
+    if series.dash != "solid":  # the fill's legend swatch cannot show the edges' dash
+        traces[0].showlegend = False
+        traces.append(go.Scatter(x=[None], y=[None], mode="lines", name=series.label,
+                                 legendgroup=group, line=dict(color=color, width=2,
+                                                              dash=series.dash)))
     edge_opacity = 0.5 if smooth > 1 else 1.0
     for edge, values in (("max", band.upper), ("min", band.lower)):
         traces.append(go.Scatter(x=band.x, y=display_array(values), mode="lines",
@@ -186,12 +224,31 @@ def _title(text: str) -> dict:
                 pad=dict(t=14), font=dict(size=15))
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool) -> None:
-    fig.update_layout(title=_title(title), height=FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=100, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.15, x=0))
+def _finish(fig: go.Figure, title: str, height: int, *, empty: bool, menus: Sequence[dict] = (),
+            top: int = 110, left: int = 70, legend_y: float | None = None) -> go.Figure:
+    """The tail every figure shares: its title top left, its height, the white template and
+    margins, a horizontal legend below the plot (``legend_y``: in fractions of the plot's
+    height), its menus, and a note instead of an empty panel when there is nothing to draw."""
+    fig.update_layout(title=_title(title), height=height, template="plotly_white",
+                      margin=dict(t=top, l=left, r=20, b=50))
+    if legend_y is not None:
+        fig.update_layout(legend=dict(orientation="h", y=legend_y, x=0))
+    if menus:
+        fig.update_layout(updatemenus=list(menus))
+    if empty:
+        _no_data(fig)
+    return fig
+
+
+def _band_axes(fig: go.Figure, x_title: str, y_title: str, log_y: bool,
+               series: Sequence[BandSeries]) -> None:
     fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", **Y_AXIS_STYLE)
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear",
+                     nticks=_band_nticks(series), **Y_AXIS_STYLE)
+
+
+def _band_nticks(series: Sequence[BandSeries]) -> int:
+    return log_nticks([a for s in series for a in (s.band.lower, s.band.upper)])
 
 
 def _resolve_log(log_y: bool | None, series: Sequence[BandSeries]) -> bool:
@@ -238,13 +295,11 @@ def band_figure(series: Sequence[BandSeries], title: str, x_title: str, y_title:
     """Bands overlaid in one panel, with a log/linear toggle (``log_y`` None: by the data)."""
     log_y = _resolve_log(log_y, series)
     fig = go.Figure([t for s in series for t in band_traces(s, smooth)])
-    _layout(fig, title, x_title, y_title, log_y)
-    fig.update_layout(updatemenus=[_axis_toggle(log_y)])
+    _band_axes(fig, x_title, y_title, log_y, series)
     if (note := sparse_note(series, point_name)) is not None:
         fig.add_annotation(**_note(note))
-    if not series:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title, FIGURE_HEIGHT, top=100, legend_y=-0.15,
+                   menus=[_axis_toggle(log_y)], empty=not series)
 
 
 @dataclass(frozen=True)
@@ -290,24 +345,39 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
             trace.visible = lr == initial_lr
             fig.add_trace(trace)
             owner.append(lr)
-    _layout(fig, title_at_lr(title, initial_lr) if lrs else title, x_title, y_title, log_y)
+    nticks = {lr: _band_nticks(series_by_lr[lr]) for lr in lrs}  # each learning rate's span
+    _band_axes(fig, x_title, y_title, log_y, series_by_lr.get(initial_lr, ()))
     notes = {lr: [_note(n)] if (n := sparse_note(series_by_lr[lr], point_name)) else []
              for lr in lrs}
     if lrs:
         fig.update_layout(annotations=notes[initial_lr])
     buttons = [dict(label=f"LR {lr:g}", method="update",
                     args=[{"visible": [o == lr for o in owner]},
-                          {"title.text": title_at_lr(title, lr), "annotations": notes[lr]}])
+                          {"title.text": title_at_lr(title, lr), "annotations": notes[lr],
+                           "yaxis.nticks": nticks[lr]}])
                for lr in lrs]
     menus = [_axis_toggle(log_y)]
     if buttons:
         menus.insert(0, dict(type="buttons", direction="right", buttons=buttons,
                              active=lrs.index(initial_lr), x=0, xanchor="left", y=1.01,
                              yanchor="bottom", showactive=True))
-    fig.update_layout(updatemenus=menus)
-    if not lrs:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title_at_lr(title, initial_lr) if lrs else title, FIGURE_HEIGHT, top=100,
+                   legend_y=-0.15, menus=menus, empty=not lrs)
+
+
+FEW_EPOCHS = 20  # up to this many epochs on an axis, a tick at every epoch
+
+
+def epoch_ticks(epochs: Sequence[np.ndarray]) -> dict:
+    """An epoch axis's tick settings: a tick at every whole epoch when they are few (plotly's
+    own choice on 0-1 is 0, 0.2, 0.4 …: fractions of an epoch no run has), else plotly's."""
+    values = _finite(epochs)
+    if not len(values) or values.max() - values.min() > FEW_EPOCHS:
+        return dict(tickmode="auto", autorange=True)
+    if values.min() == values.max():  # one epoch alone: plotly would draw it on -1 … 1
+        return dict(tickmode="linear", tick0=0, dtick=1,
+                    range=[values.min() - 0.5, values.max() + 0.5])
+    return dict(tickmode="linear", tick0=0, dtick=1, autorange=True)
 
 
 MAX_MARKED_POINTS = 400  # per panel of the training curves: beyond, lines only
@@ -317,6 +387,11 @@ TRAINING_PANELS = (("train_acc", "training accuracy"), ("test_acc", "test accura
 
 def _has_values(curves: Sequence[Curve], attr: str) -> bool:
     return any(np.isfinite(getattr(c, attr)).any() for c in curves)
+
+
+EMPTY_TRAINING_PANEL = ("nothing to draw: no epoch evaluated yet",
+                        "nothing to draw: no whole epoch yet (the training averages of a partial "
+                        "epoch are left out)")
 
 
 def training_curves_figure(curves: Sequence[Curve], title: str,
@@ -344,9 +419,15 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
                                      marker=dict(size=5), connectgaps=False),
                           row=i // 2 + 1, col=i % 2 + 1)
     for i, (attr, _) in enumerate(panels):
-        log = attr.endswith("loss") and spans_decades([getattr(c, attr) for c in curves])
-        fig.update_yaxes(type="log" if log else "linear", row=i // 2 + 1, col=i % 2 + 1,
-                         **Y_AXIS_STYLE)
+        values = [getattr(c, attr) for c in curves]
+        log = attr.endswith("loss") and spans_decades(values)
+        fig.update_yaxes(row=i // 2 + 1, col=i % 2 + 1, type="log" if log else "linear",
+                         nticks=log_nticks(values) if log else 0, **Y_AXIS_STYLE)
+        if curves and not _has_values(curves, attr):  # an empty panel says why
+            axis = i + 1 if i else ""
+            fig.update_yaxes(showticklabels=False, row=i // 2 + 1, col=i % 2 + 1)
+            fig.add_annotation({**_note(EMPTY_TRAINING_PANEL[attr.startswith("train")]),
+                                "xref": f"x{axis} domain", "yref": f"y{axis} domain", "y": 0.5})
     subtitle_note = ""
     if curves and not with_acc:
         subtitle_note = "no accuracy: every run is a regression (loss only)"
@@ -355,14 +436,8 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
         subtitle_note = f"no accuracy (regression): {missing}"
     if subtitle_note:
         title = f"{title}<br><sup>{subtitle_note}</sup>"
-    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
-    few = len(epochs) and epochs.max() - epochs.min() <= 20
-    fig.update_layout(title=_title(title), height=rows * FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=110, l=70, r=20, b=50))
-    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
-    if not curves:
-        _no_data(fig)
-    return fig
+    fig.update_xaxes(title_text=x_title, **epoch_ticks([c.epoch for c in curves]))
+    return _finish(fig, title, rows * FIGURE_HEIGHT, empty=not curves)
 
 
 @dataclass(frozen=True)
@@ -376,6 +451,7 @@ class ModeCurve:
     eval_mode_acc: np.ndarray
     train_mode_loss: np.ndarray
     eval_mode_loss: np.ndarray
+    symbol: str = "circle"  # the learning rate's (LR_SYMBOLS): the dash is the mode
 
 
 MODE_PANELS = ("accuracy: train mode (solid), eval mode (dotted)",
@@ -396,19 +472,13 @@ def mode_figure(curves: Sequence[ModeCurve], title: str,
                   (2, 1, c.train_mode_acc - c.eval_mode_acc, "solid", False),
                   (2, 2, c.eval_mode_loss - c.train_mode_loss, "solid", False))
         for row, col, y, dash, legend in panels:
-            fig.add_trace(_line_trace(Line(c.label, c.color, dash, c.epoch, y), legend),
-                          row=row, col=col)
+            fig.add_trace(_line_trace(Line(c.label, c.color, dash, c.epoch, y, c.symbol),
+                                      legend), row=row, col=col)
     for col in (1, 2):
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dash"), row=2, col=col)
     fig.update_yaxes(**Y_AXIS_STYLE)
-    epochs = np.concatenate([np.asarray(c.epoch, float) for c in curves] or [np.zeros(0)])
-    few = len(epochs) and epochs.max() - epochs.min() <= 20
-    fig.update_layout(title=_title(title), height=2 * FIGURE_HEIGHT, template="plotly_white",
-                      margin=dict(t=110, l=70, r=20, b=50))
-    fig.update_xaxes(title_text=x_title, **(dict(dtick=1) if few else {}))
-    if not curves:
-        _no_data(fig)
-    return fig
+    fig.update_xaxes(title_text=x_title, **epoch_ticks([c.epoch for c in curves]))
+    return _finish(fig, title, 2 * FIGURE_HEIGHT, empty=not curves)
 
 
 def _no_data(fig: go.Figure) -> None:
@@ -426,6 +496,7 @@ class Line:
     dash: str
     x: np.ndarray
     y: np.ndarray
+    symbol: str | None = None  # a larger marker of this shape (LR_SYMBOLS) tells runs apart
 
 
 @dataclass(frozen=True)
@@ -461,13 +532,17 @@ def _line_trace(line: Line, showlegend: bool, **kwargs) -> go.Scatter:
     return go.Scatter(x=line.x, y=line.y, mode="lines+markers", name=line.label,
                       legendgroup=line.label, showlegend=showlegend, connectgaps=False,
                       line=dict(color=line.color, dash=line.dash, width=1.8),
-                      marker=dict(size=4), **kwargs)
+                      marker=dict(size=4) if line.symbol is None else
+                      dict(size=8, symbol=line.symbol), **kwargs)
 
 
-def _selector(labels: Sequence[str], visible: Sequence[Sequence[bool]], kind: str) -> dict:
-    """A menu of ``labels``: option i shows the traces where ``visible[i]`` is True."""
-    buttons = [dict(label=label, method="update", args=[{"visible": list(v)}])
-               for label, v in zip(labels, visible)]
+def _selector(labels: Sequence[str], visible: Sequence[Sequence[bool]], kind: str,
+              layouts: Sequence[dict] | None = None) -> dict:
+    """A menu of ``labels``: option i shows the traces where ``visible[i]`` is True (and
+    applies ``layouts[i]`` to the layout)."""
+    layouts = layouts or [{}] * len(labels)
+    buttons = [dict(label=label, method="update", args=[{"visible": list(v)}, layout])
+               for label, v, layout in zip(labels, visible, layouts)]
     return dict(type=kind, direction="down" if kind == "dropdown" else "right", buttons=buttons,
                 active=0, x=0, xanchor="left", y=1.01, yanchor="bottom", showactive=True)
 
@@ -521,20 +596,14 @@ def activation_figure(layers: dict[int, LayerActivations], maps: Sequence[HeatMa
 
     for trace, visible in zip(fig.data, shown(0) if maps else [True] * len(owner)):
         trace.visible = visible
-    fig.update_layout(title=_title(title), height=int(1.8 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=120, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.08, x=0))
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text="mean ± std", row=1, col=1)
     fig.update_yaxes(title_text="pre-activation value", row=2, col=1)
     fig.update_yaxes(**Y_AXIS_STYLE)
-    if len(maps) > 1:
-        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
-                                                 [shown(p) for p in range(len(maps))],
-                                                 "dropdown")])
-    if not maps:
-        _no_data(fig)
-    return fig
+    menus = ([_selector([m.label for m in maps], [shown(p) for p in range(len(maps))],
+                        "dropdown")] if len(maps) > 1 else [])
+    return _finish(fig, title, int(1.8 * FIGURE_HEIGHT), top=120, legend_y=-0.08, menus=menus,
+                   empty=not maps)
 
 
 @dataclass(frozen=True)
@@ -567,24 +636,24 @@ def layer_lines_figure(layers: Sequence[LayerPanels], title: str, subtitles: tup
                                      hoverinfo="skip", visible=i == 0,
                                      line=dict(color="gray", dash="dot", width=1)), row=2, col=1)
             owner.append(i)
-    fig.update_layout(title=_title(title), height=int(1.6 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=70, r=20, b=50),
-                      legend=dict(orientation="h", y=-0.1, x=0))
+    ticks = [{"yaxis.nticks": log_nticks([line.y for line in layer.top]),  # each layer's span
+              "yaxis2.nticks": log_nticks([line.y for line in layer.bottom]) if bottom_log else 0}
+             for layer in layers]
     fig.update_xaxes(title_text="training step", row=2, col=1)
     fig.update_yaxes(title_text=y_titles[0], type="log", row=1, col=1)
     fig.update_yaxes(title_text=y_titles[1], type="log" if bottom_log else "linear", row=2, col=1)
     fig.update_yaxes(**Y_AXIS_STYLE)
+    if layers:
+        fig.update_layout(**{k.replace(".", "_"): v for k, v in ticks[0].items()})
     menus = [_axis_toggle(log_y=True)]
     if len(layers) > 1:  # a dropdown when a row of buttons would run into the axis toggle
         menus.insert(0, _selector([l.title for l in layers],
                                   [[o == i for o in owner] for i in range(len(layers))],
-                                  "buttons" if len(layers) <= 4 else "dropdown"))
+                                  "buttons" if len(layers) <= 4 else "dropdown", ticks))
     elif layers:
         fig.layout.annotations[0].text = f"{layers[0].title}: {subtitles[0]}"
-    fig.update_layout(updatemenus=menus)
-    if not layers:
-        _no_data(fig)
-    return fig
+    return _finish(fig, title, int(1.6 * FIGURE_HEIGHT), legend_y=-0.1, menus=menus,
+                   empty=not layers)
 
 
 @dataclass(frozen=True)
@@ -606,17 +675,12 @@ def layer_map_figure(maps: Sequence[LayerMap], title: str, z_title: str) -> go.F
                                  name=m.label, visible=i == 0, colorbar=dict(title=z_title),
                                  hovertemplate="step %{x}<br>%{y}<br>" + z_title
                                                + " %{z:.4f}<extra></extra>"))
-    fig.update_layout(title=_title(title), height=int(1.3 * FIGURE_HEIGHT),
-                      template="plotly_white", margin=dict(t=110, l=150, r=20, b=50))
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="layer (forward order)", autorange="reversed")
-    if len(maps) > 1:
-        fig.update_layout(updatemenus=[_selector([m.label for m in maps],
-                                                 [[j == i for j in range(len(maps))]
-                                                  for i in range(len(maps))], "dropdown")])
-    if not maps:
-        _no_data(fig)
-    return fig
+    menus = ([_selector([m.label for m in maps], [[j == i for j in range(len(maps))]
+                                                  for i in range(len(maps))], "dropdown")]
+             if len(maps) > 1 else [])
+    return _finish(fig, title, int(1.3 * FIGURE_HEIGHT), left=150, menus=menus, empty=not maps)
 
 
 # Colours of an axis other than the model: the paper's two first, then the rest.
@@ -652,6 +716,7 @@ class FacetMetric:
     y_title: str
     log_y: bool
     panels: dict[str, Sequence[FacetLine]]
+    x_ticks: dict = field(default_factory=lambda: dict(tickmode="auto", autorange=True))
 
 
 def seed_band_traces(line: FacetLine, showlegend: bool, **where) -> list[go.Scatter]:
@@ -670,9 +735,12 @@ def seed_band_traces(line: FacetLine, showlegend: bool, **where) -> list[go.Scat
             fill="toself", fillcolor=_rgba(line.color, BAND_OPACITY), line=dict(width=0),
             mode="lines", name=f"{line.label} band", legendgroup=line.label,
             showlegend=False, hoverinfo="skip", **where))
+    # A median point between gaps (one epoch, a lone finite value) draws nothing as a line.
+    alone = any(seg.stop - seg.start == 1 for seg in contiguous_segments(np.isfinite(band.median)))
     traces.append(go.Scatter(
         x=display_array(band.x), y=display_array(band.median), customdata=band.count,
-        mode="lines", name=line.label, legendgroup=line.label, showlegend=showlegend,
+        mode="lines+markers" if alone else "lines", name=line.label, legendgroup=line.label,
+        showlegend=showlegend,
         line=dict(color=line.color, dash=line.dash, width=1.8), connectgaps=False,
         hovertemplate="%{fullData.name}<br>%{x}: median %{y:.4g} of %{customdata} "
                       "run(s)<extra></extra>", **where))
@@ -702,30 +770,30 @@ def facet_figure(metrics: Sequence[FacetMetric], panels: Sequence[str], title: s
     def relabel(metric: FacetMetric) -> dict:
         out = {"title.text": f"{title}<br><sup>{metric.name}: median over seeds, band "
                              f"{band_text}</sup>"}
-        for a in axes:
+        for p, a in enumerate(axes):
+            lines = metric.panels.get(panels[p], ()) if p < len(panels) else ()
             out[f"xaxis{a}.title.text"] = metric.x_title
             out[f"yaxis{a}.title.text"] = metric.y_title
+            out.update({f"xaxis{a}.{k}": v for k, v in metric.x_ticks.items()})
             out[f"yaxis{a}.type"] = "log" if metric.log_y else "linear"
+            out[f"yaxis{a}.nticks"] = log_nticks([v for line in lines for v in (
+                line.band.lower, line.band.upper, line.band.median)]) if metric.log_y else 0
         return out
 
-    fig.update_layout(height=rows * FACET_HEIGHT + 120, template="plotly_white",
-                      margin=dict(t=130, l=70, r=20, b=50),
-                      legend=dict(orientation="h", x=0, y=-70 / (rows * FACET_HEIGHT),
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-70 / (rows * FACET_HEIGHT),
                                   yanchor="top", groupclick="togglegroup"))
     fig.update_yaxes(**Y_AXIS_STYLE)
+    menus, heading = [], title
     if metrics:
         first = relabel(metrics[0])
-        fig.update_layout(title=_title(first.pop("title.text")))
+        heading = first.pop("title.text")
         fig.update_layout(**{k.replace(".", "_"): v for k, v in first.items()})
         buttons = [dict(label=metric.name, method="update",
                         args=[{"visible": [o == m for o in owner]}, relabel(metric)])
                    for m, metric in enumerate(metrics)]
-        fig.update_layout(updatemenus=[dict(type="dropdown" if len(metrics) > 5 else "buttons",
-                                            direction="down" if len(metrics) > 5 else "right",
-                                            buttons=buttons, active=0, x=0, xanchor="left",
-                                            y=1.0, yanchor="bottom", showactive=True,
-                                            pad=dict(b=30))])
-    else:
-        fig.update_layout(title=_title(title))
-        _no_data(fig)
-    return fig
+        menus = [dict(type="dropdown" if len(metrics) > 5 else "buttons",
+                      direction="down" if len(metrics) > 5 else "right", buttons=buttons,
+                      active=0, x=0, xanchor="left", y=1.0, yanchor="bottom", showactive=True,
+                      pad=dict(b=30))]
+    return _finish(fig, heading, rows * FACET_HEIGHT + 120, top=130, menus=menus,
+                   empty=not metrics)

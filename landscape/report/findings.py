@@ -21,6 +21,17 @@ is "not measured here", with what it needs. Rules (docs/report.md says the same)
 6. ℓp normalizers behave like BN: every ℓp run's final test accuracy is at least BN's minus
    5 points, and (when a run without BN is there) its loss band along the gradient is
    narrower than that run's.
+
+Too short to judge (``shortfall``): the paper makes these claims over 15,000 steps of VGG
+(10,000 of the DLN), probed every 100 (50) steps, and its earliest reference values (Fig. 4)
+are read over steps 1,000-3,000: 20 probed steps. A claim is judged only when every compared
+run has at least ``MIN_STEPS`` = 1,000 training steps before the first of them stops learning
+and, for a landscape or ICS claim, ``MIN_PROBES`` = 20 probed steps among them (accuracy
+claims: 1,000 steps). Before, a network may not have left its initialization: in the quick
+start (width 0.25, 78 steps) VGG-A at LR 0.05 goes from minibatch loss 2.31 to 2.28 (chance:
+ln 10 = 2.30), and its loss band along the gradient is 42 times narrower than VGG-A+BN's, the
+flat start of a network that has not begun to learn, not the landscape the paper compares.
+The verdict then says "too short to judge", why, what would be enough, and the numbers so far.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from .phases import common_learning_end
 from .pools import optimizer, setting_key, setting_text
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
+TOO_SHORT = "too short to judge"
+MIN_STEPS = 1_000  # training steps while the compared runs learn: the paper's values start at 1k
+MIN_PROBES = 20  # probed steps among them: the paper's steps 1k-3k at a probe every 100
 ACCURACY_MARGIN = 0.05  # "trains about as well": within 5 percentage points of BN
 EDGE_FACTOR = 2.0  # "near 2/LR": within a factor 2
 LP_NORMS = ("l1", "l2", "linf")
@@ -77,8 +91,71 @@ class Comparison:
 @dataclass(frozen=True)
 class Finding:
     claim: str
-    verdict: str  # HOLDS, FAILS or UNMEASURED
+    verdict: str  # HOLDS, FAILS, UNMEASURED or TOO_SHORT
     numbers: str  # what the verdict rests on, or what a measurement would need
+
+
+@dataclass(frozen=True)
+class Probed:
+    """An instrument whose probed steps a claim's medians are over, and its option."""
+
+    option: str  # what sets its spacing: --probe-every, --ics-every
+    steps: Callable[[RunData], np.ndarray]
+
+
+LANDSCAPE = Probed("--probe-every", lambda r: r.probe.step)
+ICS = Probed("--ics-every", lambda r: r.ics.step)
+
+
+def _steps_per_epoch(run: RunData) -> int:
+    per_epoch = run.attrs.get("steps_per_epoch")
+    if per_epoch:
+        return int(per_epoch)
+    epochs = np.asarray(run.steps.epoch)
+    return int(np.bincount(epochs[epochs >= 0]).max()) if (epochs >= 0).any() else 0
+
+
+def shortfall(runs: Sequence[RunData], end: float = math.inf, probed: Probed | None = None
+              ) -> str | None:
+    """Why ``runs`` are too short to judge a claim (module docstring) and what would be
+    enough, or None: every run has ``MIN_STEPS`` training steps before ``end`` (the first
+    step at which one of them stops learning) and, with ``probed``, ``MIN_PROBES`` probed
+    steps of that instrument among them."""
+    steps = [int(np.count_nonzero(np.asarray(r.steps.step) < end)) for r in runs]
+    probes = ([int(np.count_nonzero(np.asarray(probed.steps(r)) < end)) for r in runs]
+              if probed is not None else [])
+    fewest = min(steps, default=0)
+    if fewest >= MIN_STEPS and min(probes, default=MIN_PROBES) >= MIN_PROBES:
+        return None
+    shortest = runs[steps.index(fewest)] if runs else None
+    alike = len(set(steps)) == 1 and len(set(probes)) <= 1
+    have = (f"{fewest:,} steps" + (f" and {min(probes)} probed steps" if probes else "")
+            + (f" before a run stops learning at step {end:g}" if math.isfinite(end) else "")
+            + (" per run" if alike else " (the fewest of the compared runs)"))
+    need = (f"needs {MIN_STEPS:,}" + (f" and {MIN_PROBES}" if probes else "")
+            + " while the runs learn (the paper: 15,000 steps, a probe every 100)")
+    if math.isfinite(end) and end < MIN_STEPS:
+        return f"{have}; {need}; more steps do not help a run that stops learning"
+    if fewest < MIN_STEPS and shortest is not None and (
+            shortest.diverged_step is not None or shortest.status == "diverged"):
+        return f"{have}; {need}; more steps do not help a run that diverged"
+    enough = []
+    if fewest < MIN_STEPS and shortest is not None:  # a run cut short: --steps, --epochs
+        per_epoch = _steps_per_epoch(shortest)
+        enough.append(f"--epochs {math.ceil(MIN_STEPS / per_epoch)} ({per_epoch} steps each)"
+                      if per_epoch > 1 else f"--steps {MIN_STEPS}")
+    if probes and min(probes) < MIN_PROBES:
+        enough.append(f"{probed.option} {max(1, max(fewest, MIN_STEPS) // MIN_PROBES)}")
+    return f"{have}; {need}" + (f"; enough here: {', '.join(enough)}" if enough else "")
+
+
+def _judged(finding: Finding, *why: str | None) -> Finding:
+    """``finding``, or "too short to judge" with the first reason in ``why`` (``shortfall``)
+    and the numbers so far; a claim not measured stays not measured."""
+    reason = next((w for w in why if w is not None), None)
+    if finding.verdict == UNMEASURED or reason is None:
+        return finding
+    return Finding(finding.claim, TOO_SHORT, f"{reason}. So far: {finding.numbers}")
 
 
 def _probe_values(runs: Sequence[RunData], end: float, per_probe: Callable[[RunData], np.ndarray]
@@ -113,8 +190,9 @@ def _compare(claim: str, without: list[RunData], with_bn: list[RunData], measure
     a, b = measure(without, end), measure(with_bn, end)
     if not (math.isfinite(a) and math.isfinite(b)):
         return Finding(claim, UNMEASURED, f"no finite {what} before {end:g}")
-    return Finding(claim, HOLDS if b < a else FAILS,
-                   f"median {what}: {b:.3g} with BN vs {a:.3g} without ({_window(end)})")
+    return _judged(Finding(claim, HOLDS if b < a else FAILS,
+                           f"median {what}: {b:.3g} with BN vs {a:.3g} without ({_window(end)})"),
+                   shortfall(without + with_bn, end, LANDSCAPE))
 
 
 def _stability_edge(run: RunData) -> float | None:
@@ -138,11 +216,12 @@ def _beta_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
     median_bn = float(np.median(beta_bn))
     near = 1 / EDGE_FACTOR <= median_bn / edge <= EDGE_FACTOR
     spikes = beta_plain.max() > beta_bn.max()
-    return Finding(claim, HOLDS if near and spikes else FAILS,
-                   f"with BN median {median_bn:.3g} = {median_bn / edge:.2f} × edge {edge:.3g} "
-                   f"(near: within ×{EDGE_FACTOR:g}: {'yes' if near else 'no'}); peak "
-                   f"{beta_plain.max():.3g} without vs {beta_bn.max():.3g} with BN "
-                   f"({_window(end)})")
+    return _judged(Finding(claim, HOLDS if near and spikes else FAILS,
+                           f"with BN median {median_bn:.3g} = {median_bn / edge:.2f} × edge "
+                           f"{edge:.3g} (near: within ×{EDGE_FACTOR:g}: "
+                           f"{'yes' if near else 'no'}); peak {beta_plain.max():.3g} without vs "
+                           f"{beta_bn.max():.3g} with BN ({_window(end)})"),
+                   shortfall(without + with_bn, end, LANDSCAPE))
 
 
 def _ics_values(runs: Sequence[RunData], end: float, field: str) -> float:
@@ -164,9 +243,11 @@ def _ics_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
     if not all(math.isfinite(v) for v in l2 + cos):
         return Finding(claim, UNMEASURED, "no finite ICS values")
     reduced = l2[1] < l2[0] and cos[1] > cos[0]
-    return Finding(claim, FAILS if reduced else HOLDS,
-                   f"median ‖G − G′‖ {l2[1]:.3g} with BN vs {l2[0]:.3g} without; median "
-                   f"cos(G, G′) {cos[1]:.3f} with BN vs {cos[0]:.3f} without ({_window(end)})")
+    return _judged(Finding(claim, FAILS if reduced else HOLDS,
+                           f"median ‖G − G′‖ {l2[1]:.3g} with BN vs {l2[0]:.3g} without; median "
+                           f"cos(G, G′) {cos[1]:.3f} with BN vs {cos[0]:.3f} without "
+                           f"({_window(end)})"),
+                   shortfall(without + with_bn, end, ICS))
 
 
 def _final_accuracy(runs: Sequence[RunData]) -> float:
@@ -194,7 +275,10 @@ def _trains_like_bn(claim: str, others: list[RunData], with_bn: list[RunData], n
             ok &= math.isfinite(width) and width < width_plain
             parts.append(f"{norm} loss band {width:.3g} vs {width_plain:.3g} without BN")
     parts.append(f"BN test accuracy {acc_bn:.3f} (margin {ACCURACY_MARGIN:g})")
-    return Finding(claim, HOLDS if ok else FAILS, "; ".join(parts))
+    return _judged(Finding(claim, HOLDS if ok else FAILS, "; ".join(parts)),
+                   shortfall(others + with_bn),
+                   shortfall(without + others, common_learning_end(without + others), LANDSCAPE)
+                   if without else None)
 
 
 def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:

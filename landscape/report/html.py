@@ -25,10 +25,11 @@ p.note { margin: 4px 0; padding: 4px 8px; background: #fff7e0; border-left: 3px 
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } th[data-order="up"]::after { content: " ▲"; }
-th[data-order="down"]::after { content: " ▼"; } td.text { text-align: left; }
+th[data-order="down"]::after { content: " ▼"; } th.text, td.text { text-align: left; }
+table.sortable td { white-space: nowrap; }
 tr.diverged td { background: #fde8e8; } tr.running td { background: #fff7e0; }
 tr.holds td:nth-child(3) { color: #17692c; font-weight: bold; } tr.fails td:nth-child(3) { color: #a11; font-weight: bold; }
-tr.unmeasured td:nth-child(3) { color: #777; }
+tr.unmeasured td:nth-child(3), tr.short td:nth-child(3) { color: #777; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
 nav a { margin-right: 14px; }
 """
@@ -58,7 +59,8 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence[str]],
     """An escaped HTML table; the first ``text_columns`` columns are left-aligned;
     ``sortable``: a click on a header sorts by that column (``SORT_SCRIPT``)."""
     row_classes = row_classes or [""] * len(rows)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f'<th class="text">{html.escape(h)}</th>' if i < text_columns
+                   else f"<th>{html.escape(h)}</th>" for i, h in enumerate(header))
     body = []
     for cells, css in zip(rows, row_classes):
         tds = "".join(f'<td class="text">{html.escape(c)}</td>' if i < text_columns
