@@ -78,7 +78,9 @@ def test_a_group_split_keeps_its_order_and_a_lone_batched_run_is_sequential():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_registry_says_which_models_draw_random_numbers(name):
-    """``draws_random`` reads the registration; it must agree with the modules built."""
+    """``draws_random`` reads the registration (every model registered by the package says);
+    it must agree with the modules built."""
+    assert MODELS[name].random is not None
     rates = (0.0, 0.3) if MODELS[name].dropout else (0.0,)
     for rate in rates:
         with torch.device("meta"):
@@ -98,20 +100,21 @@ class _Jittery(torch.nn.Module):
         return self.net(x)
 
 
-def test_a_grid_of_a_model_that_draws_undeclared_is_refused_in_one_line():
+def test_an_undeclared_model_is_looked_at_and_a_wrong_declaration_refused_in_one_line():
+    """A model registered without ``random=`` (a script's) is built on the meta device to see
+    whether it draws: it trains run by run. One that declares ``random=False`` but draws is
+    refused, in one line, where the grid is fitted to the device."""
     name = "jittery_test_model"
     register_model(name, ModelSpec(_Jittery, "none"))
     try:
         config = small_config(models=(name,), grid="batched")
+        assert draws_random(name) and {g.mode for g in plan_sweep(config)} == {"sequential"}
+        MODELS[name] = replace(MODELS[name], random=False)  # declared, wrongly
         (group,) = plan_sweep(config)
         assert group.mode == "batched"  # what the registration says
-        data = load_dataset("cifar10-mini")
         with pytest.raises(LandscapeError, match="random=True") as raised:
-            fit(group, data, TrainerContext(torch.device("cpu")))
+            fit(group, load_dataset("cifar10-mini"), TrainerContext(torch.device("cpu")))
         assert "\n" not in str(raised.value)
-        declared = replace(MODELS[name], random=True)
-        MODELS[name] = declared
-        assert {g.mode for g in plan_sweep(config)} == {"sequential"}
     finally:
         del MODELS[name]
 

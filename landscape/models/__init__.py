@@ -11,8 +11,8 @@ from .dln import DLN_MODELS, DeepLinear
 from .layers import (NORMALIZATION_TYPES, default_ics_layers, normalized_layers,
                      preactivation_module, resolve_layers, weight_layers)
 from .norms import LpBatchNorm, NoiseInjection, seed_noise
-from .randomness import is_stochastic, random_modules
-from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, draws_random, glorot_init_
+from .randomness import draws_random, is_stochastic, random_modules
+from .registry import MODELS, NORMS, ModelSpec, Norm, build_model, glorot_init_
 from .vgg import VGG, vgg_a
 
 __all__ = ["MODELS", "NORMS", "ModelSpec", "Norm", "build_model", "draws_random", "glorot_init_", "VGG", "vgg_a",

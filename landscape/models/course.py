@@ -87,4 +87,5 @@ def _builder(network: type[nn.Module], norm: str):
 
 
 for _name, (_network, _norm) in COURSE_MODELS.items():
-    register_model(_name, ModelSpec(_builder(_network, _norm), _norm, dropout=True))
+    register_model(_name, ModelSpec(_builder(_network, _norm), _norm, dropout=True,
+                                    random=False))

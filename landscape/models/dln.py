@@ -43,4 +43,4 @@ def _builder(batch_norm: bool):
 
 
 for _name, _bn in DLN_MODELS.items():
-    register_model(_name, ModelSpec(_builder(_bn), "batch" if _bn else "none"))
+    register_model(_name, ModelSpec(_builder(_bn), "batch" if _bn else "none", random=False))

@@ -38,9 +38,10 @@ class ModelSpec:
     # Whether the builder takes a dropout rate (``dropout=p``): the course models and VGG-A.
     dropout: bool = False
     # Whether its own layers (besides its normalization's and dropout) draw random numbers in
-    # training mode. A sweep trains such runs one by one, and a trainer refuses a model that
-    # draws but is not declared (``draws_random``; ``randomness.is_stochastic`` looks).
-    random: bool = False
+    # training mode: a sweep trains such runs one by one (``randomness.draws_random``). None:
+    # not declared (a model registered by a script); then a model is built on the meta
+    # device to look. Every model registered here declares it.
+    random: bool | None = None
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -82,14 +83,6 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10,
                                  f"got {dropout!r}")
         return spec.build(width=width, num_classes=num_classes)
     return spec.build(width=width, num_classes=num_classes, dropout=dropout)
-
-
-def draws_random(name: str, dropout: float = 0.0) -> bool:
-    """Whether model ``name`` with dropout rate ``dropout`` draws random numbers in training
-    mode, as its registration says: its own layers, its normalization, or dropout layers with
-    a rate above 0. Neither vmap (the batched grid) nor a CUDA graph replays such draws."""
-    spec = MODELS[name]
-    return spec.random or NORMS[spec.norm].random or (spec.dropout and dropout > 0)
 
 
 def glorot_init_(model: nn.Module) -> nn.Module:

@@ -90,4 +90,4 @@ def _builder(norm: str):
 
 
 for _name, _norm in VGG_A_VARIANTS.items():
-    register_model(_name, ModelSpec(_builder(_norm), _norm, dropout=True))
+    register_model(_name, ModelSpec(_builder(_norm), _norm, dropout=True, random=False))

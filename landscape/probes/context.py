@@ -19,7 +19,7 @@ stream of random numbers is as if no probe had run. The noise layers
 (``models.NoiseInjection``) draw from their own generator keyed by a buffer, which every pass
 reads from the same clone of the model's buffers: one draw for all points as well. The
 generators cannot be reset inside a CUDA graph being recorded; graphs hold only models that
-draw nothing (``train.streams.supports_graphs``).
+draw nothing (``models.draws_random``, ``train.config.SweepConfig.training_mode``).
 """
 
 from __future__ import annotations

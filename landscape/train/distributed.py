@@ -19,8 +19,8 @@ A unit whose code raises: its runs are marked ``failed`` with the error (attribu
 and the other units go on. A unit whose worker died (process killed, node lost, out of memory):
 its runs are planned as a resumed sweep plans a file's (``plan.plan_resume``, then
 ``plan.plan_sweep``): complete ones stay, the others continue from their checkpoint (the rows
-after it cut from the file) or start again, on another worker; up to ``max_retries`` times, then they are marked ``failed`` like the
-first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
+after it cut from the file) or start again, on another worker; up to ``max_retries`` times,
+then they are marked ``failed`` like the first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
 
 ``ray`` is an optional dependency (``pip install "landscape[ray]"``), imported only when a Ray
 sweep starts, so that the package imports, and runs locally, without it.
@@ -37,7 +37,7 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -195,8 +195,8 @@ class Announce(LoopListener):
 
 def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
                place: CheckpointPlace, rows: dict[str, dict[str, int]]):
-    """A Ray generator task: trains ``unit`` and yields lists of messages -- ``("rows", [pending block, ...])``, ``("progress",
-    Progress)``, ``("checkpoint", saved, path, rows)`` (a checkpoint saved after the rows
+    """A Ray generator task: trains ``unit`` and yields lists of messages -- ``("rows",
+    [pending block, ...])``, ``("progress", Progress)``, ``("checkpoint", saved, path, rows)`` (a checkpoint saved after the rows
     before it, to be renamed to ``path`` once the driver has them in its file), and last
     ``("done", [RunSummary, ...])``; an error in training raises here, after the rows it left
     are yielded. ``rows``: rows of the unit's runs in the driver's file as the unit starts.
@@ -290,6 +290,10 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
     starts a local instance (``options.address`` None) or joins the cluster at the address,
     and shuts it down at the end. Inputs are checked before the file is created.
     """
+    unknown = sorted(set(settings) - {f.name for f in fields(SweepOptions)})
+    if unknown:
+        raise TypeError(f"run_sweep_ray() got an unexpected keyword argument {unknown[0]!r}; it "
+                        f"takes run_sweep's: {', '.join(f.name for f in fields(SweepOptions))}")
     out = str(Path(out).resolve())  # the workers' path to the checkpoints too
     return execute_sweep(config, out, RayExecutor(options or RayOptions()),
                          SweepOptions(**settings))

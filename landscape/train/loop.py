@@ -126,6 +126,7 @@ class TrainingLoop:
         # The host reads device values only every `sync_every` steps (divergence check, rows).
         self.sync_every = 1 if device.type == "cpu" else 50
         self.step, self.epoch, self.last_loss = 0, 0, None
+        self.stop_asked = False  # at the boundary under way: a stop was asked for
         self.alive = [not run.done for run in runs]
         self.sums: EpochSums | None = None  # None between epochs
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (step, epoch, losses (K,))
@@ -134,9 +135,6 @@ class TrainingLoop:
     def emit(self, event: str, *args) -> None:
         for listener in self.listeners:
             getattr(listener, event)(self, *args)
-
-    def stopping(self) -> bool:
-        return self.stop is not None and self.stop.signum is not None
 
     def run(self, start: Checkpoint | None = None) -> float:
         """Train; returns the seconds spent (those before a checkpoint included)."""
@@ -156,8 +154,20 @@ class TrainingLoop:
             raise
         finally:
             seconds = self._end()
-            self.emit("on_runs_end", error)
+            self._announce_end(error)
         return seconds
+
+    def _announce_end(self, error: BaseException | None) -> None:
+        """``on_runs_end`` to every listener; after an error, a listener's own failure is
+        noted on that error instead of replacing it (the CLI reports the first)."""
+        if error is None:
+            self.emit("on_runs_end", None)
+            return
+        for listener in self.listeners:
+            try:
+                listener.on_runs_end(self, error)
+            except Exception as failure:  # noqa: BLE001 - noted on the error being raised
+                error.add_note(f"and {type(listener).__name__}.on_runs_end failed: {failure!r}")
 
     def _begin(self, start: Checkpoint | None) -> None:
         if start is not None:
@@ -200,20 +210,22 @@ class TrainingLoop:
             self.step += 1
             if self.step % self.sync_every == 0:
                 self.sync()
-            self.emit("on_step")
-            self._stop_if_asked()
+            self._boundary("on_step")
         self.sync()
         if not any(self.alive):
             return False
         self._epoch_rows(epoch)
         self.sums, self.epoch = None, epoch + 1  # a checkpoint now starts the next epoch
         self.rows_due()
-        self.emit("on_epoch_end", epoch == self.n_epochs - 1)
-        self._stop_if_asked()
+        self._boundary("on_epoch_end", epoch == self.n_epochs - 1)
         return True
 
-    def _stop_if_asked(self) -> None:
-        if self.stopping():
+    def _boundary(self, event: str, *args) -> None:
+        """A step or epoch boundary: whether a stop was asked for is read once (``stop_asked``,
+        what a checkpointing listener saves for), the event announced, then the stop made."""
+        self.stop_asked = self.stop is not None and self.stop.signum is not None
+        self.emit(event, *args)
+        if self.stop_asked:
             self.rows_due()
             raise SweepInterrupted(self.stop.signum)
 

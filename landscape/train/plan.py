@@ -26,7 +26,6 @@ from ..errors import LandscapeError
 from .checkpoint import checkpoint_header
 from .config import SweepConfig
 
-MODES = ("sequential", "batched", "streams")
 # How an axis that varies in a sweep shows in its run names (model, lr and seed always do).
 RUN_NAME_PARTS = {"batch_size": "bs{:d}", "momentum": "mom{:g}", "weight_decay": "wd{:g}",
                   "dropout": "do{:g}", "optimizer": "{}"}
@@ -103,8 +102,8 @@ def sweep_runs(config: SweepConfig) -> list[RunSpec]:
 def plan_sweep(config: SweepConfig, resume: ResumePlan | None = None, *,
                on_gpu: bool = False) -> list[Group]:
     """The groups that train the sweep, in order. ``resume``: a resumed sweep's plan (its
-    continued groups come first in their model's place; the runs it keeps are in no group;
-    with ``resume.only``, only those runs are planned). ``on_gpu``: whether the runs train
+    continued groups come first in their model's place; the runs it keeps are in no group; a
+    plan of some runs only, ``plan_resume(..., only=)``, plans only those). ``on_gpu``: whether the runs train
     on a GPU (CUDA-graph streams)."""
     groups: list[Group] = []
     for runs in model_runs(config):
@@ -136,7 +135,6 @@ class ResumePlan:
     fresh: set[str] = field(default_factory=set)  # not in the file, or without a checkpoint
     truncate: dict[str, dict[str, int]] = field(default_factory=dict)  # run -> rows it keeps
     finished: set[Path] = field(default_factory=set)  # checkpoints of completed runs only
-    only: frozenset[str] | None = None  # the runs planned (a lost Ray unit's); None: all
 
     def continued_from_step(self) -> dict[str, int]:
         """Each run that continues from a checkpoint, and the steps it keeps (its step rows)."""
@@ -166,9 +164,11 @@ def plan_resume(config: SweepConfig, run_attrs: dict[str, dict], checkpoints: di
     runs and row counts. A checkpoint of several runs (a grid) continues them together, in
     the mode they were saved from (the runs' ``grid`` attribute). ``only``: plan these runs
     alone (a Ray unit whose worker was lost); None: every run."""
+    if not isinstance(on_gpu, bool):
+        raise TypeError(f"plan_resume: on_gpu must be True or False, got {on_gpu!r}")
     specs = {run.name: run for run in sweep_runs(config)}
     names = set(specs) if only is None else set(only)
-    plan = ResumePlan(only=None if only is None else frozenset(only))
+    plan = ResumePlan()
     paths: dict[Path, None] = {}
     for name in sorted(names):
         status = run_attrs.get(name, {}).get("status")

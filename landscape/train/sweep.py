@@ -129,11 +129,13 @@ def finish_sweep(sweep: OpenSweep, trained: list[RunSummary]) -> list[RunSummary
     return [summaries[run.name] for run in sweep_runs(sweep.config) if run.name in summaries]
 
 
-def run_sweep(config: SweepConfig, out: str, **settings) -> list[RunSummary]:
+def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command: str = "",
+              on_progress: Callable[[Progress], None] | None = None,
+              data: ImageData | None = None, allow_large: bool = False, resume: bool = False,
+              checkpoint_every: int | None = None,
+              keep_checkpoints: bool = False) -> list[RunSummary]:
     """Train every (model, lr) of every cell of ``config`` in this process and write one HDF5
-    file at ``out``; ``settings``: the fields of ``SweepOptions`` (``overwrite``, ``command``,
-    ``on_progress``, ``data``, ``allow_large``, ``resume``, ``checkpoint_every``,
-    ``keep_checkpoints``). A sweep of more than ``MAX_RUNS_UNASKED`` runs needs
+    file at ``out``; the keyword arguments are ``SweepOptions``'s fields. A sweep of more than ``MAX_RUNS_UNASKED`` runs needs
     ``allow_large=True`` (``--yes``). Diverged runs are recorded and the sweep goes on.
 
     ``resume``: continue the sweep in ``out`` (``resumed_config``: ``config`` may add models,
@@ -143,7 +145,9 @@ def run_sweep(config: SweepConfig, out: str, **settings) -> list[RunSummary]:
     (None: every epoch) and on SIGINT/SIGTERM, which end the sweep with ``SweepInterrupted``;
     a run's checkpoint is removed when it completes unless ``keep_checkpoints``.
     """
-    return execute_sweep(config, out, LocalExecutor(), SweepOptions(**settings))
+    options = SweepOptions(overwrite, command, on_progress, data, allow_large, resume,
+                           checkpoint_every, keep_checkpoints)
+    return execute_sweep(config, out, LocalExecutor(), options)
 
 
 class LocalExecutor:

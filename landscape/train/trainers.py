@@ -31,9 +31,9 @@ def fit(group: Group, data, context: TrainerContext) -> list[Group]:
     """``group`` as the groups that train on ``context.device``: itself, or its runs split.
 
     A sequential run, and a group continuing a checkpoint (built as it was saved), train as
-    they are. A grid's model is built once to check what only it can tell: that it draws no
-    random numbers (its registration said so: ``LandscapeError`` otherwise) and, for a batched
-    grid, that vmap runs it (else its runs train one by one). Then a trial group of all K runs
+    they are. A grid's model is built to check what only it can tell: that it draws no random
+    numbers (on the meta device: its registration said so, ``LandscapeError`` otherwise) and,
+    for a batched grid, that vmap runs it (on the device: else its runs train one by one). Then a trial group of all K runs
     takes the first training steps on a real batch; out of memory, it is halved and tried
     again, down to single runs. Trial groups are thrown away: training starts afresh.
     """
@@ -50,13 +50,13 @@ def fit(group: Group, data, context: TrainerContext) -> list[Group]:
 
 def _check_draws_nothing(group: Group) -> None:
     """A grid holds no random draws: ``LandscapeError`` for a model whose registration says
-    it draws none while its modules do (``models.draws_random`` reads the registration)."""
+    it draws none while its modules do (``models.draws_random`` read the registration)."""
     with torch.device("meta"):
         model = group.cell.model(group.model)
     if is_stochastic(model):
         kinds = sorted({type(m).__name__ for m in random_modules(model)})
         raise LandscapeError(f"model {group.model!r} draws random numbers ({', '.join(kinds)}) "
-                             "but is registered as if it did not: register it with "
+                             "but is registered with random=False: register it with "
                              "ModelSpec(..., random=True) so that its runs train one by one")
 
 
