@@ -70,21 +70,29 @@ def test_the_loop_announces_its_events_in_order_with_the_rows_before_each_checkp
     assert runs[0].log.rows_in_file["steps"] == 6 and runs[0].status == "completed"
 
 
-def test_a_stop_is_checkpointed_at_the_boundary_that_read_it_and_raised_after(tmp_path):
+@pytest.mark.parametrize("asked_before_read", [True, False])
+def test_a_stop_is_checkpointed_at_the_boundary_it_stops_at(tmp_path, asked_before_read):
+    """A stop asked for during step 2's announcement: seen at that boundary when it comes
+    before the checkpointing listener reads it (a progress callback, a signal), else at the
+    next one; either way the checkpoint is saved at the step the loop stops at."""
     config, store, runs, trainer = one_run(tmp_path, steps=6)
     stop = StopRequest()
     recorder = Recorder(store, stop_at=2, stop=stop)
     path = tmp_path / "run.pt"
+    checkpointing = Checkpointing(path, every=None)
+    listeners = [WriteRows(store), *((recorder, checkpointing) if asked_before_read
+                                     else (checkpointing, recorder))]
     with pytest.raises(SweepInterrupted):
         train_runs(trainer, runs, config, tiny_data(), torch.device("cpu"), stop=stop,
-                   listeners=[WriteRows(store), recorder, Checkpointing(path, every=None)])
-    # the stop came inside step 2's announcement, after that boundary had read "no stop": the
-    # boundary of step 3 saves (rows due, then the checkpoint) and stops (rows due, the end)
-    assert recorder.events[3:] == [("step", 3), ("rows_due", 3), ("checkpoint", 3, 3),
-                                   ("rows_due", 3), ("rows_due", 3),
-                                   ("runs_end", 3, "SweepInterrupted")]
+                   listeners=listeners)
+    at = 2 if asked_before_read else 3
+    saved = [("rows_due", at), ("checkpoint", at, at)]  # the rows, then the checkpoint
+    announced = [("step", at), *saved] if asked_before_read else [*saved, ("step", at)]
+    assert recorder.events[at:] == [*announced, ("rows_due", at), ("rows_due", at),
+                                    ("runs_end", at, "SweepInterrupted")]
     position = load_checkpoint(path).position
-    assert position.step == 3 and position.seen == 48 and runs[0].status == "interrupted"
+    assert position.step == at and position.seen == 16 * at and runs[0].status == "interrupted"
+    assert runs[0].log.rows_in_file["steps"] == at
 
 
 def test_a_listener_failing_at_the_end_does_not_hide_the_error_that_ended_the_runs(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .norms import NoiseInjection
-from .registry import MODELS, NORMS, ModelSpec
+from .registry import MODELS, NORMS, ModelSpec, build_model
 
 # Modules whose training-mode forward draws random numbers (dropout ones only when p > 0).
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -46,12 +46,13 @@ def draws_random(name: str, dropout: float = 0.0) -> bool:
     the meta device to look (``is_stochastic``)."""
     spec = MODELS[name]
     if spec.random is None:
-        return _built_draws(spec, dropout)
+        return _built_draws(name, spec, dropout)
     return spec.random or NORMS[spec.norm].random or (spec.dropout and dropout > 0)
 
 
 @functools.lru_cache(maxsize=None)
-def _built_draws(spec: ModelSpec, dropout: float) -> bool:
+def _built_draws(name: str, spec: ModelSpec, dropout: float) -> bool:
+    """``is_stochastic`` of model ``name`` built as a sweep builds it (``spec``: the
+    registration it is built from, part of the cache's key)."""
     with torch.device("meta"):
-        model = spec.build(dropout=dropout) if spec.dropout else spec.build()
-    return is_stochastic(model)
+        return is_stochastic(build_model(name, dropout=dropout))

@@ -153,11 +153,11 @@ class Checkpointing(LoopListener):
         return self.every is None and not last
 
     def on_step(self, loop) -> None:
-        if loop.stop_asked or self.due_after_step(loop.step, loop.total_steps):
+        if loop.stop_asked() or self.due_after_step(loop.step, loop.total_steps):
             self.save(loop)
 
     def on_epoch_end(self, loop, last: bool) -> None:
-        if loop.stop_asked or self.due_after_epoch(last):
+        if loop.stop_asked() or self.due_after_epoch(last):
             self.save(loop)
 
     def save(self, loop) -> None:

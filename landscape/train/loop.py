@@ -126,7 +126,7 @@ class TrainingLoop:
         # The host reads device values only every `sync_every` steps (divergence check, rows).
         self.sync_every = 1 if device.type == "cpu" else 50
         self.step, self.epoch, self.last_loss = 0, 0, None
-        self.stop_asked = False  # at the boundary under way: a stop was asked for
+        self._stop_read: bool | None = None  # stop_asked() at the boundary under way
         self.alive = [not run.done for run in runs]
         self.sums: EpochSums | None = None  # None between epochs
         self._pending: list[tuple[int, int, torch.Tensor]] = []  # (step, epoch, losses (K,))
@@ -221,13 +221,21 @@ class TrainingLoop:
         return True
 
     def _boundary(self, event: str, *args) -> None:
-        """A step or epoch boundary: whether a stop was asked for is read once (``stop_asked``,
-        what a checkpointing listener saves for), the event announced, then the stop made."""
-        self.stop_asked = self.stop is not None and self.stop.signum is not None
+        """A step or epoch boundary: the event announced, then the stop made if one was asked
+        for (``stop_asked``)."""
+        self._stop_read = None
         self.emit(event, *args)
-        if self.stop_asked:
+        if self.stop_asked():
             self.rows_due()
             raise SweepInterrupted(self.stop.signum)
+
+    def stop_asked(self) -> bool:
+        """Whether a stop was asked for, read once a boundary: every reader after the first
+        gets its answer, so that the boundary a checkpointing listener saves at for a stop is
+        the one the loop stops at (a signal landing later waits for the next boundary)."""
+        if self._stop_read is None:
+            self._stop_read = self.stop is not None and self.stop.signum is not None
+        return self._stop_read
 
     def rows_due(self) -> None:
         """Pending rows to the logs, and the logs' rows to the file (the listeners')."""
