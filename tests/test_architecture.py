@@ -59,16 +59,19 @@ def test_the_function_import_check_finds_a_planted_one(tmp_path):
     assert _imports_inside_functions(planted, tmp_path) == ["planted.py:6", "planted.py:7"]
 
 
-MODELS = ["cnn", "cnn_bn", "dln", "dln_bn", "mlp", "mlp_bn", "vgg_a", "vgg_a_bn", "vgg_a_gn", "vgg_a_l1", "vgg_a_l2", "vgg_a_linf",
-          "vgg_a_ln", "vgg_a_noise", "vgg_a_noisy_bn"]
-NORMS = ["batch", "group", "l1", "l2", "layer", "linf", "noise", "noisy_batch", "none"]
+SUFFIXES = ["", "_bn", "_gbn", "_gn", "_l1", "_l2", "_linf", "_ln", "_noise", "_noisy_bn"]
+MODELS = sorted(["cnn", "cnn_bn", "dln", "dln_bn", "mlp", "mlp_bn"]
+                + [family + suffix for family in ("vgg_a", "resnet20", "resnet32", "resnet56",
+                                                  "resnet18") for suffix in SUFFIXES])
+NORMS = ["batch", "ghost_batch", "group", "l1", "l2", "layer", "linf", "noise", "noisy_batch",
+         "none"]
 
 
 def test_registries_are_complete_whatever_is_imported_first():
     """A fresh interpreter that imports one registering module first still sees every model."""
     for first in ("landscape.models.registry", "landscape.models.dln", "landscape.models.norms",
-                  "landscape.models.vgg", "landscape.models.course", "landscape.train",
-                  "landscape"):
+                  "landscape.models.vgg", "landscape.models.resnet", "landscape.models.course",
+                  "landscape.train", "landscape"):
         code = (f"import importlib; importlib.import_module({first!r}); "
                 "from landscape.models.registry import MODELS, NORMS; "
                 "print(','.join(sorted(MODELS))); print(','.join(sorted(NORMS)))")

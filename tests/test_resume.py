@@ -40,6 +40,12 @@ BATCHED = dataclasses.replace(SEQUENTIAL, grid="batched")
 # Several axes: two seeds x two batch sizes (issue 15's cells), one run per cell.
 AXES_GRID = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, seed=(0, 1),
                                 batch_size=(16, 32))
+# Residual networks: Ghost BN (batches of 48: sub-batches of 32 and 16) with every
+# instrument; the unnormalized ResNet (SkipInit) as a vmapped grid.
+RESNET_INSTRUMENTED = dataclasses.replace(INSTRUMENTED, models=("resnet20_gbn",), steps=12,
+                                          batch_size=48, probe_every=3, ics_every=3,
+                                          activations_every=3, sharpness_every=6)
+RESNET_BATCHED = dataclasses.replace(BATCHED, models=("resnet20",))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,10 @@ def run_interrupted(config, out, data, points, **options):
     (SEQUENTIAL, [(1, 14)], {}),  # in the second run, the first one kept as it is
     (BATCHED, [(0, 9), (0, 20)], {"checkpoint_every": 4}),  # the vmapped grid, twice
     (AXES_GRID, [(1, 3), (2, 8)], {"checkpoint_every": 2}),  # in two cells of the axes product
-], ids=["in-epoch", "epoch-end", "twice", "second-run", "batched-twice", "axes"])
+    (RESNET_INSTRUMENTED, [(0, 7)], {}),  # a ResNet with Ghost BN, inside its second epoch
+    (RESNET_BATCHED, [(0, 9)], {"checkpoint_every": 4}),  # SkipInit ResNets as a vmapped grid
+], ids=["in-epoch", "epoch-end", "twice", "second-run", "batched-twice", "axes", "resnet-gbn",
+        "resnet-batched"])
 def test_interrupted_sweep_resumes_bit_identically(tmp_path, data, references, config, points,
                                                     options):
     out = tmp_path / "sweep.h5"

@@ -9,6 +9,7 @@
 | ``l1``, ``l2``, ``linf`` | ``LpBatchNorm(p=1, 2, inf)``                              |
 | ``layer``       | LayerNorm (``GroupNorm(1, c)`` after convs); not in the paper      |
 | ``group``       | GroupNorm, G = gcd(c, min(32, c // 2)) groups; not in the paper    |
+| ``ghost_batch`` | Ghost BatchNorm (``GhostBatchNorm``): BN over sub-batches of 32    |
 
 **Noise (Algorithm 1).** For activations a of shape (N, C) or (N, C, H, W), at every training
 forward pass and for each layer: per unit c, mu_c ~ U(-n_mu, n_mu) and sigma_c ~ U(1, n_sigma);
@@ -144,6 +145,31 @@ class LpBatchNorm(nn.Module):
         return f"{self.num_features}, p={self.p:g}, eps={self.eps}, momentum={self.momentum}"
 
 
+GHOST_BATCH = 32  # samples per sub-batch of Ghost BatchNorm (the ``_gbn`` models)
+
+
+class GhostBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over sub-batches of ``ghost`` samples in training (see the module docstring);
+    for (N, C) and (N, C, ...) inputs."""
+
+    def __init__(self, num_features: int, ghost: int = GHOST_BATCH, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.ghost = ghost
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"GhostBatchNorm: expected (N, C, ...) input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.ghost:
+            return super().forward(x)
+        return torch.cat([super(GhostBatchNorm, self).forward(chunk)
+                          for chunk in x.split(self.ghost)])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost={self.ghost}"
+
+
 def group_count(channels: int) -> int:
     return math.gcd(channels, min(32, max(1, channels // 2)))
 
@@ -163,3 +189,9 @@ for _name, _p in (("l1", 1), ("l2", 2), ("linf", math.inf)):
 register_norm("layer", Norm(conv=lambda c: nn.GroupNorm(1, c), linear=nn.LayerNorm))
 register_norm("group", Norm(conv=lambda c: nn.GroupNorm(group_count(c), c),
                             linear=lambda c: nn.GroupNorm(group_count(c), c)))
+register_norm("ghost_batch", Norm(conv=GhostBatchNorm, linear=GhostBatchNorm))
+
+# How a model's name says its normalization (``vgg_a_bn``, ``resnet20_gn``, ...): suffix -> norm.
+NORM_SUFFIXES = {"": "none", "_bn": "batch", "_noisy_bn": "noisy_batch", "_noise": "noise",
+                 "_l1": "l1", "_l2": "l2", "_linf": "linf", "_ln": "layer", "_gn": "group",
+                 "_gbn": "ghost_batch"}

@@ -9,7 +9,7 @@ Registered models (``landscape.models.MODELS``), each VGG-A with a normalizer of
 | ``vgg_a_bn``       | ``batch``     |      | ``vgg_a_l2`` | ``l2``  |
 | ``vgg_a_noisy_bn`` | ``noisy_batch`` |    | ``vgg_a_linf`` | ``linf`` |
 | ``vgg_a_noise``    | ``noise``     |      | ``vgg_a_ln`` | ``layer`` |
-|                    |               |      | ``vgg_a_gn`` | ``group`` |
+| ``vgg_a_gbn``      | ``ghost_batch`` |    | ``vgg_a_gn`` | ``group`` |
 
 ``dropout=p`` (> 0) puts ``nn.Dropout(p)`` after the ReLU of each hidden linear layer of the
 classifier, as in Simonyan & Zisserman; with p = 0 there is no dropout module, so the module
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .norms import seed_noise
+from .norms import NORM_SUFFIXES, seed_noise
 from .registry import ModelSpec, Norm, glorot_init_, norm_named, register_model
 
 # Convolution widths of VGG-A (Simonyan & Zisserman's configuration "A"); "M" = 2x2 max-pool.
@@ -78,9 +78,7 @@ def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none",
     return seed_noise(model, torch.initial_seed())
 
 
-VGG_A_VARIANTS = {"vgg_a": "none", "vgg_a_bn": "batch", "vgg_a_noisy_bn": "noisy_batch",
-                  "vgg_a_noise": "noise", "vgg_a_l1": "l1", "vgg_a_l2": "l2", "vgg_a_linf": "linf",
-                  "vgg_a_ln": "layer", "vgg_a_gn": "group"}
+VGG_A_VARIANTS = {f"vgg_a{suffix}": norm for suffix, norm in NORM_SUFFIXES.items()}
 
 
 def _builder(norm: str):

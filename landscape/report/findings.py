@@ -66,7 +66,7 @@ CLAIMS = ("BN narrows the loss band along the gradient",
 
 # The part of a model's name that names its normalization (models/ registers them so:
 # vgg_a, vgg_a_bn, vgg_a_noisy_bn, ..., mlp_bn, cnn_bn, dln_bn); what is left is the architecture.
-NORM_SUFFIX = re.compile(r"_(bn|noisy_bn|noise|l1|l2|linf|ln|gn)$")
+NORM_SUFFIX = re.compile(r"_(bn|noisy_bn|noise|l1|l2|linf|ln|gn|gbn)$")
 
 
 def model_family(model: str) -> str:

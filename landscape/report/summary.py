@@ -18,9 +18,14 @@ from .phases import phase_median, stall_step
 
 # Display names, the one table every legend, title and table uses (the paper's for its two
 # networks); a model registered later and missing here shows under its own name.
-MODEL_LABELS = {"vgg_a": "VGG-A", "vgg_a_bn": "VGG-A+BN", "vgg_a_noisy_bn": "VGG-A+noisy BN",
-                "vgg_a_noise": "VGG-A+noise", "vgg_a_l1": "VGG-A+ℓ1 BN", "vgg_a_l2": "VGG-A+ℓ2 BN",
-                "vgg_a_linf": "VGG-A+ℓ∞ BN", "vgg_a_ln": "VGG-A+LN", "vgg_a_gn": "VGG-A+GN",
+# A model's label: its family's, then its normalizer's (``vgg_a_bn`` -> "VGG-A+BN").
+FAMILY_LABELS = {"vgg_a": "VGG-A", "resnet20": "ResNet-20", "resnet32": "ResNet-32",
+                 "resnet56": "ResNet-56", "resnet18": "ResNet-18"}
+NORM_LABELS = {"": "", "_bn": "+BN", "_noisy_bn": "+noisy BN", "_noise": "+noise",
+               "_l1": "+ℓ1 BN", "_l2": "+ℓ2 BN", "_linf": "+ℓ∞ BN", "_ln": "+LN", "_gn": "+GN",
+               "_gbn": "+Ghost BN"}
+MODEL_LABELS = {**{family + suffix: label + norm for family, label in FAMILY_LABELS.items()
+                   for suffix, norm in NORM_LABELS.items()},
                 "dln": "DLN", "dln_bn": "DLN+BN", "mlp": "MLP", "mlp_bn": "MLP+BN", "cnn": "CNN",
                 "cnn_bn": "CNN+BN"}
 
