@@ -18,7 +18,7 @@ from torch import nn
 from landscape.models import (MODELS, NORMS, GhostBatchNorm, build_model, normalized_layers,
                               weight_layers)
 from landscape.models.norms import NORM_SUFFIXES
-from landscape.models.resnet import CIFAR_DEPTHS, RESNET_FAMILIES
+from landscape.models.resnet import RESNET_FAMILIES
 from landscape.probes import along_gradient
 from landscape.report.summary import model_label
 from test_probes import assert_same_state, slow_along_gradient, small_batch, snapshot
