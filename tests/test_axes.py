@@ -53,7 +53,7 @@ def test_the_sweep_is_the_product_of_its_axes(tmp_path):
         assert run.status == "completed"
         assert {a: run.attrs[a] for a in AXES} == dict(
             seed=seed, batch_size=batch_size, momentum=0.0, weight_decay=1e-4, dropout=dropout,
-            optimizer=optimizer)
+            optimizer=optimizer, activation="relu")
         assert run.attrs["model"] == model and run.attrs["lr"] == 0.05
         assert run.attrs["steps_per_epoch"] == 256 // batch_size
     first_loss = {name: r.steps.loss[0] for name, r in runs.items()}
@@ -98,6 +98,10 @@ BAD_LISTS = [
     (["--dropout", "0.2,1"], "got 1.0"),
     (["--dropout", "-0.1"], "got -0.1"),
     (["--optimizer", "sgd,lion"], "'lion'"),
+    (["--activation", "relu,swish"], "'swish'"),
+    (["--activation", "relu,relu"], "twice"),
+    (["--models", "dln", "--dataset", "gaussian-linear", "--batch-size", "1000",
+      "--activation", "relu,gelu"], "no nonlinearity"),
     (["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
     (["--optimizer", "sgd,adam", "--momentum", "0,0.9"], "--momentum"),
     (["--models", "dln", "--dataset", "gaussian-linear", "--batch-size", "1000",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .nonlinearities import nonlinearity
 from .registry import ModelSpec, Norm, glorot_init_, norm_named, register_model
 from .vgg import scaled
 
@@ -36,13 +37,13 @@ class MLP(nn.Module):
     """Flattened image → hidden layers (Linear → norm → ReLU → dropout) → classes."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, hidden=MLP_HIDDEN):
+                 dropout: float = 0.0, hidden=MLP_HIDDEN, activation: str = "relu"):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         features = IMAGE_FEATURES
         for h in hidden:
             out = scaled(h, width)
-            layers += [nn.Linear(features, out), norm.linear(out), nn.ReLU(inplace=True),
+            layers += [nn.Linear(features, out), norm.linear(out), nonlinearity(activation),
                        _dropout(dropout, nn.Dropout)]
             features = out
         layers.append(nn.Linear(features, num_classes))
@@ -57,14 +58,16 @@ class CNN(nn.Module):
     """Two blocks Conv → norm → ReLU → Dropout2d → MaxPool, then one Linear layer."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, channels=CNN_CHANNELS, image_size: int = 32):
+                 dropout: float = 0.0, channels=CNN_CHANNELS, image_size: int = 32,
+                 activation: str = "relu"):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
         for c in channels:
             c_out = scaled(c, width)
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), norm.conv(c_out),
-                       nn.ReLU(inplace=True), _dropout(dropout, nn.Dropout2d), nn.MaxPool2d(2)]
+                       nonlinearity(activation), _dropout(dropout, nn.Dropout2d),
+                       nn.MaxPool2d(2)]
             c_in = c_out
             image_size //= 2
         self.features = nn.Sequential(*layers)
@@ -81,11 +84,13 @@ COURSE_MODELS = {"mlp": (MLP, "none"), "mlp_bn": (MLP, "batch"),
 
 
 def _builder(network: type[nn.Module], norm: str):
-    def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-        return network(norm_named(norm), width=width, num_classes=num_classes, dropout=dropout)
+    def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0,
+              activation: str = "relu") -> nn.Module:
+        return network(norm_named(norm), width=width, num_classes=num_classes, dropout=dropout,
+                       activation=activation)
     return build
 
 
 for _name, (_network, _norm) in COURSE_MODELS.items():
     register_model(_name, ModelSpec(_builder(_network, _norm), _norm, dropout=True,
-                                    random=False))
+                                    random=False, activation=True))

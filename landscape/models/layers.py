@@ -17,13 +17,13 @@ from typing import Sequence
 from torch import nn
 
 from ..errors import LandscapeError
+from .nonlinearities import NONLINEARITY_TYPES
 from .norms import LpBatchNorm
 
 WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
 # Siblings that end a layer's block: the next weight layer, a nonlinearity, pooling, reshaping.
-_BLOCK_END = WEIGHT_TYPES + (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.ELU,
-                             nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-                             nn.Dropout)
+_BLOCK_END = WEIGHT_TYPES + NONLINEARITY_TYPES + (nn.MaxPool2d, nn.AvgPool2d,
+                                                 nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout)
 
 
 def weight_layers(model: nn.Module) -> list[str]:

@@ -37,6 +37,9 @@ class ModelSpec:
     norm: str
     # Whether the builder takes a dropout rate (``dropout=p``): the course models and VGG-A.
     dropout: bool = False
+    # Whether the builder takes a nonlinearity (``activation=NAME``, ``nonlinearities``):
+    # every image model; not the deep linear network.
+    activation: bool = False
     # Whether its own layers (besides its normalization's and dropout) draw random numbers in
     # training mode: a sweep trains such runs one by one (``randomness.draws_random``). None:
     # not declared (a model registered by a script); then a model is built on the meta
@@ -71,18 +74,25 @@ def norm_named(name: str) -> Norm:
 
 
 def build_model(name: str, width: float = 1.0, num_classes: int = 10,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, activation: str = "relu") -> nn.Module:
     """Build a registered model by name (see ``MODELS``); ``dropout``: the rate of its dropout
-    layers, for the models that have them (``ModelSpec.dropout``; 0 = none)."""
+    layers, for the models that have them (``ModelSpec.dropout``; 0 = none); ``activation``:
+    its nonlinearity, for the models that take one (``ModelSpec.activation``)."""
     if name not in MODELS:
         raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     spec = MODELS[name]
-    if not spec.dropout:
-        if dropout:
-            raise LandscapeError(f"model {name!r} has no dropout layers: --dropout must be 0, "
-                                 f"got {dropout!r}")
-        return spec.build(width=width, num_classes=num_classes)
-    return spec.build(width=width, num_classes=num_classes, dropout=dropout)
+    kwargs: dict = {"width": width, "num_classes": num_classes}
+    if spec.dropout:
+        kwargs["dropout"] = dropout
+    elif dropout:
+        raise LandscapeError(f"model {name!r} has no dropout layers: --dropout must be 0, "
+                             f"got {dropout!r}")
+    if spec.activation:
+        kwargs["activation"] = activation
+    elif activation != "relu":
+        raise LandscapeError(f"model {name!r} has no nonlinearity: --activation must be relu "
+                             f"(the default), got {activation!r}")
+    return spec.build(**kwargs)
 
 
 def glorot_init_(model: nn.Module) -> nn.Module:

@@ -23,10 +23,13 @@ initialization, as torchvision's ResNets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nonlinearities import nonlinearity
 from .norms import NORM_SUFFIXES, seed_noise
 from .registry import ModelSpec, Norm, norm_named, register_model
 from .vgg import scaled
@@ -51,48 +54,59 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, before, self.extra - before))
 
 
+@dataclass(frozen=True)
+class BlockShape:
+    """What every block of a ResNet shares besides its channels and stride."""
+
+    unnormalized: bool  # no normalizer that rescales: biased convs and SkipInit
+    projection: bool  # 1x1 conv shortcuts where the shape changes (else option A)
+    activation: str = "relu"  # the nonlinearity (``nonlinearities``)
+
+
 class BasicBlock(nn.Module):
-    """relu(shortcut(x) + alpha * branch(x)), branch = norm, conv, relu, norm, conv; alpha
+    """act(shortcut(x) + alpha * branch(x)), branch = conv, norm, act, conv, norm; alpha
     (SkipInit) only without normalization. The branch is an ``nn.Sequential``, so that each
     conv's pre-activation is the normalizer after it (``layers.preactivation_module``)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: Norm, unnormalized: bool,
-                 projection: bool):
+    def __init__(self, cin: int, cout: int, stride: int, norm: Norm, shape: BlockShape):
         super().__init__()
+        unnormalized = shape.unnormalized
         self.branch = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=unnormalized),
-                                    norm.conv(cout), nn.ReLU(inplace=True),
+                                    norm.conv(cout), nonlinearity(shape.activation),
                                     nn.Conv2d(cout, cout, 3, 1, 1, bias=unnormalized),
                                     norm.conv(cout))
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=unnormalized),
                                            norm.conv(cout))
-                             if projection else PadShortcut(cin, cout, stride))
+                             if shape.projection else PadShortcut(cin, cout, stride))
         self.skip_init = nn.Parameter(torch.zeros(())) if unnormalized else None
+        self.out = nonlinearity(shape.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
         if self.skip_init is not None:
             out = out * self.skip_init
-        return F.relu(out + self.shortcut(x))
+        return self.out(out + self.shortcut(x))
 
 
 class ResNet(nn.Module):
     """A stem, stages of ``BasicBlock``s, global average pooling, a linear classifier."""
 
     def __init__(self, stages: tuple[int, ...], blocks: int, norm_name: str, width: float = 1.0,
-                 num_classes: int = 10, projection: bool = False, in_channels: int = 3):
+                 num_classes: int = 10, projection: bool = False, activation: str = "relu"):
         super().__init__()
-        norm, unnormalized = norm_named(norm_name), norm_name in UNNORMALIZED
+        norm = norm_named(norm_name)
+        shape = BlockShape(norm_name in UNNORMALIZED, projection, activation)
         channels = scaled(stages[0], width)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1, bias=unnormalized),
-                                  norm.conv(channels), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1, bias=shape.unnormalized),
+                                  norm.conv(channels), nonlinearity(activation))
         layers = []
         for i, stage in enumerate(stages):
             out = scaled(stage, width)
             for b in range(blocks):
                 stride = 2 if i > 0 and b == 0 else 1
-                layers.append(BasicBlock(channels, out, stride, norm, unnormalized, projection))
+                layers.append(BasicBlock(channels, out, stride, norm, shape))
                 channels = out
         self.layers = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
@@ -106,24 +120,27 @@ class ResNet(nn.Module):
 
 
 def cifar_resnet(depth_name: str, width: float = 1.0, num_classes: int = 10,
-                 norm: str = "batch") -> ResNet:
+                 norm: str = "batch", activation: str = "relu") -> ResNet:
     """ResNet-20/32/56 of He et al. (``depth_name`` in ``CIFAR_DEPTHS``); noise layers seeded
     from the run's seed, as VGG-A's (``vgg.vgg_a``)."""
-    model = ResNet(CIFAR_STAGES, CIFAR_DEPTHS[depth_name], norm, width, num_classes)
+    model = ResNet(CIFAR_STAGES, CIFAR_DEPTHS[depth_name], norm, width, num_classes,
+                   activation=activation)
     return seed_noise(model, torch.initial_seed())
 
 
-def resnet18(width: float = 1.0, num_classes: int = 10, norm: str = "batch") -> ResNet:
+def resnet18(width: float = 1.0, num_classes: int = 10, norm: str = "batch",
+             activation: str = "relu") -> ResNet:
     """ResNet-18, CIFAR form (3x3 stem, no max-pool), projection shortcuts."""
-    model = ResNet(RESNET18_STAGES, 2, norm, width, num_classes, projection=True)
+    model = ResNet(RESNET18_STAGES, 2, norm, width, num_classes, projection=True,
+                   activation=activation)
     return seed_noise(model, torch.initial_seed())
 
 
 def _builder(family: str, norm: str):
-    def build(width: float = 1.0, num_classes: int = 10) -> ResNet:
+    def build(width: float = 1.0, num_classes: int = 10, activation: str = "relu") -> ResNet:
         if family == "resnet18":
-            return resnet18(width, num_classes, norm)
-        return cifar_resnet(family, width, num_classes, norm)
+            return resnet18(width, num_classes, norm, activation)
+        return cifar_resnet(family, width, num_classes, norm, activation)
     return build
 
 
@@ -131,4 +148,4 @@ RESNET_FAMILIES = (*CIFAR_DEPTHS, "resnet18")
 for _family in RESNET_FAMILIES:
     for _suffix, _norm in NORM_SUFFIXES.items():
         register_model(f"{_family}{_suffix}", ModelSpec(_builder(_family, _norm), _norm,
-                                                        random=False))
+                                                        random=False, activation=True))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .nonlinearities import nonlinearity
 from .norms import NORM_SUFFIXES, seed_noise
 from .registry import ModelSpec, Norm, glorot_init_, norm_named, register_model
 
@@ -38,7 +39,7 @@ class VGG(nn.Module):
     """A VGG network: ``features`` (conv blocks) then ``classifier`` (MLP)."""
 
     def __init__(self, config, hidden, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 in_channels: int = 3, dropout: float = 0.0):
+                 in_channels: int = 3, dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -47,13 +48,14 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             out = scaled(item, width)
-            layers += [nn.Conv2d(channels, out, 3, padding=1), norm.conv(out), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(channels, out, 3, padding=1), norm.conv(out),
+                       nonlinearity(activation)]
             channels = out
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Flatten()]
         for h in hidden:
             out = scaled(h, width)
-            head += [nn.Linear(channels, out), norm.linear(out), nn.ReLU(inplace=True)]
+            head += [nn.Linear(channels, out), norm.linear(out), nonlinearity(activation)]
             if dropout > 0:
                 head.append(nn.Dropout(dropout))
             channels = out
@@ -66,7 +68,7 @@ class VGG(nn.Module):
 
 
 def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none",
-          dropout: float = 0.0) -> VGG:
+          dropout: float = 0.0, activation: str = "relu") -> VGG:
     """VGG-A (8 conv + 3 linear layers) for 32x32 images, with ``norm`` after each hidden layer.
 
     Noise layers (noisy BN) are seeded from ``torch.initial_seed()`` -- the run's ``--seed``,
@@ -74,7 +76,7 @@ def vgg_a(width: float = 1.0, num_classes: int = 10, norm: str = "none",
     RNG, so the initial weights are those of the same model without noise.
     """
     model = VGG(VGG_A_CONFIG, VGG_A_HIDDEN, norm_named(norm), width=width, num_classes=num_classes,
-                dropout=dropout)
+                dropout=dropout, activation=activation)
     return seed_noise(model, torch.initial_seed())
 
 
@@ -82,10 +84,12 @@ VGG_A_VARIANTS = {f"vgg_a{suffix}": norm for suffix, norm in NORM_SUFFIXES.items
 
 
 def _builder(norm: str):
-    def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-        return vgg_a(width, num_classes, norm, dropout)
+    def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0,
+              activation: str = "relu") -> nn.Module:
+        return vgg_a(width, num_classes, norm, dropout, activation)
     return build
 
 
 for _name, _norm in VGG_A_VARIANTS.items():
-    register_model(_name, ModelSpec(_builder(_norm), _norm, dropout=True, random=False))
+    register_model(_name, ModelSpec(_builder(_norm), _norm, dropout=True, random=False,
+                                    activation=True))

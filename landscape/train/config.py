@@ -21,6 +21,7 @@ from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
 from ..models import DLN_MODELS, MODELS, build_model, draws_random
+from ..models.nonlinearities import NONLINEARITIES
 from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
@@ -31,7 +32,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")  # torch.optim.SGD (heavy-ball), Adam, Ada
 # The axes of a sweep beyond models and learning rates: each field takes one value or a list,
 # and the sweep is the product of every list (``SweepConfig.cells``). In this order they
 # nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
-AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer")
+AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer", "activation")
 # A sweep of more runs than this asks for confirmation (``--yes``; ``run_sweep(allow_large=True)``).
 MAX_RUNS_UNASKED = 1000
 
@@ -50,6 +51,7 @@ class SweepConfig:
     weight_decay: float | Sequence[float] = 0.0  # L2 added to the gradient (AdamW: decoupled)
     dropout: float | Sequence[float] = 0.0  # rate of the model's dropout layers (0 = none)
     optimizer: str | Sequence[str] = "sgd"  # sgd, adam or adamw (OPTIMIZERS)
+    activation: str | Sequence[str] = "relu"  # the image models' nonlinearity (NONLINEARITIES)
     probe_every: int = 100
     etas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)  # multiples of the run's learning rate
     dataset: str = "cifar10"
@@ -207,9 +209,10 @@ class SweepConfig:
         return len(self.models) * len(self.lrs) * math.prod(len(self.axis_values(a)) for a in AXES)
 
     def model(self, name: str, num_classes: int = 10):
-        """A fresh ``nn.Module`` of model ``name`` at this config's width and dropout rate
-        (a config of one cell: ``cells``)."""
-        return build_model(name, width=self.width, num_classes=num_classes, dropout=self.dropout)
+        """A fresh ``nn.Module`` of model ``name`` at this config's width, dropout rate and
+        nonlinearity (a config of one cell: ``cells``)."""
+        return build_model(name, width=self.width, num_classes=num_classes, dropout=self.dropout,
+                           activation=self.activation)
 
     def probe_dtype_of(self, model: str) -> str:
         """The probe's arithmetic for this model: ``probe_dtype``, or its default."""
@@ -230,6 +233,12 @@ def _seed(value) -> None:
 def _optimizer(value) -> None:
     if value not in OPTIMIZERS:
         raise LandscapeError(f"unknown --optimizer {value!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def _activation(value) -> None:
+    if value not in NONLINEARITIES:
+        raise LandscapeError(f"unknown --activation {value!r}; choose from "
+                             f"{', '.join(NONLINEARITIES)}")
 
 
 def _positive(name: str, value, kind=float) -> None:
@@ -268,6 +277,7 @@ AXIS_CHECKS = {
     "dropout": ("--dropout", "dropout rate", lambda v: _in_range(
         "--dropout", v, 0.0, 1.0, "the fraction of units dropped in training")),
     "optimizer": ("--optimizer", "optimizer", _optimizer),
+    "activation": ("--activation", "activation", _activation),
 }
 
 
@@ -317,6 +327,11 @@ def _validate_extras(config) -> None:
         if rates and not MODELS[model].dropout:
             raise LandscapeError(f"model {model!r} has no dropout layers: --dropout "
                                  f"{rates[0]:g} applies to {', '.join(DROPOUT_MODELS)}")
+    other = [a for a in config.axis_values("activation") if a != "relu"]
+    for model in config.models:
+        if other and not MODELS[model].activation:
+            raise LandscapeError(f"model {model!r} has no nonlinearity: --activation {other[0]} "
+                                 "applies to the image models (VGG-A, ResNets, MLP, CNN)")
     if dln_data and config.augment:
         raise LandscapeError(f"--augment does not apply to --dataset {DLN_DATASET}")
     if config.ics_every is None and config.activations_every is None:

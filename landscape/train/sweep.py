@@ -1,5 +1,5 @@
 """A sweep: every model at every learning rate and every value of every axis (seed, batch
-size, momentum, weight decay, dropout, optimizer), written to one HDF5 file.
+size, momentum, weight decay, dropout, optimizer, activation), written to one HDF5 file.
 
 Every sweep, local or on Ray, is the same four steps (``execute_sweep``): prepare (check the
 settings, load the data, take the file's lock, open the file: a new one, or a resumed one with
@@ -135,8 +135,9 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
               checkpoint_every: int | None = None,
               keep_checkpoints: bool = False) -> list[RunSummary]:
     """Train every (model, lr) of every cell of ``config`` in this process and write one HDF5
-    file at ``out``; the keyword arguments are ``SweepOptions``'s fields. A sweep of more than ``MAX_RUNS_UNASKED`` runs needs
-    ``allow_large=True`` (``--yes``). Diverged runs are recorded and the sweep goes on.
+    file at ``out``; the keyword arguments are ``SweepOptions``'s fields. A sweep of more than
+    ``MAX_RUNS_UNASKED`` runs needs ``allow_large=True`` (``--yes``). Diverged runs are
+    recorded and the sweep goes on.
 
     ``resume``: continue the sweep in ``out`` (``resumed_config``: ``config`` may add models,
     learning rates and seeds, nothing else may differ from the file's). Completed and diverged
