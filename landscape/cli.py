@@ -98,7 +98,10 @@ def cli():
               help="Dropout rate of the model's dropout layers (mlp*, cnn*, vgg_a*: classifier); "
                    "0 = none; a list sweeps.")
 @click.option("--optimizer", default="sgd", show_default=True,
-              help="sgd, adam or adamw, or a comma-separated list to sweep.")
+              help="sgd, adam, adamw, adagrad, adadelta, adamax or rmsprop, or a comma-separated "
+                   "list to sweep.")
+@click.option("--nesterov", is_flag=True, default=False,
+              help="Nesterov momentum for --optimizer sgd (needs --momentum above 0).")
 @click.option("--activation", default="relu", show_default=True,
               help="The image models' nonlinearity: relu, gelu, mish, elu, leaky_relu, selu, "
                    "silu, sigmoid or tanh; a list sweeps.")
@@ -177,7 +180,7 @@ def cli():
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 @click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
-        activation,
+        nesterov, activation,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
         activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
@@ -193,6 +196,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
                   weight_decay=_axis("--weight-decay", weight_decay, float, "number"),
                   dropout=_axis("--dropout", dropout, float, "number"),
                   optimizer=_axis("--optimizer", optimizer, str, "name"),
+                  nesterov=nesterov,
                   activation=_axis("--activation", activation, str, "name"),
                   probe_every=probe_every, probe_dtype=probe_dtype,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,

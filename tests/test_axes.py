@@ -98,6 +98,10 @@ BAD_LISTS = [
     (["--dropout", "0.2,1"], "got 1.0"),
     (["--dropout", "-0.1"], "got -0.1"),
     (["--optimizer", "sgd,lion"], "'lion'"),
+    (["--optimizer", "sgd,lamb"], "'lamb'"),
+    (["--optimizer", "rmsprop", "--momentum", "0.9"], "--momentum"),
+    (["--nesterov"], "--nesterov"),  # momentum 0
+    (["--nesterov", "--momentum", "0,0.9"], "--nesterov"),
     (["--activation", "relu,swish"], "'swish'"),
     (["--activation", "relu,relu"], "twice"),
     (["--models", "dln", "--dataset", "gaussian-linear", "--batch-size", "1000",

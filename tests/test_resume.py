@@ -46,6 +46,11 @@ RESNET_INSTRUMENTED = dataclasses.replace(INSTRUMENTED, models=("resnet20_gbn",)
                                           batch_size=48, probe_every=3, ics_every=3,
                                           activations_every=3, sharpness_every=6)
 RESNET_BATCHED = dataclasses.replace(BATCHED, models=("resnet20",))
+# Every optimizer but SGD and Adam/AdamW (tested above and in test_axes), one run each; and
+# SGD with Nesterov momentum.
+OPTIMIZERS = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, momentum=0.0,
+                                 optimizer=("adagrad", "adadelta", "adamax", "rmsprop"))
+NESTEROV = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, nesterov=True)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +115,10 @@ def run_interrupted(config, out, data, points, **options):
     (AXES_GRID, [(1, 3), (2, 8)], {"checkpoint_every": 2}),  # in two cells of the axes product
     (RESNET_INSTRUMENTED, [(0, 7)], {}),  # a ResNet with Ghost BN, inside its second epoch
     (RESNET_BATCHED, [(0, 9)], {"checkpoint_every": 4}),  # SkipInit ResNets as a vmapped grid
+    (OPTIMIZERS, [(0, 5), (3, 7)], {"checkpoint_every": 3}),  # adagrad's and rmsprop's state
+    (NESTEROV, [(0, 6)], {"checkpoint_every": 4}),
 ], ids=["in-epoch", "epoch-end", "twice", "second-run", "batched-twice", "axes", "resnet-gbn",
-        "resnet-batched"])
+        "resnet-batched", "optimizers", "nesterov"])
 def test_interrupted_sweep_resumes_bit_identically(tmp_path, data, references, config, points,
                                                     options):
     out = tmp_path / "sweep.h5"

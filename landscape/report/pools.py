@@ -29,7 +29,7 @@ SettingKey = tuple[tuple[str, Any], ...]
 
 
 # Settings that files written before them lack, and the value those runs had in effect.
-SETTING_DEFAULTS = {"dropout": 0.0, "activation": "relu"}
+SETTING_DEFAULTS = {"dropout": 0.0, "activation": "relu", "nesterov": False}
 
 
 def hashable(value: Any) -> Any:
@@ -39,7 +39,7 @@ def hashable(value: Any) -> Any:
 
 def settings(run: RunData) -> dict[str, Any]:
     """The run's attributes as settings compare: a setting an older file lacks takes the
-    value it had then (``SETTING_DEFAULTS``: no dropout, ReLU), and the optimizer's name is
+    value it had then (``SETTING_DEFAULTS``: no dropout, ReLU, heavy-ball), and the optimizer's name is
     lower-case (older files say "SGD", newer "sgd": the same optimizer)."""
     out = {**SETTING_DEFAULTS, **run.attrs}
     if isinstance(out.get("optimizer"), str):

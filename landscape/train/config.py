@@ -28,7 +28,9 @@ from .instruments import chosen_layers
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRID_MODES = ("auto", "streams", "batched", "sequential")
-OPTIMIZERS = ("sgd", "adam", "adamw")  # torch.optim.SGD (heavy-ball), Adam, AdamW
+# torch.optim.SGD (heavy-ball, or Nesterov with ``nesterov``), Adam, AdamW, Adagrad, Adadelta,
+# Adamax, RMSprop: torch's defaults but the learning rate and weight decay.
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "rmsprop")
 # The axes of a sweep beyond models and learning rates: each field takes one value or a list,
 # and the sweep is the product of every list (``SweepConfig.cells``). In this order they
 # nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
@@ -50,7 +52,8 @@ class SweepConfig:
     momentum: float | Sequence[float] = 0.0  # heavy-ball momentum of SGD (0 for adam, adamw)
     weight_decay: float | Sequence[float] = 0.0  # L2 added to the gradient (AdamW: decoupled)
     dropout: float | Sequence[float] = 0.0  # rate of the model's dropout layers (0 = none)
-    optimizer: str | Sequence[str] = "sgd"  # sgd, adam or adamw (OPTIMIZERS)
+    optimizer: str | Sequence[str] = "sgd"  # sgd, adam, adamw, ... (OPTIMIZERS)
+    nesterov: bool = False  # Nesterov momentum for sgd (needs a momentum above 0)
     activation: str | Sequence[str] = "relu"  # the image models' nonlinearity (NONLINEARITIES)
     probe_every: int = 100
     etas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)  # multiples of the run's learning rate
@@ -114,11 +117,12 @@ class SweepConfig:
     def trains_alone(self, model: str) -> bool:
         """Whether runs of ``model`` in this cell must train one by one, whatever ``grid``
         asks: instruments hook one eager module and ``torch.optim`` optimizer
-        (``uses_hooks``); the DLN's regression is no image classification; adam/adamw (the
-        batched grid writes SGD's update, a graph holds no host-side step count); a model that
-        draws random numbers (``models.draws_random``: neither vmap nor a graph replays them)."""
+        (``uses_hooks``); the DLN's regression is no image classification; any optimizer but
+        heavy-ball SGD (the batched grid writes that update itself; a graph holds no host-side
+        step count); a model that draws random numbers (``models.draws_random``: neither vmap
+        nor a graph replays them)."""
         return (self.uses_hooks() or self.dataset == DLN_DATASET or self.optimizer != "sgd"
-                or draws_random(model, self.dropout))
+                or self.nesterov or draws_random(model, self.dropout))
 
     def records_weights(self) -> bool:
         """Whether runs record weight statistics: ``weight_stats``, or by default with the
@@ -155,8 +159,10 @@ class SweepConfig:
         if any(o != "sgd" for o in self.axis_values("optimizer")) \
                 and any(m != 0 for m in self.axis_values("momentum")):
             raise LandscapeError("--momentum is the heavy-ball momentum of --optimizer sgd; adam "
-                                 "and adamw keep their own betas (0.9, 0.999): sweep a momentum "
-                                 "other than 0 in a separate sweep with --optimizer sgd")
+                                 "and adamw keep their own betas (0.9, 0.999), the others their "
+                                 "torch defaults: sweep a momentum other than 0 in a separate "
+                                 "sweep with --optimizer sgd")
+        _check_nesterov(self)
         if self.grid not in GRID_MODES:
             raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
@@ -239,6 +245,16 @@ def _activation(value) -> None:
     if value not in NONLINEARITIES:
         raise LandscapeError(f"unknown --activation {value!r}; choose from "
                              f"{', '.join(NONLINEARITIES)}")
+
+
+def _check_nesterov(config) -> None:
+    """Nesterov momentum is SGD's, with a momentum above 0 (as torch.optim.SGD asks)."""
+    if not isinstance(config.nesterov, bool):
+        raise LandscapeError(f"nesterov must be true or false, got {config.nesterov!r}")
+    if config.nesterov and (any(o != "sgd" for o in config.axis_values("optimizer"))
+                            or any(m <= 0 for m in config.axis_values("momentum"))):
+        raise LandscapeError("--nesterov is Nesterov momentum for --optimizer sgd: it needs "
+                             "--optimizer sgd and a --momentum above 0 (every value)")
 
 
 def _positive(name: str, value, kind=float) -> None:

@@ -13,15 +13,20 @@ from .plan import Group
 from .protocol import TrainerContext
 
 
+ADAPTIVE = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+            "adadelta": torch.optim.Adadelta, "adamax": torch.optim.Adamax,
+            "rmsprop": torch.optim.RMSprop}
+
+
 def make_optimizer(parameters, lr: float, config: SweepConfig) -> torch.optim.Optimizer:
-    """``config.optimizer`` over ``parameters``: ``sgd`` (heavy-ball ``momentum``, L2
-    ``weight_decay`` added to the gradient), ``adam`` (L2 added to the gradient), ``adamw``
-    (decoupled weight decay); Adam's betas are torch's (0.9, 0.999), eps 1e-8."""
+    """``config.optimizer`` over ``parameters``: ``sgd`` (heavy-ball ``momentum``, Nesterov's
+    with ``nesterov``; L2 ``weight_decay`` added to the gradient), or one of ``ADAPTIVE`` with
+    torch's defaults but the learning rate and ``weight_decay`` (added to the gradient;
+    decoupled for ``adamw``): Adam's betas (0.9, 0.999), eps 1e-8; RMSprop's alpha 0.99."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    adaptive = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
-    return adaptive(parameters, lr=lr, weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+    return ADAPTIVE[config.optimizer](parameters, lr=lr, weight_decay=config.weight_decay)
 
 
 def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,

@@ -248,7 +248,8 @@ def run_attributes(run: RunSpec, group: Group, data, precision: str,
     cell = run.cell
     return dict(model=run.model, grid=group.mode, grid_size=len(group.runs),
                 norm=MODELS[run.model].norm, lr=run.lr,
-                **{axis: getattr(cell, axis) for axis in AXES}, width=cell.width,
+                **{axis: getattr(cell, axis) for axis in AXES}, nesterov=cell.nesterov,
+                width=cell.width,
                 dataset=data.name, augment=cell.augment, precision=precision,
                 steps_per_epoch=steps_per_epoch, probe_dtype=cell.probe_dtype_of(run.model),
                 **dataset_file(data))
