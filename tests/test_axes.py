@@ -168,7 +168,7 @@ def test_cells_hold_single_values_and_the_last_axis_varies_fastest():
     assert [(c.seed, c.optimizer, c.batch_size) for c in cells] == [
         (0, "sgd", 64), (0, "adam", 64), (1, "sgd", 64), (1, "adam", 64)]
     assert config.seed == (0, 1)  # the sweep's own config keeps its lists
-    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw"}
+    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "rmsprop"}
 
 
 def _params(model):
@@ -182,7 +182,8 @@ def test_runs_of_one_seed_start_from_the_same_weights_whatever_the_axis(model, o
     base = SweepConfig(width=0.125, seed=3)
     reference = _params(build_run(model, 0.1, base, 10, torch.device("cpu"))[0])
     for change in (dict(batch_size=512), dict(momentum=0.9), dict(weight_decay=5e-4),
-                   dict(dropout=0.4), dict(optimizer="adam"), dict(optimizer="adamw")):
+                   dict(dropout=0.4), dict(optimizer="adam"), dict(optimizer="adamw"),
+                   dict(optimizer="rmsprop"), dict(activation="gelu")):
         cell = SweepConfig(width=0.125, seed=3, **change)
         model_, optimizer = build_run(model, 0.5, cell, 10, torch.device("cpu"))
         assert all(torch.equal(a, b) for a, b in zip(_params(model_), reference)), change
