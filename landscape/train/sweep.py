@@ -231,12 +231,15 @@ class GroupRunner:
         steps_per_epoch = task_for(self.data).stream(cell.batch_size, 0, cell.augment) \
             .steps_per_epoch
         precision = effective_precision(cell.precision, self.context.device)
-        return [RunState(RunLog(run.name, np.asarray(cell.etas) * run.lr), run.lr, done=True)
-                if run.name in self.done else
-                RunState(self.writer.run(run.name, eta=np.asarray(cell.etas, np.float64) * run.lr,
-                                         **run_attributes(run, group, self.data, precision,
-                                                          steps_per_epoch)), run.lr)
-                for run in group.runs]
+        runs = []
+        for run in group.runs:
+            eta = np.asarray(cell.etas, np.float64) * run.lr
+            if run.name in self.done:
+                runs.append(RunState(RunLog(run.name, eta), run.lr, done=True))
+                continue
+            attrs = run_attributes(run, group, self.data, precision, steps_per_epoch)
+            runs.append(RunState(self.writer.run(run.name, eta=eta, **attrs), run.lr))
+        return runs
 
 
 def run_attributes(run: RunSpec, group: Group, data, precision: str,
