@@ -11,6 +11,8 @@
     python benchmarks/bench.py --suite experiments  # each experiment file's runs, N steps, projected
     python benchmarks/bench.py --suite ray          # 2 Ray workers against 1, and the driver's
                                                     # cost per row block and per flush (needs ray)
+    python benchmarks/bench.py --suite store        # a flush at 10, 100 and 1,000 runs of 15,000
+                                                    # steps, and the bytes a sweep writes
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
 ``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature_bench  # noqa: E402
 import ray_bench  # noqa: E402
+import store_bench  # noqa: E402
 from reference_course import course_sweep  # noqa: E402
 
 import landscape.train.sweep as sweep_module  # noqa: E402
@@ -446,6 +449,11 @@ def ray_suite(args, device: torch.device) -> None:
         print("\n".join(table) + "\n", flush=True)
 
 
+def store_suite(args, device: torch.device) -> None:
+    """The store's cost (issue 24): a 10-row flush at 10, 100, 1,000 runs, write amplification."""
+    print("\n".join(store_bench.store_tables((10, 100) if args.quick else store_bench.RUN_COUNTS)))
+
+
 # --------------------------------------------------------------------------- command line
 
 # suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
@@ -460,6 +468,7 @@ SUITES = {
     "curvature": (curvature_suite, None, {"repeat": 3, "steps": 200, "quick": False,
                                           "device": "auto"}),
     "ray": (ray_suite, "cpu", {"quick": False}),
+    "store": (store_suite, "cpu", {"quick": False}),
     "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
                                               "device": "auto", "files": []}),
 }

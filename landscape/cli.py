@@ -19,6 +19,7 @@ from .report.build import default_report_path, write_report
 from .report.grid import Facets, parse_band
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
+from .store import pack as pack_sweep
 from .store import read_sweep
 from .store.frames import FORMATS, export_tables
 from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted, check_size,
@@ -406,6 +407,11 @@ def info(file):
     extra_header, extra_cells = instrument_columns(rows)  # ICS / activation probe counts
     click.echo(text_table(RUN_TABLE_HEADER + extra_header,
                           [run_table_cells(r) + extra for r, extra in zip(rows, extra_cells)]))
+    stale = [r.name for r in rows if r.status == "stale"]
+    if stale:
+        click.echo(f"stale: {len(stale)} run{'s' * (len(stale) > 1)} marked running that no "
+                   f"process writes (its writer was killed): landscape run --resume {file} "
+                   "continues them")
 
 
 @cli.command()
@@ -421,6 +427,18 @@ def export(file, file_format, out, overwrite):
     per run x probe x eta, per run x epoch, each with every run attribute as a column."""
     for path in export_tables(file, out, file_format, overwrite):
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("sweep", type=click.Path(dir_okay=True))
+@click.option("-o", "--out", required=True, help="The one file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
+def pack(sweep, out, overwrite):
+    """Write a sweep (its index SWEEP and run files SWEEP.runs/) as one self-contained HDF5
+    file, to share: the same groups and attributes under /runs/<name>, read by every
+    landscape command, plain h5py and xarray (group="runs/<name>/probe")."""
+    read_sweep(sweep)  # one line if it is not a sweep
+    click.echo(f"wrote {pack_sweep(sweep, out, overwrite)}")
 
 
 def main(argv=None) -> int:

@@ -166,3 +166,39 @@ def diverged_sweep(tmp_path) -> Path:
     add_synthetic_run(store, "vgg_a", 0.5, 40, diverge_at=23)
     add_synthetic_run(store, "vgg_a_bn", 0.5, 40)
     return path
+
+
+# Attributes of a run's file that are the store's bookkeeping (which journal goes with it),
+# not the run's: they differ between a resumed sweep and an uninterrupted one.
+STORE_ATTRS = ("journal_generation",)
+
+
+def sweep_datasets(f, skip=lambda name: False) -> dict:
+    """Every dataset of an open sweep file as ``{"runs/<run>/<group>/<field>": values}``,
+    through the runs' external links (``visititems`` does not follow them), but ``skip``ped
+    names."""
+    import h5py
+
+    found = {}
+    for run_name, run in f["runs"].items():
+        def visit(name, node, prefix=f"runs/{run_name}/"):
+            if isinstance(node, h5py.Dataset) and not skip(prefix + name):
+                found[prefix + name] = node[()]
+        run.visititems(visit)
+    return found
+
+
+def copy_sweep(source, target) -> "Path":
+    """A copy of a sweep as a user makes one: its file under another name and its run files'
+    folder beside it (under the name the file's links give: both copies read alike)."""
+    import shutil
+    from pathlib import Path
+
+    from landscape.store import runs_dir
+
+    source, target = Path(source), Path(target)
+    shutil.copy(source, target)
+    folder = target.parent / runs_dir(source).name
+    if runs_dir(source).is_dir() and not folder.exists():
+        shutil.copytree(runs_dir(source), folder)
+    return target

@@ -7,6 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from conftest import STORE_ATTRS, sweep_datasets
+
 TIMING = ("seconds", "peak_memory_mib")  # wall-clock numbers: differ between any two runs
 
 
@@ -33,13 +35,10 @@ def file_contents(path: Path) -> tuple[dict, dict]:
     """Every dataset (but the ``seconds`` columns) and every run attribute (but timings)."""
     datasets, attrs = {}, {}
     with h5py.File(path, "r", locking=False) as f:
-        def visit(name, node):
-            if isinstance(node, h5py.Dataset) and name.rsplit("/", 1)[-1] not in TIMING:
-                datasets[name] = node[()]
-        f.visititems(visit)
+        datasets = sweep_datasets(f, skip=lambda name: name.rsplit("/", 1)[-1] in TIMING)
         for name, run in f["runs"].items():
             attrs[name] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                           for k, v in run.attrs.items() if k not in TIMING}
+                           for k, v in run.attrs.items() if k not in TIMING + STORE_ATTRS}
     return datasets, attrs
 
 

@@ -27,9 +27,10 @@ from landscape.read import read_sweep
 from landscape.train import RayOptions, SweepConfig, run_sweep, run_sweep_ray
 from landscape.errors import LandscapeError
 from landscape.store import SweepLock
-from landscape.train.checkpoint import checkpoint_header
+from landscape.train.checkpoint import checkpoint_dir, checkpoint_header
+from landscape.train.distributed import DRIVER_WATCH_SECONDS, DriverWatch, _checkpoint_place
 
-from conftest import one_cpu_thread
+from conftest import STORE_ATTRS, one_cpu_thread, sweep_datasets
 
 ray = pytest.importorskip("ray")
 
@@ -65,12 +66,10 @@ def file_contents(path) -> tuple[dict, dict]:
     """Every dataset, and every run's attributes but its wall-clock times."""
     datasets, attrs = {}, {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not name.endswith("epochs/seconds"):
-                datasets[name] = obj[()]
-        f.visititems(visit)
+        datasets = sweep_datasets(f, skip=lambda name: name.endswith("epochs/seconds"))
         for name, run in f["runs"].items():
-            attrs[name] = {k: v for k, v in run.attrs.items() if k != "seconds"}
+            attrs[name] = {k: v for k, v in run.attrs.items()
+                           if k != "seconds" and k not in STORE_ATTRS}
     return datasets, attrs
 
 
@@ -260,7 +259,30 @@ def test_resume_ray_completes_a_sweep_whose_driver_was_killed(ray_instance, tmp_
     assert_same_numbers(tmp_path / "local.h5", out)
     with h5py.File(out, "r") as f:
         resumed = json.loads(f.attrs["resumed"])
-    assert [r["continued_from_step"] for r in resumed] == [running]
+    # Each run continued from the checkpoint it had when the driver died, or a later one: its
+    # worker, finding its driver gone (within DRIVER_WATCH_SECONDS), checkpointed at its next
+    # step and stopped -- or, near its end, completed it first (then the resume kept it).
+    (continued,) = [r["continued_from_step"] for r in resumed]
+    assert continued.keys() <= running.keys(), (continued, running)
+    assert all(running[name] <= step < 64 and step % 4 == 0 for name, step in continued.items())
+
+
+def test_a_worker_stops_when_its_driver_is_gone(tmp_path):
+    """``DriverWatch``: no stop while the driver holds the sweep's lock and its token is there;
+    SIGTERM (checkpoint and stop, as a local sweep) once another driver took over (its token
+    gone) or nobody holds the lock (the driver was killed)."""
+    out = tmp_path / "s.h5"
+    place = _checkpoint_place(str(out), None, False, {})
+    with SweepLock(out):
+        watch = DriverWatch(place)
+        assert watch.signum is None
+        time.sleep(DRIVER_WATCH_SECONDS)
+        assert watch.signum is None  # looked again: still there
+        (checkpoint_dir(out) / place.token).unlink()  # a resumed driver cleared it
+        time.sleep(DRIVER_WATCH_SECONDS)
+        assert watch.signum == signal.SIGTERM
+    place = _checkpoint_place(str(out), None, False, {})
+    assert DriverWatch(place).signum == signal.SIGTERM  # the lock free: the driver is gone
 
 
 def test_a_worker_lost_more_often_than_allowed_fails_its_runs(ray_instance, register,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 
 from landscape.cli import main
 from landscape.read import read_sweep, to_frames
+
+from conftest import copy_sweep
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -76,7 +77,7 @@ def test_to_frames_has_ics_and_activation_tables_when_the_runs_do(instrumented_s
 
 
 def test_export_writes_csv_tables_next_to_the_file(tiny_sweep, tmp_path, capsys):
-    sweep = shutil.copy(tiny_sweep, tmp_path / "sweep.h5")
+    sweep = copy_sweep(tiny_sweep, tmp_path / "sweep.h5")
     code, out, err = run_cli(capsys, "export", sweep)
     assert code == 0, err
     folder = tmp_path / "sweep-tables"

@@ -1,9 +1,10 @@
 """Hard stops of a real ``python -m landscape run``: kill -9, SIGTERM, a write that fails.
 
 The stress test kills the sweep again and again, after 1-3 checkpoints, in turn: as soon as a
-commit of the file has begun, as soon as a checkpoint write has begun (``LANDSCAPE_WRITE_PAUSE``
-stretches both, so the kill lands inside them), or at a random instant -- while a reader polls
-the file. After each
+file is being rewritten (a run's compaction, the index), as soon as a journal has begun to
+grow (a flush's record half-written), as soon as a checkpoint write has begun
+(``LANDSCAPE_WRITE_PAUSE`` stretches each of them, so the kill lands inside), or at a random
+instant -- while a reader polls the sweep. After each
 kill the file must open with h5py with no torn row, ``landscape info`` and ``landscape plot``
 must read it, and ``--resume`` goes on; the final file must equal the uninterrupted sweep.
 ``LANDSCAPE_STRESS_KILLS`` sets the number of kills (5 by default; 30 or more by hand).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +28,8 @@ import pytest
 
 from conftest import one_cpu_thread
 from landscape.cli import main
-from landscape.store import WRITE_PAUSE_ENV, read_sweep
+from landscape.store import WRITE_PAUSE_ENV, read_sweep, runs_dir
+from landscape.store.journal import read_records
 from landscape.train.checkpoint import checkpoint_dir
 from resume_util import assert_same_sweep, assert_whole, write_tiny_npz
 
@@ -73,13 +76,14 @@ def reference(tmp_path_factory, npz):
     return make
 
 
-def version(path: Path) -> tuple[int, int] | None:
-    """Which version of the file is there: a commit makes a new inode (and a new mtime)."""
+def version(path: Path) -> tuple[int, int, int] | None:
+    """Which version of the file is there: a rewrite makes a new inode (and a new mtime), an
+    append a new size."""
     try:
         stat = os.stat(path)
     except FileNotFoundError:
         return None
-    return stat.st_ino, stat.st_mtime_ns
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def wait_for(condition, proc: subprocess.Popen) -> bool:
@@ -91,17 +95,38 @@ def wait_for(condition, proc: subprocess.Popen) -> bool:
     return True
 
 
+def sweep_version(out: Path) -> tuple:
+    """Which version of the sweep is there: its index's, each run file's and journal's."""
+    files = [out] + sorted(runs_dir(out).glob("*.h5")) + sorted(runs_dir(out).glob("*.journal-*"))
+    return tuple((path.name, version(path)) for path in files)
+
+
 def wait_commits(path: Path, proc: subprocess.Popen, commits: int) -> bool:
-    """Wait until the file was written ``commits`` times, or the process ended (False)."""
-    seen = [version(path)]
+    """Wait until the sweep was written ``commits`` times, or the process ended (False)."""
+    seen = [sweep_version(path)]
 
     def committed() -> bool:
-        now = version(path)
+        now = sweep_version(path)
         if now != seen[-1]:
             seen.append(now)
         return len(seen) > commits
 
     return wait_for(committed, proc)
+
+
+def rewriting(out: Path) -> bool:
+    """A file of the sweep is being rewritten: a temporary copy is there."""
+    return any(out.parent.glob(f".{out.name}.tmp-*")) or any(runs_dir(out).glob(".*.tmp-*"))
+
+
+def journal_sizes(out: Path) -> dict:
+    return {p.name: p.stat().st_size for p in runs_dir(out).glob("*.journal-*")
+            if p.exists()}
+
+
+def torn_journals(out: Path) -> int:
+    """Journals that end in part of a record (a kill inside an append)."""
+    return sum(read_records(p)[1] < p.stat().st_size for p in runs_dir(out).glob("*.journal-*"))
 
 
 def checkpoints_of(out: Path) -> dict:
@@ -136,7 +161,7 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
     first = sweep_args(npz, steps) + ["--out", str(out), "--checkpoint-every", "2"]
     poller = Poller(out)
     poller.start()
-    kills, in_commit, in_checkpoint, sessions = 0, 0, 0, 0
+    kills, in_commit, in_journal, in_checkpoint, sessions = 0, 0, 0, 0, 0
     started = time.perf_counter()
     while True:
         proc = start(first if sessions == 0 else
@@ -145,7 +170,7 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
         # Training goes on for 1-3 checkpoints, then the kill comes, in turn: as soon as a
         # commit of the file or a checkpoint write has begun (its temporary file is there), or
         # at a random instant.
-        where = ("commit", "checkpoint", "anywhere")[kills % 3]
+        where = ("commit", "journal", "checkpoint", "anywhere")[kills % 4]
         seen = [checkpoints_of(out)]
 
         def checkpointed(times=rng.randint(1, 3)) -> bool:
@@ -153,7 +178,17 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
                 seen.append(checkpoints_of(out))
             return len(seen) > times
 
-        writing = {"commit": lambda: any(tmp_path.glob(f".{out.name}.tmp-*")),
+        before: list[dict] = []  # the journals' sizes when the wait began
+
+        def appending() -> bool:  # a journal grew: the first half of a record is written
+            now = journal_sizes(out)
+            grew = bool(before) and any(size > before[0].get(name, 0)
+                                        for name, size in now.items())
+            before[:] = [now]
+            return grew
+
+        writing = {"commit": lambda: rewriting(out),
+                   "journal": appending,
                    "checkpoint": lambda: any(checkpoint_dir(out).glob(".*.tmp-*")),
                    "anywhere": lambda: time.sleep(rng.uniform(0.0, 0.2)) or True}[where]
         if kills < KILLS and wait_for(checkpointed, proc) and wait_for(writing, proc):
@@ -162,7 +197,8 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
             if proc.returncode != -signal.SIGKILL:
                 continue  # it finished first
             kills += 1
-            in_commit += any(tmp_path.glob(f".{out.name}.tmp-*"))
+            in_commit += rewriting(out)
+            in_journal += torn_journals(out) > 0
             in_checkpoint += any(checkpoint_dir(out).glob(".*.tmp-*"))
             assert_whole(out)
             with one_cpu_thread():
@@ -176,16 +212,17 @@ def test_kill_9_at_random_instants_then_resume(tmp_path, npz, reference):
         break
     poller.running = False
     poller.join()
-    print(f"\n{kills} kills ({in_commit} inside a file commit, {in_checkpoint} inside a "
-          f"checkpoint write), {sessions} sessions, {poller.reads} reads while writing, "
-          f"{time.perf_counter() - started:.0f} s")
+    print(f"\n{kills} kills ({in_commit} inside a file rewrite, {in_journal} inside a journal "
+          f"append, {in_checkpoint} inside a checkpoint write), {sessions} sessions, "
+          f"{poller.reads} reads while writing, {time.perf_counter() - started:.0f} s")
     assert kills >= KILLS
-    assert KILLS < 3 or (in_commit and in_checkpoint)  # kills did land inside both writes
+    # kills did land inside each kind of write
+    assert KILLS < 4 or (in_commit and in_journal and in_checkpoint), (in_commit, in_journal)
     assert poller.failure is None, poller.failure
     assert poller.reads > 0
     assert_same_sweep(out, reference(steps))
     assert not checkpoint_dir(out).exists()
-    assert not list(tmp_path.glob(f".{out.name}.tmp-*"))
+    assert not rewriting(out) and not journal_sizes(out)  # every run one whole file
 
 
 def test_sigterm_checkpoints_marks_interrupted_and_says_how_to_resume(tmp_path, npz, reference):
@@ -255,7 +292,8 @@ def test_failing_write_is_one_line_and_the_file_keeps_its_rows(tmp_path, npz, re
     assert proc.returncode == 2, err
     line = one_error_line(err)
     assert line.startswith("error: cannot write") and "File too large" in line, line
-    assert sum(assert_whole(out).values()) > 0
+    assert_whole(out)  # plain h5py: each run file whole (the rows of its last compaction)
+    assert sum(len(run.steps.step) for run in read_sweep(out).runs) > 0  # with the journals'
     proc = start(["run", "--resume", str(out)])
     _, err = proc.communicate()
     assert proc.returncode == 0, err
@@ -276,12 +314,11 @@ def test_full_disk_is_one_line_and_the_file_keeps_its_rows(tmp_path, npz, refere
         _, err = proc.communicate()
         assert proc.returncode == 2, err
         assert "No space left on device" in one_error_line(err)
-        rows = assert_whole(out)
-        kept = tmp_path / "kept.h5"
-        kept.write_bytes(out.read_bytes())
-        (tmp_path / "kept.h5.checkpoints").mkdir()
-        for path in checkpoint_dir(out).glob("*.pt"):
-            (tmp_path / "kept.h5.checkpoints" / path.name).write_bytes(path.read_bytes())
+        assert_whole(out)
+        rows = {run.name: len(run.steps.step) for run in read_sweep(out).runs}
+        kept = tmp_path / "kept"  # the sweep's folder as it was, moved off the full disk
+        shutil.copytree(disk, kept)
+        kept = kept / "sweep.h5"
     finally:
         subprocess.run(["umount", str(disk)], check=True)
     assert sum(rows.values()) > 0

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from landscape.read import read_sweep
 from landscape.report.summary import model_label
 from landscape.store import SweepStore
 
-from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, run_tiny_sweep
+from conftest import TINY_LRS, TINY_STEPS, add_synthetic_run, copy_sweep, run_tiny_sweep
 
 FIGURES = 9  # 1a, 1b, 2a, 2b, 2c (by layer), 3, 4, 4b (the grid by setting), 4c (train vs eval mode)
 
@@ -86,7 +85,7 @@ def test_read_sweep_gives_typed_runs(tiny_sweep):
 
 
 def test_plot_writes_one_offline_page_next_to_the_input(tiny_sweep, tmp_path, capsys):
-    sweep = shutil.copy(tiny_sweep, tmp_path / "sweep.h5")
+    sweep = copy_sweep(tiny_sweep, tmp_path / "sweep.h5")
     code, out, err = run_cli(capsys, "plot", sweep)
     assert code == 0, err
     page = (tmp_path / "sweep.html").read_text(encoding="utf-8")
@@ -113,7 +112,7 @@ def test_plot_refuses_to_overwrite_without_the_flag(tiny_sweep, tmp_path, capsys
 
 def test_plot_combines_files_and_marks_a_diverged_run(tiny_sweep, diverged_sweep, tmp_path,
                                                       capsys):
-    copy = shutil.copy(tiny_sweep, tmp_path / "again.h5")  # the same runs: counted once
+    copy = copy_sweep(tiny_sweep, tmp_path / "again.h5")  # the same runs: counted once
     report = tmp_path / "all.html"
     code, _, err = run_cli(capsys, "plot", tiny_sweep, copy, diverged_sweep, "-o", report,
                            "--smooth", "3")
@@ -293,7 +292,7 @@ def test_info_and_plot_on_a_file_being_written(tmp_path, capsys):
 
 
 def test_reader_ignores_unknown_groups(tiny_sweep, tmp_path):
-    path = Path(shutil.copy(tiny_sweep, tmp_path / "extra.h5"))
+    path = Path(copy_sweep(tiny_sweep, tmp_path / "extra.h5"))
     with h5py.File(path, "a") as f:
         name = next(iter(f["runs"]))
         f.create_group(f"runs/{name}/ics").create_dataset("layer5", data=np.ones(3))
@@ -344,7 +343,7 @@ def test_plot_adds_the_ics_and_activation_sections(instrumented_sweep, tiny_swee
 
 def test_instrument_sections_are_omitted_without_probed_steps(tiny_sweep, tmp_path, capsys):
     """Absent groups (the probe was off) and empty ones (n = 0) give no section."""
-    path = Path(shutil.copy(tiny_sweep, tmp_path / "empty-groups.h5"))
+    path = Path(copy_sweep(tiny_sweep, tmp_path / "empty-groups.h5"))
     with h5py.File(path, "a") as f:
         run = f["runs"][next(iter(f["runs"]))]
         ics = run.create_group("ics")
@@ -353,6 +352,7 @@ def test_instrument_sections_are_omitted_without_probed_steps(tiny_sweep, tmp_pa
         ics.create_dataset("layer_index", data=[5])
         for name in ("l2", "cosine", "grad_norm"):
             ics.create_dataset(name, shape=(0, 1), dtype=np.float64)
+    del run, ics  # the run's own file (an external link's target) closes with its last object
     runs = read_sweep(path).runs
     assert runs[0].ics.l2.shape == (0, 1) and runs[0].ics.layer == ("features.15",)
     assert runs[0].activations is None and runs[1].ics is None

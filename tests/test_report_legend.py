@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from landscape.report.pools import distinct_runs
 from landscape.report.summary import MODEL_LABELS
 from landscape.store import SweepStore
 
-from conftest import add_synthetic_run
+from conftest import add_synthetic_run, copy_sweep
 
 
 def _sweep(path, runs, command="synthetic"):
@@ -83,7 +82,7 @@ def test_an_attribute_a_new_axis_adds_splits_pools_by_itself(tmp_path):
 
 def test_a_file_given_twice_or_copied_counts_once_with_a_note(sgd_and_momentum, tmp_path):
     plain, _ = sgd_and_momentum
-    copy = shutil.copy(plain, tmp_path / "copy.h5")
+    copy = copy_sweep(plain, tmp_path / "copy.h5")
     sweeps = [read_sweep(p) for p in (plain, plain, copy)]
     distinct = distinct_runs(sweeps)
     assert len(distinct.runs) == 2 and [s.path for s in distinct.sweeps] == [plain, copy]

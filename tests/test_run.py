@@ -11,6 +11,8 @@ import torch
 
 from landscape.cli import main
 from landscape.errors import LandscapeError
+
+from conftest import sweep_datasets
 from landscape.read import read_sweep
 from landscape.train import SweepConfig, run_sweep
 
@@ -61,13 +63,8 @@ def test_cli_sweep_end_to_end_on_cifar10_mini(tmp_path):
 
 
 def read_all(path):
-    values = {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not name.endswith("epochs/seconds"):
-                values[name] = obj[()]
-        f.visititems(visit)
-    return values
+        return sweep_datasets(f, skip=lambda name: name.endswith("epochs/seconds"))
 
 
 def test_same_seed_gives_identical_numbers(tmp_path):

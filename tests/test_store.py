@@ -11,10 +11,10 @@ import pytest
 import xarray as xr
 
 from landscape.read import read_sweep
-from landscape.store import RunLog, SweepStore
+from landscape.store import RunLog, SweepStore, pack, run_file
 from landscape.store.schema import FIELDS, GROUPS
 
-from conftest import add_synthetic_run, probe_record
+from conftest import STORE_ATTRS, add_synthetic_run, probe_record, sweep_datasets
 
 # Attributes that HDF5's dimension-scale API writes itself (fixed-length ASCII, references).
 DIMENSION_SCALE_ATTRS = {"CLASS", "NAME", "DIMENSION_LIST", "REFERENCE_LIST"}
@@ -25,10 +25,10 @@ def run_datasets(path) -> dict[str, tuple]:
     names per axis)} of every run's datasets."""
     found = {}
     with h5py.File(path, "r") as f:
-        for run in f["runs"].values():
+        for run_name, run in f["runs"].items():  # each an external link to the run's file
             for group_name, group in run.items():
                 for name, ds in group.items():
-                    found[f"{run.name}/{group_name}/{name}"] = (
+                    found[f"/runs/{run_name}/{group_name}/{name}"] = (
                         group_name, name, dict(ds.attrs), ds.ndim,
                         [d.label for d in ds.dims], [[s.name for s in d.values()] for d in ds.dims])
     return found
@@ -44,7 +44,8 @@ def test_every_dataset_has_units_and_its_schema_description(instrumented_sweep, 
         assert field.description and len(field.dims) == ndim, path
         # every axis is a named dimension: the dataset itself is the scale, or one is attached
         for axis, dim in enumerate(field.dims):
-            assert dim == name or scales[axis] == [f"{path.rsplit('/', 1)[0]}/{dim}"], (path, axis)
+            group_path = path.rsplit("/", 1)[0].split("/", 3)[-1]  # in the run's own file
+            assert dim == name or scales[axis] == [f"/{group_path}/{dim}"], (path, axis)
     assert "0-based" in FIELDS["epochs"]["epoch"].description
     assert "absolute" in FIELDS["probe"]["eta"].description
     assert "minibatch loss" in FIELDS["steps"]["loss"].description
@@ -71,6 +72,9 @@ def test_strings_come_back_as_str_from_plain_h5py(instrumented_sweep):
     with h5py.File(instrumented_sweep, "r") as f:
         check("/", f)
         f.visititems(check)
+        for run in f["runs"].values():  # through the external links
+            check(run.file.filename, run)
+            run.visititems(check)
         run = next(iter(f["runs"].values()))
         assert isinstance(run.attrs["model"], str) and isinstance(run.attrs["status"], str)
         assert run["ics/layer"].asstr()[0].startswith("features.")
@@ -78,11 +82,13 @@ def test_strings_come_back_as_str_from_plain_h5py(instrumented_sweep):
     assert any(name.endswith("ics/layer") for name in seen)
 
 
-def test_xarray_opens_every_group_with_named_dimensions(tiny_sweep, instrumented_sweep):
+def test_xarray_opens_every_group_with_named_dimensions(tiny_sweep, instrumented_sweep, tmp_path):
+    """netCDF readers open a run's own file (h5netcdf does not follow the sweep file's external
+    links), and a packed sweep's runs as groups of the one file."""
     sweep = read_sweep(tiny_sweep)
     run = sweep.runs[0]
-    group = f"runs/{run.name}"
-    with xr.open_dataset(tiny_sweep, engine="h5netcdf", group=f"{group}/probe") as probe:
+    source, group = run_file(tiny_sweep, run.name), ""
+    with xr.open_dataset(source, engine="h5netcdf", group=f"{group}probe") as probe:
         assert probe["loss"].dims == ("step", "eta") and probe["grad_diff"].dims == ("step", "eta")
         assert probe["beta"].dims == ("step",)
         np.testing.assert_array_equal(probe["eta"].values, run.probe.eta)
@@ -90,21 +96,21 @@ def test_xarray_opens_every_group_with_named_dimensions(tiny_sweep, instrumented
         np.testing.assert_array_equal(probe["loss"].values, run.probe.loss)
         assert probe["eta"].attrs["units"] == "1"
         assert "absolute" in probe["eta"].attrs["description"]
-    with xr.open_dataset(tiny_sweep, engine="h5netcdf", group=f"{group}/steps") as steps:
+    with xr.open_dataset(source, engine="h5netcdf", group=f"{group}steps") as steps:
         assert set(steps.dims) == {"step"} and steps["loss"].dims == ("step",)
         np.testing.assert_array_equal(steps["loss"].values, run.steps.loss)
-    with xr.open_dataset(tiny_sweep, engine="h5netcdf", group=f"{group}/epochs") as epochs:
+    with xr.open_dataset(source, engine="h5netcdf", group=f"{group}epochs") as epochs:
         assert epochs["test_acc"].dims == ("epoch",) and epochs["seconds"].attrs["units"] == "s"
         assert epochs["seconds"].dtype == np.float64  # "s" is not decoded as a timedelta
 
     instrumented = read_sweep(instrumented_sweep).runs[0]
+    packed = pack(instrumented_sweep, tmp_path / "packed.h5")
     group = f"runs/{instrumented.name}"
-    with xr.open_dataset(instrumented_sweep, engine="h5netcdf", group=f"{group}/ics") as ics:
+    with xr.open_dataset(packed, engine="h5netcdf", group=f"{group}/ics") as ics:
         assert ics["l2"].dims == ("step", "layer") and ics["layer_index"].dims == ("layer",)
         assert list(ics["layer"].values) == list(instrumented.ics.layer)
         np.testing.assert_array_equal(ics["cosine"].values, instrumented.ics.cosine)
-    with xr.open_dataset(instrumented_sweep, engine="h5netcdf",
-                         group=f"{group}/activations") as acts:
+    with xr.open_dataset(packed, engine="h5netcdf", group=f"{group}/activations") as acts:
         assert acts["hist"].dims == ("step", "layer", "bin")
         assert acts["bin_edges"].dims == ("bin_edges",)
         edges = instrumented.activations.bin_edges
@@ -115,21 +121,27 @@ def test_xarray_opens_every_group_with_named_dimensions(tiny_sweep, instrumented
 
 
 def test_a_file_being_appended_to_keeps_its_dimension_scales(tmp_path):
+    """Flushes go to the run's journal: its file (what netCDF readers open) holds a prefix of
+    the rows, with its scales, until the run ends; then all of them."""
     path = tmp_path / "growing.h5"
     store = SweepStore(path, config={}, command="growing")
     log = add_synthetic_run(store, "vgg_a", 0.1, 10)  # probes at steps 0 and 5
-    group = f"runs/{log.name}/probe"
-    for flush, step in enumerate((10, 15, 20), start=1):
+    for step in (10, 15, 20):
         log.add_probe(probe_record(step, log.eta, np.arange(1.0, 5.0), np.ones(4), 20.0))
         store.flush(log)
-        with xr.open_dataset(path, engine="h5netcdf", group=group) as probe:
+        with xr.open_dataset(run_file(path, log.name), engine="h5netcdf", group="probe") as probe:
             assert probe["loss"].dims == ("step", "eta")
-            assert probe.sizes == {"step": 2 + flush, "eta": 4}
-            assert probe["step"].values[-1] == step
+            assert 2 <= probe.sizes["step"] <= 5 and probe.sizes["eta"] == 4
+            assert list(probe["step"].values) == [0, 5, 10, 15, 20][:probe.sizes["step"]]
+        assert read_sweep(path).runs[0].probe.step[-1] == step  # the journal's rows too
+    log.set_attrs(status="completed")
+    store.flush(log)
+    with xr.open_dataset(run_file(path, log.name), engine="h5netcdf", group="probe") as probe:
+        assert probe.sizes == {"step": 5, "eta": 4}
     with h5py.File(path, "r") as f:
-        loss = f[group]["loss"]
+        loss = f[f"runs/{log.name}/probe/loss"]
         assert loss.maxshape == (None, 4)  # still resizable
-        assert [s.name for s in loss.dims[0].values()] == [f"/{group}/step"]
+        assert [s.name for s in loss.dims[0].values()] == ["/probe/step"]
 
 
 def test_declare_refuses_a_field_the_schema_does_not_describe(tmp_path):
@@ -167,13 +179,15 @@ def _write_parts(log, part: int) -> None:
 def _file_contents(path) -> tuple[dict, dict]:
     datasets, attrs = {}, {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                datasets[name] = obj[()]
-            if name.startswith("runs/"):
-                attrs[name] = {k: v for k, v in obj.attrs.items() if k not in ("DIMENSION_LIST",
-                                                                              "REFERENCE_LIST")}
-        f.visititems(visit)
+        datasets = sweep_datasets(f)
+        for run_name, run in f["runs"].items():
+            def visit(name, obj, prefix=f"runs/{run_name}"):
+                attrs[f"{prefix}/{name}"] = {k: v for k, v in obj.attrs.items()
+                                             if k not in ("DIMENSION_LIST", "REFERENCE_LIST")}
+            visit("", run)
+            run.visititems(visit)
+        attrs = {k.rstrip("/"): {a: v for a, v in values.items() if a not in STORE_ATTRS}
+                 for k, values in attrs.items()}
     return datasets, attrs
 
 

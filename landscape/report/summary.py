@@ -44,7 +44,7 @@ class RunRow:
     norm: str
     lr: float
     seed: int
-    status: str
+    status: str  # the file's, or "stale": running, but its writer is gone (killed)
     diverged_step: int | None
     steps: int  # training steps recorded
     probes: int  # probed steps recorded
@@ -70,7 +70,9 @@ def summarize_run(run: RunData) -> RunRow:
     stall = stall_step(run)
     end = math.inf if stall is None else stall
     return RunRow(source=str(run.source), name=run.name, model=run.model, norm=run.norm,
-                  lr=run.lr, seed=run.seed, status=run.status, diverged_step=run.diverged_step,
+                  lr=run.lr, seed=run.seed, diverged_step=run.diverged_step,
+                  # "running" with no writer left (killed): say so, not "running"
+                  status="stale" if run.stale else run.status,
                   steps=len(run.steps.step), probes=len(run.probe.step),
                   epochs=len(run.epochs.epoch),
                   final_train_acc=last_finite(run.epochs.train_acc),

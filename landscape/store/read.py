@@ -1,10 +1,10 @@
 """Read a sweep's HDF5 file (see ``write.py`` for the layout) into typed, in-memory arrays.
 
-The reader never blocks a running ``landscape run``: it opens the file read-only with
-HDF5 file locking off, copies everything it needs and closes it at once. The writer opens,
-appends and closes the file at each flush, so between flushes the file is consistent;
-a read that lands in the middle of a flush is retried, and columns that a flush has
-resized but not filled yet are cut to the rows every column of the group has.
+The reader never blocks a running ``landscape run``: it opens the sweep read-only with HDF5
+file locking off, and each run as its file and journal hold it (``runfile.RunView``: the file
+a rename left, whole, and the journal's whole records), copies everything it needs and closes
+it at once. A read that fails anyway is retried, and columns of different lengths (a file of
+an earlier version, written in place) are cut to the rows every column of the group has.
 
 Anything that is not a landscape sweep (a text file, another tool's HDF5 file, a
 truncated file) raises ``LandscapeError`` with a one-line message.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ import h5py
 import numpy as np
 
 from ..errors import LandscapeError
+from .files import lock_is_free
+from .layout import run_groups
+from .runfile import RESERVED_ATTRS, RunView
 from .schema import (ADDED_FIELDS, EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
                      STEP_FIELDS, WEIGHT_FIELDS)
 
@@ -152,6 +155,8 @@ class RunData:
     activations: ActivationSeries | None = None  # None when it had no activation probe
     curvature: CurvatureSeries | None = None  # None when it had no sharpness probe
     weights: WeightSeries | None = None  # None when it recorded no weight statistics
+    # Status "running" but no process writes it: its writer was killed (``--resume`` continues)
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,15 +201,22 @@ def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
         config = json.loads(_text(f.attrs.get("config", "{}")))
     except json.JSONDecodeError:
         config = {}
-    runs = [_read_run(path, name, group) for name, group in f["runs"].items()
-            if isinstance(group, h5py.Group)]
+    runs = []
+    for name, source in run_groups(f, path):
+        with source as group:
+            run = _read_run(path, name, group)
+        if run.status == "running":  # a live writer holds the run's lock (the sweep's, in
+            writer = source.path if isinstance(source, RunView) else path  # one file)
+            run = replace(run, stale=lock_is_free(writer))
+        runs.append(run)
     return SweepFile(path=path, landscape_version=_text(f.attrs["landscape_version"]),
                      created=_text(f.attrs.get("created", "")),
                      command=_text(f.attrs.get("command", "")), config=config, runs=runs)
 
 
 def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
-    attrs = {key: _plain(value) for key, value in group.attrs.items()}
+    attrs = {key: _plain(value) for key, value in group.attrs.items()
+             if key not in RESERVED_ATTRS}
     steps = _columns(group, "steps", STEP_FIELDS)
     epochs = _columns(group, "epochs", EPOCH_FIELDS)
     probe = _columns(group, "probe", PROBE_ROW_FIELDS + PROBE_GRID_FIELDS)

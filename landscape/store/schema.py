@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: units, descriptions and dimension scales on every dataset
+SCHEMA_VERSION = 3  # 3: a file per run (layout "run-files"); 2: units, descriptions, scales
 
 
 @dataclass(frozen=True)

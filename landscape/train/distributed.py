@@ -1,25 +1,21 @@
-"""A sweep on a Ray cluster: the same runs, the same one HDF5 file, written by the driver alone.
+"""A sweep on a Ray cluster: the same runs and files, each run written by the worker that trains it.
 
 ``run_sweep_ray(config, out, RayOptions(...))`` is what ``landscape run --ray`` calls: the body
 of every sweep (``sweep.execute_sweep``) with ``RayExecutor``. Each group of the plan
 (``plan.plan_sweep``: one run, or the learning rates of one model that train together on one
 GPU) is a *unit*: a Ray generator task asking for ``gpus_per_task`` GPUs and ``cpus_per_task``
-CPUs, which trains the group with the local sweep's code (``sweep.GroupRunner``) into a
-``Relay``, whose flushes (after every epoch, at the least) hand each run's new rows
-(``RunLog.take_pending``) back to the driver. The driver is the only writer of the file (it
-holds its ``SweepLock``): it replays the rows into its ``SweepStore`` (``RunLog.absorb``) and
-flushes, so the file is readable during the sweep as a local one is.
-
-Checkpoints: a worker saves them as a local sweep does, into ``FILE.checkpoints/`` (a folder
-the driver and every worker reach at the same path), under a temporary name, and announces
-each after the rows it refers to; the driver renames it into place once those rows are in the
-file. So the checkpoints beside the file always agree with it, as a local sweep's do.
+CPUs, which trains the group with the local sweep's code (``sweep.GroupRunner``) into its runs'
+own files in the sweep's runs folder (``FILE.runs/``, a ``store.RunWriter``), and saves its
+checkpoints into ``FILE.checkpoints/`` as a local sweep does: both folders beside ``out``, on a
+filesystem the driver and every worker reach at the same path. No row passes through the driver:
+it holds the sweep's lock, links each run a worker announces into the index (``out``), reports
+progress, and re-plans lost units, so its load is a few messages a unit, not the rows.
 
 A unit whose code raises: its runs are marked ``failed`` with the error (attribute ``error``),
 and the other units go on. A unit whose worker died (process killed, node lost, out of memory):
 its runs are planned as a resumed sweep plans a file's (``plan.plan_resume``, then
 ``plan.plan_sweep``): complete ones stay, the others continue from their checkpoint (the rows
-after it cut from the file) or start again, on another worker; up to ``max_retries`` times,
+after it cut from their files) or start again, on another worker; up to ``max_retries`` times,
 then they are marked ``failed`` like the first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
 
 ``ray`` is an optional dependency (``pip install "landscape[ray]"``), imported only when a Ray
@@ -29,12 +25,12 @@ sweep starts, so that the package imports, and runs locally, without it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import platform
 import queue
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -46,22 +42,28 @@ import torch
 from ..errors import LandscapeError
 from ..models import MODELS, NORMS, ModelSpec, Norm
 from ..models.registry import register_model, register_norm
-from ..store import RunLog
-from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path
+from ..store import STATUSES, RunLog, RunWriter, lock_is_free, runs_dir
+from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints
 from .config import SweepConfig
 from .device import resolve_device, training_precision
 from .events import LoopListener
 from .loop import Progress, RunSummary
 from .plan import Group, plan_resume, plan_sweep
 from .protocol import TrainerContext
+from .signals import StopRequest
 from .sweep import GroupRunner, OpenSweep, SweepOptions, Where, execute_sweep
 
 INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
-PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often (its rows: every flush)
-# The driver writes the file at most this often (and when a unit ends or is lost): each write
-# copies the file and renames the copy over it (atomic, ``SweepStore.commit``), a cost that
-# grows with the file, so it must not grow with the number of workers.
-FLUSH_SECONDS = 1.0
+PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often
+# The driver links the runs announced to it into the index at most this often (and when a unit
+# ends or is lost): each rewrites the index (kilobytes per 100 runs), whatever the workers.
+LINK_SECONDS = 1.0
+# A worker looks whether its driver is still there this often (an flock probe and a stat,
+# microseconds), and stops within this and a step when it is not.
+DRIVER_WATCH_SECONDS = 0.2
+# A resumed sweep waits this long for a killed driver's workers to let go of their runs (they
+# stop within DRIVER_WATCH_SECONDS and a step of noticing).
+WRITERS_GONE_SECONDS = 120.0
 PACKAGE = Path(__file__).resolve().parents[1]  # the landscape package the workers must run
 
 
@@ -119,7 +121,6 @@ class Unit:
     group: Group
     attempts: int = 0  # starts so far (a unit continued after a lost worker counts on)
     done: frozenset = frozenset()  # runs the file holds complete: left as they are
-    key: int = 0  # tells this unit's temporary checkpoint files from others'
     progress: Progress | None = None
     done_steps: int = 0  # steps done, as a local sweep's progress counts them
     summaries: list[RunSummary] = field(default_factory=list)
@@ -134,6 +135,8 @@ class CheckpointPlace:
     sweep_path: str
     token: str
     every: int | None = None
+    keep: bool = False  # keep a run's checkpoint once it completes
+    run_paths: dict = field(default_factory=dict)  # run files found elsewhere (a renamed sweep)
 
     def check(self) -> None:
         if not (checkpoint_dir(self.sweep_path) / self.token).is_file():
@@ -147,59 +150,49 @@ class CheckpointPlace:
 # The worker side: one unit, trained by the local sweep's code into a relay of its rows.
 # ---------------------------------------------------------------------------------------
 
-class Relay:
-    """A worker's writer of rows, with a ``SweepStore``'s ``run`` and ``flush`` but no file:
-    its logs buffer rows as usual, and ``flush`` hands their new rows
-    (``RunLog.take_pending``) to ``send``. Each log counts the rows the driver's file will
-    hold of it once they arrive (``rows_in_file``, what a checkpoint refers to), from
-    ``rows``: those it held when the unit started."""
+class WorkerWriter(RunWriter):
+    """A worker's writer: its runs' files in the sweep's runs folder, each new one announced to
+    the driver (``("opened", name)``), which links it into the index."""
 
-    def __init__(self, send: Callable[[tuple], None],
-                 rows: dict[str, dict[str, int]] | None = None):
-        self.runs: dict[str, RunLog] = {}
+    def __init__(self, place: CheckpointPlace, send: Callable[[tuple], None]):
+        super().__init__(runs_dir(place.sweep_path),
+                         {name: Path(path) for name, path in place.run_paths.items()})
         self.send = send
-        self.start_rows = rows or {}
 
-    def run(self, name: str, eta, **attrs) -> RunLog:
-        log = RunLog(name, eta)
-        log.set_attrs(status="running", **attrs)
-        log.rows_in_file = dict(self.start_rows.get(name, {}))
-        self.runs[name] = log
-        self.flush(log)
-        return log
-
-    def flush(self, *logs: RunLog) -> None:
-        blocks = []
-        for log in logs or tuple(self.runs.values()):
-            log.rows_in_file = log.rows_held()  # once the driver has them
-            blocks.append(log.take_pending())
-        self.send(("rows", blocks))
+    def _created(self, name: str, log: RunLog) -> None:
+        self.send(("opened", name))
 
 
-class Announce(LoopListener):
-    """Hands each checkpoint a worker saved (under a temporary name) to the driver, after the
-    rows it refers to: numbered, so that the next save cannot overwrite it before the driver
-    renames it to ``path``, its place beside the file."""
+class DriverWatch(StopRequest):
+    """A worker's stop request, asked (as SIGTERM) once its driver is gone -- nobody holds the
+    sweep's lock, or another driver has taken it (the driver's token file is gone) -- so that a
+    unit whose driver was killed checkpoints and stops at a step boundary, releasing its runs'
+    files to ``--resume`` instead of writing on. Looked at every ``DRIVER_WATCH_SECONDS``."""
 
-    def __init__(self, path: Path, relay: Relay, saves: Iterator[int]):
-        self.path, self.relay, self.saves = path, relay, saves
+    def __init__(self, place: CheckpointPlace):
+        self.place, self.looked = place, 0.0
+        super().__init__()
 
-    def on_checkpoint_saved(self, loop, saved: Path) -> None:
-        numbered = saved.with_name(f"{saved.name}-{next(self.saves)}")
-        os.replace(saved, numbered)
-        names = [run.log.name for run in loop.runs]
-        self.relay.send(("checkpoint", str(numbered), str(self.path),
-                         {n: dict(self.relay.runs[n].rows_in_file) for n in names
-                          if n in self.relay.runs}))
+    @property
+    def signum(self) -> int | None:
+        if self._signum is None and time.monotonic() - self.looked >= DRIVER_WATCH_SECONDS:
+            self.looked = time.monotonic()
+            token = checkpoint_dir(self.place.sweep_path) / self.place.token
+            if lock_is_free(self.place.sweep_path) or not token.exists():
+                self._signum = signal.SIGTERM
+        return self._signum
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self._signum = value
 
 
 def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
-               place: CheckpointPlace, rows: dict[str, dict[str, int]]):
-    """A Ray generator task: trains ``unit`` and yields lists of messages -- ``("rows",
-    [pending block, ...])``, ``("progress", Progress)``, ``("checkpoint", saved, path, rows)`` (a checkpoint saved after the rows
-    before it, to be renamed to ``path`` once the driver has them in its file), and last
-    ``("done", [RunSummary, ...])``; an error in training raises here, after the rows it left
-    are yielded. ``rows``: rows of the unit's runs in the driver's file as the unit starts.
+               place: CheckpointPlace):
+    """A Ray generator task: trains ``unit`` into its runs' files and yields lists of messages
+    -- ``("opened", name)`` (a new run's file is there), ``("progress", Progress)``, and last
+    ``("done", [RunSummary, ...])``; an error in training raises here, its runs' files released
+    (their rows as flushed).
 
     The model's registry entry travels with the unit (``spec``, ``norm``), so that a model
     registered by the driver's script exists on the worker too. Training runs on a thread of
@@ -223,7 +216,7 @@ def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
         torch.set_num_threads(threads)
         try:
             place.check()
-            outcome["summaries"] = _train_unit(unit, data, place, rows, box.put, progress)
+            outcome["summaries"] = _train_unit(unit, data, place, box.put, progress)
         except BaseException as error:  # noqa: BLE001 - raised again by the generator
             outcome["error"] = error
         finally:
@@ -249,24 +242,25 @@ def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
     yield [("done", outcome["summaries"])]
 
 
-def _train_unit(unit: Unit, data, place: CheckpointPlace, rows, send,
-                progress) -> list[RunSummary]:
+def _train_unit(unit: Unit, data, place: CheckpointPlace, send, progress) -> list[RunSummary]:
     """The unit's group, fitted to this worker's device and trained as a local sweep trains
-    it, into a relay of its rows; each checkpoint saved under a name of its own
-    (``.PATH.ray-KEY-ATTEMPT-N``) and announced."""
+    it, into its runs' files; its checkpoints saved as a local sweep saves them."""
     cell = unit.group.cell
     device = resolve_device(cell.device)
-    relay, saves = Relay(send, rows), itertools.count()
+    writer = WorkerWriter(place, send)
 
     def checkpointing(group: Group) -> list[LoopListener]:
-        path = checkpoint_path(place.sweep_path, group.names)
-        saving = path.with_name(f".{path.name}.ray-{unit.key}-{unit.attempts}")
-        return [Checkpointing(saving, place.every, keep=False), Announce(path, relay, saves)]
+        return [Checkpointing(checkpoint_path(place.sweep_path, group.names), place.every,
+                              place.keep)]
 
-    with training_precision(cell.precision, device) as autocast:
-        runner = GroupRunner(relay, data.to(device), TrainerContext(device, autocast),
-                             checkpointing, unit.done, on_progress=progress)
-        return runner.train(unit.group)
+    try:
+        with training_precision(cell.precision, device) as autocast:
+            runner = GroupRunner(writer, data.to(device), TrainerContext(device, autocast),
+                                 checkpointing, unit.done, DriverWatch(place),
+                                 on_progress=progress)
+            return runner.train(unit.group)
+    finally:
+        writer.close()  # the runs' locks: the driver may mark or continue them
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,8 +329,11 @@ class RayExecutor:
                 self.ray.shutdown()
 
     def run(self, groups: list[Group], sweep: OpenSweep) -> list[RunSummary]:
-        place = _checkpoint_place(sweep.out, sweep.options.checkpoint_every)
-        units = [Unit(group, done=sweep.kept, key=key) for key, group in enumerate(groups)]
+        place = _checkpoint_place(sweep.out, sweep.options.checkpoint_every,
+                                  sweep.options.keep_checkpoints,
+                                  {name: str(path) for name, path in sweep.store.paths.items()})
+        units = [Unit(group, done=sweep.kept) for group in groups]
+        sweep.store.close()  # the runs a resume cut: the workers write them
         task = self.ray.remote(train_unit).options(num_gpus=self.gpus,
                                                    num_cpus=self.options.cpus_per_task,
                                                    max_retries=0)  # the driver retries
@@ -346,16 +343,17 @@ class RayExecutor:
         return [s for unit in driver.units for s in unit.summaries]
 
 
-def _checkpoint_place(out: str, every: int | None) -> CheckpointPlace:
+def _checkpoint_place(out: str, every: int | None, keep: bool,
+                      run_paths: dict[str, str]) -> CheckpointPlace:
     """The checkpoint folder, cleared of temporary files of workers gone (the lock is held),
     with a token file that a worker must see there."""
     folder = checkpoint_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in (*folder.glob(".*.ray-*"), *folder.glob(".ray-driver-*")):
-        stale.unlink(missing_ok=True)  # a killed driver's token, its workers' unannounced saves
+    for stale in (*folder.glob(".*.tmp-*"), *folder.glob(".ray-driver-*")):
+        stale.unlink(missing_ok=True)  # a killed driver's token, its workers' unfinished saves
     token = f".ray-driver-{os.getpid()}-{secrets.token_hex(4)}"
     (folder / token).touch()
-    return CheckpointPlace(out, token, every)
+    return CheckpointPlace(out, token, every, keep, run_paths)
 
 
 def _known_gpus(config: SweepConfig, options: RayOptions) -> float | None:
@@ -424,8 +422,8 @@ def _error_text(error: BaseException) -> str:
 
 
 class _Driver:
-    """Submits the units, replays their rows into ``store`` as they come, promotes their
-    checkpoints once the rows they refer to are in the file, continues lost units from them."""
+    """Submits the units, links the runs they announce into the index, reports progress,
+    continues lost units from their checkpoints, marks failed ones."""
 
     def __init__(self, ray, task, sweep: OpenSweep, units: list[Unit], options: RayOptions,
                  place: CheckpointPlace):
@@ -438,74 +436,70 @@ class _Driver:
         self.threads = max(1, int(options.cpus_per_task))
         self.running: dict = {}  # generator -> unit
         self.latest: Progress | None = None  # the last progress any unit reported
-        self.touched: dict[str, RunLog] = {}  # runs with rows to flush
-        self.saved: list[tuple] = []  # checkpoints announced, to promote after the next flush
-        plan = sweep.resume
-        # run -> the checkpoint it continues from, should its worker be lost
-        self.checkpoints: dict[str, Path] = plan.checkpoints() if plan else {}
-        # run -> rows of each group the file holds of it as its unit starts (a continued run:
-        # its checkpoint's)
-        self.rows: dict[str, dict[str, int]] = dict(plan.truncate) if plan else {}
+        self.opened: list[str] = []  # runs announced, to link into the index
         self.kept = len(sweep.kept)
         self.retries: list[dict] = []
-        self.flushed = 0.0  # time.monotonic() of the last flush
+        self.linked = 0.0  # time.monotonic() of the last index write
 
     def run(self) -> None:
         ray = self.ray
+        self.wait_for_writers()
         for unit in self.units:
             self.submit(unit)
         try:
             while self.running:
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
-                if ready:  # and whatever else is ready now: one flush for all of them
+                if ready:  # and whatever else is ready now
                     ready, _ = ray.wait(list(self.running), num_returns=len(self.running),
                                         timeout=0)
                 for gen in ready:
                     self.take(gen)
-                if time.monotonic() - self.flushed >= FLUSH_SECONDS:
-                    self.flush()
+                if time.monotonic() - self.linked >= LINK_SECONDS:
+                    self.link()
                 if ready and self.latest is not None and self.on_progress is not None:
                     _report(self.latest, self.units, self.running, self.on_progress,
                             self.config.run_count(), self.kept)
-            self.flush()
-        except BaseException:  # Ctrl-C, or the driver's own failure: the file says how runs ended
+            self.link()
+        except BaseException:  # Ctrl-C, or the driver's own failure: the files say how runs ended
             for gen in self.running:
                 with contextlib.suppress(Exception):  # the interrupt, not this, is the news
                     ray.cancel(gen, force=True)
+            self.link()
             for unit in self.running.values():
                 for name in unit.group.names:
-                    log = self.store.runs.get(name)
-                    if log is not None and log.attrs.get("status") == "running":
-                        log.set_attrs(status="interrupted")
-                        self.touched[name] = log
-            self.flush()
+                    self.mark(name, set(STATUSES) - {"running"}, status="interrupted")
             raise
+
+    def wait_for_writers(self) -> None:
+        """The units' runs free of writers: a killed driver's workers stop on their own
+        (``DriverWatch``), after a checkpoint; a writer that does not is one line."""
+        names = [n for unit in self.units for n in unit.group.names]
+        paths = [self.store._run_path(n) for n in names]
+        deadline = time.monotonic() + WRITERS_GONE_SECONDS
+        while busy := [p for p in paths if not lock_is_free(p)]:
+            if time.monotonic() > deadline:
+                raise LandscapeError(f"{busy[0]} is still being written by another process "
+                                     f"after {WRITERS_GONE_SECONDS:.0f} s (a worker of the "
+                                     "sweep's killed driver?): stop it, then resume")
+            time.sleep(0.2)
 
     def submit(self, unit: Unit) -> None:
         unit.attempts += 1
         unit.done_steps, unit.progress = 0, None
         spec = self.specs[unit.group.model]
-        rows = ({n: self.rows.get(n, {}) for n in unit.group.names} if unit.group.checkpoint
-                else {})
         gen = self.task.remote(unit, spec, NORMS[spec.norm], self.data_ref, self.threads,
-                               self.place, rows)
+                               self.place)
         self.running[gen] = unit
 
-    def flush(self) -> None:
-        """The rows received to the file; then the checkpoints that refer to them renamed into
-        place (a checkpoint is never ahead of the file)."""
-        self.flushed = time.monotonic()
-        if self.touched:
-            self.store.flush(*self.touched.values())
-            self.touched = {}
-        for saved, path, names in self.saved:
-            os.replace(saved, path)
-            self.checkpoints.update({name: Path(path) for name in names})
-        self.saved = []
+    def link(self) -> None:
+        """The runs announced since the last call linked into the index (one write)."""
+        self.linked = time.monotonic()
+        if self.opened:
+            self.store.add_runs(*self.opened)
+            self.opened = []
 
     def take(self, gen) -> None:
-        """Every message the unit has ready now, in order: a driver that falls behind writes
-        more rows per flush, not more flushes (a flush costs per run, hardly per row)."""
+        """Every message the unit has ready now, in order."""
         ray, unit = self.ray, self.running[gen]
         refs, ended = [], False
         while not refs or ray.wait([gen], timeout=0)[0]:
@@ -532,72 +526,80 @@ class _Driver:
                 del self.running[gen]
                 unit.done_steps = len(unit.group.runs) * (unit.progress.steps_total
                                                           if unit.progress else 0)
-                self.flush()
-                if not self.sweep.options.keep_checkpoints:
-                    for name in unit.group.names:
-                        path = self.checkpoints.pop(name, None)
-                        if path is not None:
-                            path.unlink(missing_ok=True)
+                self.link()
 
     def receive(self, unit: Unit, messages: list) -> None:
         for kind, *payload in messages:
-            if kind == "rows":
-                for pending in payload[0]:
-                    log = self.store.runs.get(pending["name"])
-                    if log is None:
-                        log = self.store.run(pending["name"], pending["eta"])
-                    log.absorb(pending)
-                    self.touched[log.name] = log
-            elif kind == "checkpoint":  # after the rows it refers to: those this log holds
-                saved, path, rows = payload
-                for name, counts in rows.items():
-                    held = self.store.runs[name].rows_held()
-                    if {g: n for g, n in held.items() if n} != {g: n for g, n in counts.items()
-                                                                if n}:
-                        raise RuntimeError(f"checkpoint {path} refers to rows {counts} of "
-                                           f"{name}; the driver holds {held}")
-                self.saved.append((saved, path, list(rows)))
+            if kind == "opened":
+                self.opened.append(payload[0])
             elif kind == "progress":
                 unit.progress = self.latest = payload[0]
                 unit.done_steps = payload[0].run_index * payload[0].steps_total + payload[0].step
             elif kind == "done":
                 unit.summaries = payload[0]
 
+    def written(self, names) -> list[str]:
+        """Those of ``names`` whose file a worker has made (announced or not: linked now)."""
+        there = [n for n in names if self.store._run_path(n).exists()]
+        self.opened += [n for n in there if n not in self.store.linked]
+        self.link()
+        return there
+
     def continue_lost(self, unit: Unit, error: str) -> None:
-        """A lost unit's runs as a resumed sweep would take them: those the file holds
+        """A lost unit's runs as a resumed sweep would take them: those their files hold
         complete stay, those with a checkpoint continue from it (their rows after it cut),
         the rest start again; as units of their own, on other workers."""
-        self.flush()  # every row received, and every checkpoint they complete
-        for stale in checkpoint_dir(self.place.sweep_path).glob(f".*.ray-{unit.key}-*"):
-            stale.unlink(missing_ok=True)  # saved, never announced: ahead of the file
         names = unit.group.names
-        attrs = {n: self.store.runs[n].attrs for n in names if n in self.store.runs}
+        folder = checkpoint_dir(self.place.sweep_path)
+        for name in names:  # a save the dead worker began
+            for stale in folder.glob(f".{checkpoint_path(self.place.sweep_path, [name]).name}"
+                                     ".tmp-*"):
+                stale.unlink(missing_ok=True)
+        attrs = {n: self.read_attrs(n) for n in self.written(names)}
+        found = find_checkpoints(self.place.sweep_path)
         on_gpu = self.sweep.where.on_gpu
-        plan = plan_resume(self.config, attrs, {n: self.checkpoints[n] for n in names
-                                                if n in self.checkpoints}, on_gpu, only=names)
+        plan = plan_resume(self.config, attrs, {n: found[n] for n in names if n in found},
+                           on_gpu, only=names)
         self.store.truncate(plan.truncate)
-        self.rows.update(plan.truncate)
+        self.store.release(*names)  # for the workers that continue them
         self.retries.append({"runs": names, "error": error, "attempt": unit.attempts,
                              "continued_from_step": plan.continued_from_step()})
         self.store.set_root_attrs(ray_retries=self.retries)
         self.units.remove(unit)
         for group in plan_sweep(self.config, plan, on_gpu=on_gpu):
-            again = Unit(group, unit.attempts, frozenset(plan.kept) | unit.done, unit.key)
+            again = Unit(group, unit.attempts, frozenset(plan.kept) | unit.done)
             self.units.append(again)
             self.submit(again)
 
+    def read_attrs(self, name: str) -> dict:
+        """A run's attributes, its writer gone (a dead worker's lock is released at once)."""
+        return self.store.read_run_attrs(name)
+
+    def mark(self, name: str, leave: set[str], **attrs) -> dict:
+        """Set attributes of a run unless its status is one of ``leave`` (its writer has ended
+        or is ending: a cancelled worker's lock goes when its process does); its attributes."""
+        if name not in self.written([name]):
+            return {}
+        for pause in (0.1, 0.3, 1.0, 3.0, None):
+            try:
+                current = self.read_attrs(name)
+                if current.get("status") not in leave:
+                    self.store.set_run_attrs(name, **attrs)
+                    current.update(attrs)
+                return current
+            except LandscapeError:
+                if pause is None:
+                    raise
+                time.sleep(pause)
+        return {}
+
     def fail(self, unit: Unit, message: str) -> None:
         """The unit's runs that did not end on their own are failed, with the error."""
-        self.flush()
         done = {s.name for s in unit.summaries}
         for name, lr in zip(unit.group.names, unit.group.lrs):
-            log = self.store.runs.get(name)
-            if log is not None and log.attrs.get("status") not in ("completed", "diverged"):
-                log.set_attrs(status="failed", error=message)
-                self.touched[name] = log
+            attrs = self.mark(name, {"completed", "diverged"}, status="failed", error=message)
             if name in done or name in unit.done:
                 continue
-            attrs = log.attrs if log is not None else {}
             unit.summaries.append(RunSummary(name, unit.group.model, lr,
                                              attrs.get("status", "failed"),
                                              int(attrs.get("steps_completed", 0)), math.nan,

@@ -115,8 +115,11 @@ def execute_sweep(config: SweepConfig, out, executor: Executor,
     with SweepLock(out):  # before anything is read or written: one writer at a time
         with executor.session(config) as where:
             sweep = open_sweep(out, config, data, where, options)
-            groups = plan_sweep(sweep.config, sweep.resume, on_gpu=where.on_gpu)
-            summaries = executor.run(groups, sweep)
+            try:
+                groups = plan_sweep(sweep.config, sweep.resume, on_gpu=where.on_gpu)
+                summaries = executor.run(groups, sweep)
+            finally:
+                sweep.store.close()  # every run's lock released, its rows as flushed
         return finish_sweep(sweep, summaries)
 
 
