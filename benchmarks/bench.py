@@ -215,7 +215,7 @@ def probe_vs_step(model_name: str, width: float, data: ImageData, device, repeat
             lambda: along_gradient(run.model, F.cross_entropy, x, y, ETAS, points="sequential"),
             device, repeat)
         if device.type == "cuda":
-            model, optimizer = build_run(model_name, 0.1, config, data.num_classes, device)
+            model, optimizer = build_run(model_name, 0.1, config, data, device)
             step = CapturedStep(model, optimizer, ClassificationTask(data), x, y, autocast)
             probe = CapturedProbe(model, F.cross_entropy, step.x, step.y, ETAS, step.stream)
 

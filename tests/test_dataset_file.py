@@ -65,10 +65,13 @@ def test_run_on_an_array_file_records_name_path_and_sha256(tmp_path):
 BAD_FILES = [
     (dict(y_test=None), "no array 'y_test'"),
     (dict(x_train=np.zeros((40, 3, 32, 32), np.float32)), "x_train must be uint8"),
-    (dict(x_test=np.zeros((20, 32, 32, 3), np.uint8)), "x_test must have shape (N, 3, 32, 32)"),
-    (dict(x_train=np.zeros((40, 3, 28, 28), np.uint8)), "x_train must have shape"),
-    (dict(y_train=np.arange(40) % 11), "y_train has labels outside 0..9"),
-    (dict(y_test=-np.ones(20, np.int64)), "y_test has labels outside 0..9"),
+    (dict(x_test=np.zeros((20, 32, 32, 3), np.uint8)),
+     "x_test images are (32, 32, 3), x_train's (3, 32, 32)"),
+    (dict(x_train=np.zeros((40, 1, 3, 32, 32), np.uint8)), "x_train must have shape (N, C, H, W)"),
+    (dict(x_train=np.zeros((40, 3, 0, 32), np.uint8)), "no axis of length 0"),
+    (dict(y_test=np.arange(20) % 11), "y_test has label 10, which no training image has"),
+    (dict(y_test=-np.ones(20, np.int64)), "y_test has a negative label"),
+    (dict(y_train=np.zeros(40, np.int64)), "y_train has one class only"),
     (dict(y_train=np.zeros(39, np.int64)), "y_train must have shape (40,)"),
     (dict(y_test=np.zeros(20, np.float32)), "y_test must hold integer labels"),
 ]

@@ -6,9 +6,9 @@ import os
 
 from ..errors import LandscapeError
 from .gaussian import DATASET as GAUSSIAN_LINEAR, GaussianLinearData, load_gaussian_linear
-from .images import ImageData, load_cifar10, load_cifar10_mini, load_image_file
+from .images import TORCHVISION, ImageData, load_cifar10_mini, load_image_file, load_torchvision
 
-DATASETS = ("cifar10", "cifar10-mini", GAUSSIAN_LINEAR)
+DATASETS = ("cifar10", "cifar10-mini", "cifar100", "mnist", "fashion-mnist", GAUSSIAN_LINEAR)
 ARRAY_FILE_SUFFIX = ".npz"  # any other --dataset is a path to an array file of images
 
 
@@ -19,8 +19,8 @@ def is_array_file(name: str) -> bool:
 def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageData | GaussianLinearData:
     if name == GAUSSIAN_LINEAR:  # the deep linear network's data (not images)
         return load_gaussian_linear()
-    if name == "cifar10":
-        return load_cifar10(root)
+    if name in TORCHVISION:
+        return load_torchvision(name, root)
     if name == "cifar10-mini":
         return load_cifar10_mini()
     if is_array_file(name):

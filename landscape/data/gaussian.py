@@ -35,6 +35,10 @@ class GaussianLinearData:
     def num_classes(self) -> int:  # the output dimension; models are built with it
         return self.a.shape[0]
 
+    @property
+    def image_shape(self) -> None:  # not images: models take their own input size
+        return None
+
     def to(self, device) -> "GaussianLinearData":
         move = lambda t: t.to(device)  # noqa: E731
         return GaussianLinearData(self.name, move(self.x_train), move(self.y_train),

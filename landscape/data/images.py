@@ -20,7 +20,7 @@ import torch
 from ..errors import LandscapeError
 
 NUM_CLASSES = 10
-IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) the image models take: VGG-A's five 2x2 pools end at 1x1
+IMAGE_SHAPE = (3, 32, 32)  # (C, H, W) of CIFAR: the image models' default
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -37,29 +37,36 @@ def mini_path() -> Path:
 
 @dataclass
 class ImageData:
-    """A train/test split of images (N, 3, H, W) uint8 and labels (N,) int64, on one device."""
+    """A train/test split of images (N, C, H, W) uint8 and labels (N,) int64, on one device."""
 
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    mean: torch.Tensor  # per-channel mean of the training images, 0-1 scale, shape (3,)
-    std: torch.Tensor  # per-channel std of the training images, 0-1 scale, shape (3,)
-    path: str = ""  # the array file it came from ("" for torchvision's CIFAR-10)
+    mean: torch.Tensor  # per-channel mean of the training images, 0-1 scale, shape (C,)
+    std: torch.Tensor  # per-channel std of the training images, 0-1 scale, shape (C,)
+    path: str = ""  # the array file it came from ("" for torchvision's datasets)
     sha256: str = ""  # of that file's bytes
+    classes: int = NUM_CLASSES  # the label set 0..classes-1 (an array file's: from its labels)
 
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES
+        return self.classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image: what the models are built for."""
+        return tuple(self.x_train.shape[1:])
 
     def to(self, device: torch.device | str) -> "ImageData":
         move = lambda t: t.to(device)  # noqa: E731
         return ImageData(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
-                         move(self.y_test), move(self.mean), move(self.std), self.path, self.sha256)
+                         move(self.y_test), move(self.mean), move(self.std), self.path, self.sha256,
+                         self.classes)
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> float32, per-channel standardized with the train statistics."""
+        """uint8 (B, C, H, W) -> float32, per-channel standardized with the train statistics."""
         x = images_uint8.float().div_(255.0)
         x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
         if x.is_cuda:  # NHWC matches the channels-last models used on GPUs
@@ -74,12 +81,13 @@ def _channel_stats(x_uint8: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def _from_arrays(name, x_train, y_train, x_test, y_test, path="", sha256="") -> ImageData:
+def _from_arrays(name, x_train, y_train, x_test, y_test, path="", sha256="",
+                 classes=NUM_CLASSES) -> ImageData:
     mean, std = _channel_stats(x_train)
     as_images = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))  # noqa: E731
     as_labels = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
     return ImageData(name, as_images(x_train), as_labels(y_train), as_images(x_test),
-                     as_labels(y_test), mean, std, path, sha256)
+                     as_labels(y_test), mean, std, path, sha256, classes)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -90,51 +98,73 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _checked_arrays(path: Path, z) -> list[np.ndarray]:
-    """The four arrays of an image file, or ``LandscapeError`` naming the first bad one."""
+def _checked_arrays(path: Path, z) -> tuple[list[np.ndarray], int]:
+    """The four arrays of an image file (grayscale (N, H, W) given a channel axis) and its
+    number of classes (from the labels), or ``LandscapeError`` naming the first bad array."""
     missing = [a for a in ARRAYS if a not in z.files]
     if missing:
         raise LandscapeError(f"{path}: no array {missing[0]!r} (an image file holds "
                              f"{', '.join(ARRAYS)})")
     arrays = [z[a] for a in ARRAYS]
-    for (name, a), split in zip(zip(ARRAYS, arrays), ("train", "train", "test", "test")):
-        if name.startswith("x"):
-            if a.dtype != np.uint8:
-                raise LandscapeError(f"{path}: {name} must be uint8 images, got {a.dtype}")
-            if a.ndim != 4 or a.shape[1:] != IMAGE_SHAPE or a.shape[0] == 0:
-                raise LandscapeError(f"{path}: {name} must have shape (N, "
-                                     f"{', '.join(map(str, IMAGE_SHAPE))}) with N > 0, got {a.shape}")
-            images = len(a)
-            continue
-        if a.dtype.kind not in "iu":
-            raise LandscapeError(f"{path}: {name} must hold integer labels, got {a.dtype}")
-        if a.shape != (images,):
-            raise LandscapeError(f"{path}: {name} must have shape ({images},), one label per "
-                                 f"{split} image, got {a.shape}")
-        if a.min() < 0 or a.max() >= NUM_CLASSES:
-            raise LandscapeError(f"{path}: {name} has labels outside 0..{NUM_CLASSES - 1} "
-                                 f"(min {a.min()}, max {a.max()})")
-    return arrays
+    for i in (0, 2):
+        arrays[i] = _checked_images(path, ARRAYS[i], arrays[i])
+    if arrays[2].shape[1:] != arrays[0].shape[1:]:
+        raise LandscapeError(f"{path}: x_test images are {arrays[2].shape[1:]}, x_train's "
+                             f"{arrays[0].shape[1:]}: give both one shape")
+    for i, split in ((1, "train"), (3, "test")):
+        _checked_labels(path, ARRAYS[i], arrays[i], len(arrays[i - 1]), split)
+    classes = int(arrays[1].max()) + 1
+    if classes < 2:
+        raise LandscapeError(f"{path}: y_train has one class only (labels 0..{classes - 1})")
+    unseen = sorted(set(np.unique(arrays[3]).tolist()) - set(np.unique(arrays[1]).tolist()))
+    if unseen:
+        raise LandscapeError(f"{path}: y_test has label {unseen[0]}, which no training image "
+                             "has")
+    return arrays, classes
+
+
+def _checked_images(path: Path, name: str, a: np.ndarray) -> np.ndarray:
+    """uint8 images (N, C, H, W), N > 0; (N, H, W) is grayscale, given its channel axis."""
+    if a.dtype != np.uint8:
+        raise LandscapeError(f"{path}: {name} must be uint8 images, got {a.dtype}")
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4 or 0 in a.shape:
+        raise LandscapeError(f"{path}: {name} must have shape (N, C, H, W) or (N, H, W) with "
+                             f"no axis of length 0, got {a.shape}")
+    return a
+
+
+def _checked_labels(path: Path, name: str, a: np.ndarray, images: int, split: str) -> None:
+    if a.dtype.kind not in "iu":
+        raise LandscapeError(f"{path}: {name} must hold integer labels, got {a.dtype}")
+    if a.shape != (images,):
+        raise LandscapeError(f"{path}: {name} must have shape ({images},), one label per "
+                             f"{split} image, got {a.shape}")
+    if a.min() < 0:
+        raise LandscapeError(f"{path}: {name} has a negative label ({a.min()})")
 
 
 def load_image_file(path: str | os.PathLike, name: str | None = None) -> ImageData:
-    """An array file (.npz) with ``x_train`` (N, 3, 32, 32) uint8, ``y_train`` (N,) labels in
-    0..9, ``x_test`` and ``y_test`` likewise; normalized with its own training set's statistics.
+    """An array file (.npz) with ``x_train`` (N, C, H, W) uint8 (or (N, H, W), grayscale),
+    ``y_train`` (N,) integer labels 0..K-1 (K, the classes, from the labels), ``x_test`` and
+    ``y_test`` likewise; normalized with its own training set's statistics.
 
-    A missing file, a missing array, a wrong dtype or shape, or a label out of range raises
-    ``LandscapeError`` naming it. ``name`` defaults to the file's stem.
+    A missing file, a missing array, a wrong dtype or shape, test images of another shape, a
+    negative label or a test label no training image has raises ``LandscapeError`` naming it.
+    ``name`` defaults to the file's stem.
     """
     path = Path(path)
     if not path.is_file():
         raise LandscapeError(f"--dataset {path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = _checked_arrays(path, z)
+            arrays, classes = _checked_arrays(path, z)
     except (ValueError, OSError, EOFError) as exc:  # not an .npz, truncated, pickled objects
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LandscapeError(f"--dataset {path}: not a readable .npz array file ({reason})") from None
     return _from_arrays(name or path.stem, *arrays, path=str(path.resolve()),
-                        sha256=file_sha256(path))
+                        sha256=file_sha256(path), classes=classes)
 
 
 def load_cifar10_mini(path: str | os.PathLike | None = None) -> ImageData:
@@ -145,29 +175,55 @@ def load_cifar10_mini(path: str | os.PathLike | None = None) -> ImageData:
     return load_image_file(path, "cifar10-mini")
 
 
+# --dataset NAME read through torchvision: its class, how it is named in errors, its classes,
+# and the folder it leaves under --data-root (what a user without a network copies there).
+TORCHVISION = {"cifar10": ("CIFAR10", "CIFAR-10", 10, "cifar-10-batches-py"),
+               "cifar100": ("CIFAR100", "CIFAR-100", 100, "cifar-100-python"),
+               "mnist": ("MNIST", "MNIST", 10, "MNIST/raw"),
+               "fashion-mnist": ("FashionMNIST", "Fashion-MNIST", 10, "FashionMNIST/raw")}
+
+
 def load_cifar10(root: str | os.PathLike | None = None, download: bool = True) -> ImageData:
     """Full CIFAR-10 through torchvision, downloaded into ``root`` when it is absent."""
+    return load_torchvision("cifar10", root, download)
+
+
+def load_torchvision(name: str, root: str | os.PathLike | None = None,
+                     download: bool = True) -> ImageData:
+    """A ``TORCHVISION`` dataset, downloaded into ``root`` when it is absent (online only)."""
+    cls_name, title, classes, folder = TORCHVISION[name]
     root = Path(root) if root is not None else default_data_root()
-    try:
-        from torchvision.datasets import CIFAR10
-    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
-        raise LandscapeError(f"torchvision is needed for --dataset cifar10 ({exc})") from None
-    root_existed = root.exists()
+    import torchvision.datasets  # here: importing torchvision costs every command a second
+    dataset = getattr(torchvision.datasets, cls_name)
+    existed = set(root.rglob("*")) | {root} if root.exists() else set()
     try:
         # torchvision prints download progress; it raises when offline or the archive is bad.
-        train = CIFAR10(str(root), train=True, download=download)
-        test = CIFAR10(str(root), train=False, download=download)
-    except Exception as exc:  # any failure here means: no usable CIFAR-10 at root
-        if not root_existed and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # leave no empty directory behind from a failed download
+        train = dataset(str(root), train=True, download=download)
+        test = dataset(str(root), train=False, download=download)
+    except Exception as exc:  # any failure here means: no usable copy at root
+        _remove_new_empty_folders(root, existed)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LandscapeError(
-            f"CIFAR-10 not found under {root} and could not be downloaded ({reason}); "
-            "pass --data-root DIR holding cifar-10-batches-py, or --dataset cifar10-mini"
-        ) from None
-    to_nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731  (N,H,W,C) -> (N,C,H,W)
-    return _from_arrays("cifar10", to_nchw(train.data), train.targets,
-                        to_nchw(test.data), test.targets)
+            f"{title} not found under {root} and could not be downloaded ({reason}); "
+            f"pass --data-root DIR holding {folder}, or --dataset cifar10-mini") from None
+    return _from_arrays(name, _nchw(train.data), train.targets, _nchw(test.data), test.targets,
+                        classes=classes)
+
+
+def _remove_new_empty_folders(root: Path, existed: set[Path]) -> None:
+    """Leave no empty folder behind from a failed download (``root`` and what it made)."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True) + [root]:
+        if folder not in existed and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _nchw(images) -> np.ndarray:
+    """torchvision's images as (N, C, H, W): CIFAR's (N, H, W, C) arrays, MNIST's (N, H, W)
+    tensors."""
+    images = np.asarray(images)
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

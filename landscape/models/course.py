@@ -18,13 +18,15 @@ hold no parameters and draw nothing when built).
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
+from ..data.images import IMAGE_SHAPE
 from .nonlinearities import nonlinearity
 from .registry import ModelSpec, Norm, glorot_init_, norm_named, register_model
 from .vgg import scaled
 
-IMAGE_FEATURES = 3 * 32 * 32
 MLP_HIDDEN = (512, 512)
 CNN_CHANNELS = (32, 64)  # two blocks, each halving the 32x32 image: 64 channels of 8x8 at the end
 
@@ -37,10 +39,11 @@ class MLP(nn.Module):
     """Flattened image → hidden layers (Linear → norm → ReLU → dropout) → classes."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, hidden=MLP_HIDDEN, activation: str = "relu"):
+                 dropout: float = 0.0, hidden=MLP_HIDDEN, activation: str = "relu",
+                 image_shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        features = IMAGE_FEATURES
+        features = math.prod(image_shape)
         for h in hidden:
             out = scaled(h, width)
             layers += [nn.Linear(features, out), norm.linear(out), nonlinearity(activation),
@@ -58,21 +61,21 @@ class CNN(nn.Module):
     """Two blocks Conv → norm → ReLU → Dropout2d → MaxPool, then one Linear layer."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, channels=CNN_CHANNELS, image_size: int = 32,
-                 activation: str = "relu"):
+                 dropout: float = 0.0, channels=CNN_CHANNELS, activation: str = "relu",
+                 image_shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = 3
+        c_in, height, width_px = image_shape
         for c in channels:
             c_out = scaled(c, width)
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1), norm.conv(c_out),
                        nonlinearity(activation), _dropout(dropout, nn.Dropout2d),
                        nn.MaxPool2d(2)]
             c_in = c_out
-            image_size //= 2
+            height, width_px = height // 2, width_px // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Flatten(),
-                                        nn.Linear(c_in * image_size * image_size, num_classes))
+                                        nn.Linear(c_in * height * width_px, num_classes))
         glorot_init_(self)
 
     def forward(self, x):
@@ -85,12 +88,12 @@ COURSE_MODELS = {"mlp": (MLP, "none"), "mlp_bn": (MLP, "batch"),
 
 def _builder(network: type[nn.Module], norm: str):
     def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0,
-              activation: str = "relu") -> nn.Module:
+              activation: str = "relu", image_shape=IMAGE_SHAPE) -> nn.Module:
         return network(norm_named(norm), width=width, num_classes=num_classes, dropout=dropout,
-                       activation=activation)
+                       activation=activation, image_shape=image_shape)
     return build
 
 
 for _name, (_network, _norm) in COURSE_MODELS.items():
     register_model(_name, ModelSpec(_builder(_network, _norm), _norm, dropout=True,
-                                    random=False, activation=True))
+                                    random=False, activation=True, image_shape=True))

@@ -16,6 +16,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..data.images import IMAGE_SHAPE
 from ..errors import LandscapeError
 
 
@@ -40,6 +41,9 @@ class ModelSpec:
     # Whether the builder takes a nonlinearity (``activation=NAME``, ``nonlinearities``):
     # every image model; not the deep linear network.
     activation: bool = False
+    # Whether the builder takes the input's shape (``image_shape=(C, H, W)``): every image
+    # model here; one that does not is built for CIFAR's 3x32x32 and refuses other data.
+    image_shape: bool = False
     # Whether its own layers (besides its normalization's and dropout) draw random numbers in
     # training mode: a sweep trains such runs one by one (``randomness.draws_random``). None:
     # not declared (a model registered by a script); then a model is built on the meta
@@ -74,10 +78,12 @@ def norm_named(name: str) -> Norm:
 
 
 def build_model(name: str, width: float = 1.0, num_classes: int = 10,
-                dropout: float = 0.0, activation: str = "relu") -> nn.Module:
+                dropout: float = 0.0, activation: str = "relu",
+                image_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """Build a registered model by name (see ``MODELS``); ``dropout``: the rate of its dropout
     layers, for the models that have them (``ModelSpec.dropout``; 0 = none); ``activation``:
-    its nonlinearity, for the models that take one (``ModelSpec.activation``)."""
+    its nonlinearity, for the models that take one (``ModelSpec.activation``); ``image_shape``:
+    (C, H, W) of its input images (None: CIFAR's), for the models that take it."""
     if name not in MODELS:
         raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     spec = MODELS[name]
@@ -87,12 +93,24 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10,
     elif dropout:
         raise LandscapeError(f"model {name!r} has no dropout layers: --dropout must be 0, "
                              f"got {dropout!r}")
+    check_image_shape(name, image_shape)
+    if spec.image_shape:
+        kwargs["image_shape"] = tuple(image_shape or IMAGE_SHAPE)
     if spec.activation:
         kwargs["activation"] = activation
     elif activation != "relu":
         raise LandscapeError(f"model {name!r} has no nonlinearity: --activation must be relu "
                              f"(the default), got {activation!r}")
     return spec.build(**kwargs)
+
+
+def check_image_shape(name: str, image_shape: tuple[int, int, int] | None) -> None:
+    """``LandscapeError`` when model ``name`` cannot take images of ``image_shape`` (None:
+    CIFAR's): a model whose builder takes no ``image_shape`` is built for CIFAR's only."""
+    if name in MODELS and not MODELS[name].image_shape and image_shape is not None \
+            and tuple(image_shape) != IMAGE_SHAPE:
+        raise LandscapeError(f"model {name!r} takes {'x'.join(map(str, IMAGE_SHAPE))} images, "
+                             f"the data's are {'x'.join(map(str, image_shape))}")
 
 
 def glorot_init_(model: nn.Module) -> nn.Module:

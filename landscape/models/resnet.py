@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.images import IMAGE_SHAPE
 from .nonlinearities import nonlinearity
 from .norms import NORM_SUFFIXES, seed_noise
 from .registry import ModelSpec, Norm, norm_named, register_model
@@ -94,12 +95,14 @@ class ResNet(nn.Module):
     """A stem, stages of ``BasicBlock``s, global average pooling, a linear classifier."""
 
     def __init__(self, stages: tuple[int, ...], blocks: int, norm_name: str, width: float = 1.0,
-                 num_classes: int = 10, projection: bool = False, activation: str = "relu"):
+                 num_classes: int = 10, projection: bool = False, activation: str = "relu",
+                 in_channels: int = 3):
         super().__init__()
         norm = norm_named(norm_name)
         shape = BlockShape(norm_name in UNNORMALIZED, projection, activation)
         channels = scaled(stages[0], width)
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1, bias=shape.unnormalized),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1,
+                                            bias=shape.unnormalized),
                                   norm.conv(channels), nonlinearity(activation))
         layers = []
         for i, stage in enumerate(stages):
@@ -120,27 +123,29 @@ class ResNet(nn.Module):
 
 
 def cifar_resnet(depth_name: str, width: float = 1.0, num_classes: int = 10,
-                 norm: str = "batch", activation: str = "relu") -> ResNet:
+                 norm: str = "batch", activation: str = "relu", in_channels: int = 3) -> ResNet:
     """ResNet-20/32/56 of He et al. (``depth_name`` in ``CIFAR_DEPTHS``); noise layers seeded
-    from the run's seed, as VGG-A's (``vgg.vgg_a``)."""
+    from the run's seed, as VGG-A's (``vgg.vgg_a``). Any image size: it ends in global
+    average pooling."""
     model = ResNet(CIFAR_STAGES, CIFAR_DEPTHS[depth_name], norm, width, num_classes,
-                   activation=activation)
+                   activation=activation, in_channels=in_channels)
     return seed_noise(model, torch.initial_seed())
 
 
 def resnet18(width: float = 1.0, num_classes: int = 10, norm: str = "batch",
-             activation: str = "relu") -> ResNet:
+             activation: str = "relu", in_channels: int = 3) -> ResNet:
     """ResNet-18, CIFAR form (3x3 stem, no max-pool), projection shortcuts."""
     model = ResNet(RESNET18_STAGES, 2, norm, width, num_classes, projection=True,
-                   activation=activation)
+                   activation=activation, in_channels=in_channels)
     return seed_noise(model, torch.initial_seed())
 
 
 def _builder(family: str, norm: str):
-    def build(width: float = 1.0, num_classes: int = 10, activation: str = "relu") -> ResNet:
+    def build(width: float = 1.0, num_classes: int = 10, activation: str = "relu",
+              image_shape: tuple[int, int, int] = IMAGE_SHAPE) -> ResNet:
         if family == "resnet18":
-            return resnet18(width, num_classes, norm, activation)
-        return cifar_resnet(family, width, num_classes, norm, activation)
+            return resnet18(width, num_classes, norm, activation, image_shape[0])
+        return cifar_resnet(family, width, num_classes, norm, activation, image_shape[0])
     return build
 
 
@@ -148,4 +153,5 @@ RESNET_FAMILIES = (*CIFAR_DEPTHS, "resnet18")
 for _family in RESNET_FAMILIES:
     for _suffix, _norm in NORM_SUFFIXES.items():
         register_model(f"{_family}{_suffix}", ModelSpec(_builder(_family, _norm), _norm,
-                                                        random=False, activation=True))
+                                                        random=False, activation=True,
+                                                        image_shape=True))

@@ -150,7 +150,7 @@ class GridRuns:
 
         def build():
             torch.manual_seed(config.seed)  # same initial weights as SequentialRun
-            return config.model(group.model, data.num_classes).to(device)
+            return config.model(group.model, data).to(device)
 
         self.task = tasks.task_for(data)  # always classification: see SweepConfig.trains_alone
         self.grid = BatchedGrid(build, group.lrs, config.momentum, config.weight_decay,

@@ -214,11 +214,14 @@ class SweepConfig:
     def run_count(self) -> int:
         return len(self.models) * len(self.lrs) * math.prod(len(self.axis_values(a)) for a in AXES)
 
-    def model(self, name: str, num_classes: int = 10):
+    def model(self, name: str, data=None):
         """A fresh ``nn.Module`` of model ``name`` at this config's width, dropout rate and
-        nonlinearity (a config of one cell: ``cells``)."""
-        return build_model(name, width=self.width, num_classes=num_classes, dropout=self.dropout,
-                           activation=self.activation)
+        nonlinearity (a config of one cell: ``cells``), for ``data``'s classes and image shape
+        (None: CIFAR-10's)."""
+        return build_model(name, width=self.width, dropout=self.dropout,
+                           activation=self.activation,
+                           num_classes=data.num_classes if data is not None else 10,
+                           image_shape=data.image_shape if data is not None else None)
 
     def probe_dtype_of(self, model: str) -> str:
         """The probe's arithmetic for this model: ``probe_dtype``, or its default."""

@@ -29,13 +29,13 @@ def make_optimizer(parameters, lr: float, config: SweepConfig) -> torch.optim.Op
     return ADAPTIVE[config.optimizer](parameters, lr=lr, weight_decay=config.weight_decay)
 
 
-def build_run(model_name: str, lr: float, config: SweepConfig, num_classes: int,
+def build_run(model_name: str, lr: float, config: SweepConfig, data,
               device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A run's model and optimizer. The model is built right after ``torch.manual_seed(seed)``:
     every run of one seed and model starts from the same weights, whatever its learning rate,
     batch size, optimizer or dropout rate (dropout layers draw nothing when built)."""
     torch.manual_seed(config.seed)
-    model = config.model(model_name, num_classes).to(device)
+    model = config.model(model_name, data).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # NHWC on tensor cores
     return model, make_optimizer(model.parameters(), lr, config)
@@ -47,7 +47,7 @@ class SequentialRun:
 
     def __init__(self, group: Group, data, context: TrainerContext):
         (run,), config, device = group.runs, group.cell, context.device
-        self.model, self.optimizer = build_run(run.model, run.lr, config, data.num_classes, device)
+        self.model, self.optimizer = build_run(run.model, run.lr, config, data, device)
         self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
         self.autocast = context.autocast
         # The probe reuses the training step's loss and gradient when that step ran in exact

@@ -152,7 +152,7 @@ class StreamRuns:
         self.x = torch.empty((config.batch_size, *data.x_train.shape[1:]), device=device)
         self.y = torch.empty(config.batch_size, dtype=torch.int64, device=device)
         for lr in self.lrs:
-            model, optimizer = build_run(group.model, lr, config, data.num_classes, device)
+            model, optimizer = build_run(group.model, lr, config, data, device)
             self.models.append(model.train())
             self.steps.append(CapturedStep(model, optimizer, self.task, self.x, self.y,
                                            context.autocast))

@@ -27,6 +27,7 @@ import torch
 from ..data import ImageData, load_dataset
 from ..errors import LandscapeError
 from ..models import MODELS
+from ..models.registry import check_image_shape
 from ..store import RunLog, SweepLock, SweepStore, read_sweep, remove_stale_temporaries
 from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints, \
     load_checkpoint
@@ -314,10 +315,12 @@ def open_sweep(out, config: SweepConfig, data, where: Where, options: SweepOptio
 def sweep_attributes(config: SweepConfig, data, device: torch.device) -> dict:
     """The file's ``config`` attribute: the settings, the device and torch that trained them,
     the data's name (and array file). Settings that only the data can judge (a batch larger
-    than the training set, the DLN's full batch) raise here, before the file exists: a bad one
-    leaves nothing on disk."""
+    than the training set, the DLN's full batch, a model built for other images) raise here,
+    before the file exists: a bad one leaves nothing on disk."""
     for batch_size in config.axis_values("batch_size"):
         task_for(data).stream(batch_size, 0, config.augment)
+    for model in config.models if isinstance(data, ImageData) else ():
+        check_image_shape(model, data.image_shape)
     return {**asdict(config), "resolved_device": str(device), "torch_version": torch.__version__,
             "dataset_name": data.name, **dataset_file(data)}
 

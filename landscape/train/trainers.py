@@ -39,20 +39,20 @@ def fit(group: Group, data, context: TrainerContext) -> list[Group]:
     """
     if group.mode == "sequential" or group.checkpoint is not None:
         return [group]
-    _check_draws_nothing(group)
+    _check_draws_nothing(group, data)
     if group.mode == "batched":
-        model = group.cell.model(group.model).to(context.device)
+        model = group.cell.model(group.model, data).to(context.device)
         if not supports_batched(model, data.normalize(data.x_train[:2])):
             return group.split(1)
         del model
     return group.split(_largest_fitting(group, data, context))
 
 
-def _check_draws_nothing(group: Group) -> None:
+def _check_draws_nothing(group: Group, data) -> None:
     """A grid holds no random draws: ``LandscapeError`` for a model whose registration says
     it draws none while its modules do (``models.draws_random`` read the registration)."""
     with torch.device("meta"):
-        model = group.cell.model(group.model)
+        model = group.cell.model(group.model, data)
     if is_stochastic(model):
         kinds = sorted({type(m).__name__ for m in random_modules(model)})
         raise LandscapeError(f"model {group.model!r} draws random numbers ({', '.join(kinds)}) "
