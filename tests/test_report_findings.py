@@ -9,8 +9,8 @@ import pytest
 from conftest import probe_record
 from landscape.cli import main
 from landscape.report.build import build_report
-from landscape.report.findings import (CLAIMS, FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT,
-                                       UNMEASURED, findings, model_family)
+from landscape.report.findings import (CLAIMS, DEPTH_CLAIM, FAILS, HOLDS, MIN_PROBES, MIN_STEPS,
+                                       TOO_SHORT, UNMEASURED, findings, model_family)
 from landscape.report.phases import phase_median, stall_step
 from landscape.report.summary import summarize_run
 from landscape.store import SweepStore, read_sweep
@@ -284,3 +284,23 @@ def test_too_short_is_drawn_grey_not_red(tmp_path):
     assert '<tr class="fails">' not in page and f">{TOO_SHORT}<" in page
     style = page[page.index("<style>"):page.index("</style>")]
     assert "tr.short td:nth-child(3) { color: #777; }" in style
+
+
+def test_bn_smooths_the_landscape_at_every_depth_across_resnet_depths(tmp_path):
+    """ResNet-20 and ResNet-56 with and without BN: the depth row holds when BN's loss band
+    and predictiveness are the narrower at both depths, and fails when one depth is not."""
+    narrow, wide = dict(loss_spread=0.4, grad_diff=25.0), dict(loss_spread=3.0, grad_diff=80.0)
+    s = sweep(tmp_path, ("resnet20", "none", wide), ("resnet20_bn", "batch", narrow),
+              ("resnet56", "none", wide), ("resnet56_bn", "batch", narrow))
+    rows = findings(s.runs)
+    assert [where.family for where, _ in rows] == ["resnet20", "resnet56", "resnet20/56"]
+    (depth,) = rows[-1][1]
+    assert depth.claim == DEPTH_CLAIM and depth.verdict == HOLDS, depth
+    assert "ResNet-20: median loss band: 0.4 with BN vs 3 without" in depth.numbers
+    assert "ResNet-56: median loss band: 0.4 with BN vs 3 without, median predictiveness: 25 " \
+        "with BN vs 80 without" in depth.numbers
+    s = sweep(tmp_path, ("resnet20", "none", wide), ("resnet20_bn", "batch", narrow),
+              ("resnet56", "none", narrow), ("resnet56_bn", "batch", wide))
+    assert findings(s.runs)[-1][1][0].verdict == FAILS  # not at depth 56
+    s = sweep(tmp_path, ("resnet20", "none", wide), ("resnet20_bn", "batch", narrow))
+    assert all(f.claim != DEPTH_CLAIM for _, found in findings(s.runs) for f in found)

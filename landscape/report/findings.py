@@ -64,6 +64,10 @@ CLAIMS = ("BN narrows the loss band along the gradient",
           "ℓp normalizers behave like BN")
 
 
+# Across the CIFAR ResNets of one setting (issue 27): the first two claims at every depth.
+DEPTH_CLAIM = "BN smooths the landscape at every depth"
+RESNET_DEPTH = re.compile(r"^resnet(\d+)$")  # resnet20, resnet32, resnet56 (not resnet18)
+
 # The part of a model's name that names its normalization (models/ registers them so:
 # vgg_a, vgg_a_bn, vgg_a_noisy_bn, ..., mlp_bn, cnn_bn, dln_bn); what is left is the architecture.
 NORM_SUFFIX = re.compile(r"_(bn|noisy_bn|noise|l1|l2|linf|ln|gn|gbn)$")
@@ -297,8 +301,40 @@ def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
                                                            item[0].settings)))
 
 
+def depth_findings(found: dict[Comparison, list[RunData]]) -> list[tuple[Comparison,
+                                                                         list[Finding]]]:
+    """``DEPTH_CLAIM`` for each learning rate and setting where runs of two or more CIFAR
+    ResNet depths were compared: at every depth the BN runs' loss band and gradient
+    predictiveness are the narrower (``_compare``'s measures)."""
+    by_setting: dict[tuple, dict[int, list[RunData]]] = {}
+    for where, at in found.items():
+        depth = RESNET_DEPTH.match(where.family)
+        if depth:
+            by_setting.setdefault((where.lr, where.settings), {})[int(depth[1])] = at
+    out = []
+    for (lr, settings), depths in sorted(by_setting.items()):
+        if len(depths) < 2:
+            continue
+        rows = {d: (_compare(CLAIMS[0], *_split(at), loss_band_width, "loss band"),
+                    _compare(CLAIMS[1], *_split(at), predictiveness_top, "predictiveness"))
+                for d, at in sorted(depths.items())}
+        verdicts = {f.verdict for pair in rows.values() for f in pair}
+        verdict = (UNMEASURED if UNMEASURED in verdicts else TOO_SHORT if TOO_SHORT in verdicts
+                   else HOLDS if verdicts == {HOLDS} else FAILS)
+        numbers = "; ".join(f"ResNet-{d}: {band.numbers.split(' (')[0]}, "
+                            f"{pred.numbers.split(' (')[0]}" for d, (band, pred) in rows.items())
+        family = "resnet" + "/".join(str(d) for d in sorted(depths))
+        out.append((Comparison(lr, family, settings), [Finding(DEPTH_CLAIM, verdict, numbers)]))
+    return out
+
+
+def _split(at: list[RunData]) -> tuple[list[RunData], list[RunData]]:
+    return [r for r in at if r.norm == "none"], [r for r in at if r.norm == "batch"]
+
+
 def findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Finding]]]:
-    """Every claim for every group of comparable runs: [(Comparison, [Finding per claim])]."""
+    """Every claim for every group of comparable runs: [(Comparison, [Finding per claim])],
+    then ``DEPTH_CLAIM`` across ResNet depths (``depth_findings``)."""
     out = []
     for where, at in comparisons(runs).items():
         by_norm = lambda *norms: [r for r in at if r.norm in norms]  # noqa: E731
@@ -313,4 +349,4 @@ def findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Finding]]]:
             _trains_like_bn(CLAIMS[4], by_norm("noisy_batch"), with_bn, "noisy BN"),
             _trains_like_bn(CLAIMS[5], by_norm(*LP_NORMS), with_bn, "ℓp", without),
         ]))
-    return out
+    return out + depth_findings(comparisons(runs))
