@@ -106,6 +106,12 @@ def cli():
 @click.option("--activation", default="relu", show_default=True,
               help="The image models' nonlinearity: relu, gelu, mish, elu, leaky_relu, selu, "
                    "silu, sigmoid or tanh; a list sweeps.")
+@click.option("--loss", default="cross_entropy", show_default=True,
+              help="The classification loss: cross_entropy, mse, bce, hinge or focal (README: "
+                   "definitions); a list sweeps.")
+@click.option("--label-smoothing", default="0", show_default=True,
+              help="Label smoothing in [0, 1): targets (1 - e) one-hot + e/C (not with hinge); "
+                   "a list sweeps.")
 @click.option("--probe-every", type=int, default=100, show_default=True,
               help="Steps between landscape probes.")
 @click.option("--probe-dtype", type=click.Choice(["float32", "float64"]), default=None,
@@ -181,15 +187,15 @@ def cli():
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 @click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
 def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
-        nesterov, activation,
+        nesterov, activation, loss, label_smoothing,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
         activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
         ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries):
     """Train every model at every learning rate and every value of the listed axes (seed,
-    batch size, momentum, weight decay, dropout, optimizer, activation), probing the landscape;
-    write one HDF5 file."""
+    batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing),
+    probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps,
                   batch_size=_axis("--batch-size", batch_size, int, "integer"),
@@ -199,6 +205,8 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
                   optimizer=_axis("--optimizer", optimizer, str, "name"),
                   nesterov=nesterov,
                   activation=_axis("--activation", activation, str, "name"),
+                  loss=_axis("--loss", loss, str, "name"),
+                  label_smoothing=_axis("--label-smoothing", label_smoothing, float, "number"),
                   probe_every=probe_every, probe_dtype=probe_dtype,
                   etas=_float_list("--etas", etas), dataset=dataset, data_root=data_root,
                   augment=augment, width=width, seed=_axis("--seed", seed, int, "integer"),

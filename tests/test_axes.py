@@ -53,7 +53,7 @@ def test_the_sweep_is_the_product_of_its_axes(tmp_path):
         assert run.status == "completed"
         assert {a: run.attrs[a] for a in AXES} == dict(
             seed=seed, batch_size=batch_size, momentum=0.0, weight_decay=1e-4, dropout=dropout,
-            optimizer=optimizer, activation="relu")
+            optimizer=optimizer, activation="relu", loss="cross_entropy", label_smoothing=0.0)
         assert run.attrs["model"] == model and run.attrs["lr"] == 0.05
         assert run.attrs["steps_per_epoch"] == 256 // batch_size
     first_loss = {name: r.steps.loss[0] for name, r in runs.items()}
@@ -104,6 +104,9 @@ BAD_LISTS = [
     (["--nesterov", "--momentum", "0,0.9"], "--nesterov"),
     (["--activation", "relu,swish"], "'swish'"),
     (["--activation", "relu,relu"], "twice"),
+    (["--loss", "cross_entropy,l1"], "'l1'"),
+    (["--label-smoothing", "0,1"], "got 1.0"),
+    (["--loss", "hinge", "--label-smoothing", "0,0.1"], "hinge"),
     (["--models", "dln", "--dataset", "gaussian-linear", "--batch-size", "1000",
       "--activation", "relu,gelu"], "no nonlinearity"),
     (["--optimizer", "adam", "--momentum", "0.9"], "--momentum"),
@@ -183,7 +186,8 @@ def test_runs_of_one_seed_start_from_the_same_weights_whatever_the_axis(model, o
     reference = _params(build_run(model, 0.1, base, None, torch.device("cpu"))[0])
     for change in (dict(batch_size=512), dict(momentum=0.9), dict(weight_decay=5e-4),
                    dict(dropout=0.4), dict(optimizer="adam"), dict(optimizer="adamw"),
-                   dict(optimizer="rmsprop"), dict(activation="gelu")):
+                   dict(optimizer="rmsprop"), dict(activation="gelu"), dict(loss="mse"),
+                   dict(label_smoothing=0.1)):
         cell = SweepConfig(width=0.125, seed=3, **change)
         model_, optimizer = build_run(model, 0.5, cell, None, torch.device("cpu"))
         assert all(torch.equal(a, b) for a, b in zip(_params(model_), reference)), change

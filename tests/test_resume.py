@@ -51,6 +51,10 @@ RESNET_BATCHED = dataclasses.replace(BATCHED, models=("resnet20",))
 OPTIMIZERS = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, momentum=0.0,
                                  optimizer=("adagrad", "adadelta", "adamax", "rmsprop"))
 NESTEROV = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, nesterov=True)
+# Other losses: two as vmapped grids (one cell each), focal with label smoothing one run.
+LOSSES = dataclasses.replace(BATCHED, steps=10, loss=("mse", "hinge"))
+SMOOTHED_FOCAL = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, loss="focal",
+                                     label_smoothing=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +121,10 @@ def run_interrupted(config, out, data, points, **options):
     (RESNET_BATCHED, [(0, 9)], {"checkpoint_every": 4}),  # SkipInit ResNets as a vmapped grid
     (OPTIMIZERS, [(0, 5), (3, 7)], {"checkpoint_every": 3}),  # adagrad's and rmsprop's state
     (NESTEROV, [(0, 6)], {"checkpoint_every": 4}),
+    (LOSSES, [(0, 5), (2, 7)], {"checkpoint_every": 3}),  # mse's grid, then hinge's
+    (SMOOTHED_FOCAL, [(0, 6)], {"checkpoint_every": 4}),
 ], ids=["in-epoch", "epoch-end", "twice", "second-run", "batched-twice", "axes", "resnet-gbn",
-        "resnet-batched", "optimizers", "nesterov"])
+        "resnet-batched", "optimizers", "nesterov", "losses", "focal-smoothed"])
 def test_interrupted_sweep_resumes_bit_identically(tmp_path, data, references, config, points,
                                                     options):
     out = tmp_path / "sweep.h5"

@@ -32,7 +32,7 @@ from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indice
 from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
                    grid_cells, ranked_cells, varying_axes)
-from .pools import Pooling, distinct_runs, optimizer, settings, value_text
+from .pools import Pooling, distinct_runs, losses_text, optimizer, settings, value_text
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
 PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
@@ -84,7 +84,8 @@ def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | N
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
              f"— {len(runs)} runs from {len(distinct.sweeps)} file(s). "
-             f"{html.escape(legend.color_text())}. Bands are raw [min, max]"
+             f"{html.escape(legend.color_text())}. {html.escape(losses_text(runs))}"
+             "Bands are raw [min, max]"
              + (f", with edges smoothed over {smooth} points drawn on top" if smooth > 1 else "")
              + "; log/linear buttons switch the y axis.</p>" + notes)
     return render_page(title, intro, report_sections(data))

@@ -29,7 +29,8 @@ SettingKey = tuple[tuple[str, Any], ...]
 
 
 # Settings that files written before them lack, and the value those runs had in effect.
-SETTING_DEFAULTS = {"dropout": 0.0, "activation": "relu", "nesterov": False}
+SETTING_DEFAULTS = {"dropout": 0.0, "activation": "relu", "nesterov": False,
+                    "loss": "cross_entropy", "label_smoothing": 0.0}
 
 
 def hashable(value: Any) -> Any:
@@ -39,12 +40,31 @@ def hashable(value: Any) -> Any:
 
 def settings(run: RunData) -> dict[str, Any]:
     """The run's attributes as settings compare: a setting an older file lacks takes the
-    value it had then (``SETTING_DEFAULTS``: no dropout, ReLU, heavy-ball), and the optimizer's name is
-    lower-case (older files say "SGD", newer "sgd": the same optimizer)."""
+    value it had then (``SETTING_DEFAULTS``: no dropout, ReLU, heavy-ball, cross-entropy
+    without label smoothing), and the optimizer's name is lower-case (older files say "SGD",
+    newer "sgd": the same optimizer)."""
     out = {**SETTING_DEFAULTS, **run.attrs}
     if isinstance(out.get("optimizer"), str):
         out["optimizer"] = out["optimizer"].lower()
     return out
+
+
+def loss_name(run: RunData) -> str:
+    """'cross_entropy', 'mse with label smoothing 0.1': the loss the run trained, probed and
+    evaluated on (files from before the axis: cross-entropy)."""
+    smoothing = settings(run)["label_smoothing"]
+    return str(settings(run)["loss"]) + (f" with label smoothing {smoothing:g}" if smoothing
+                                         else "")
+
+
+def losses_text(runs: Sequence[RunData]) -> str:
+    """The header's sentence naming the runs' losses: '' when every run is on plain
+    cross-entropy (the paper's loss, what the page's "loss" means unless it says otherwise)."""
+    names = list(dict.fromkeys(loss_name(r) for r in runs))
+    if names in ([], ["cross_entropy"]):
+        return ""
+    return (f"Every loss on this page is the run's own: {'; '.join(names)} (README: "
+            f"--loss){', as the labels say' if len(names) > 1 else ''}. ")
 
 
 def optimizer(run: RunData) -> str:

@@ -13,7 +13,9 @@ that is not. The README's "HDF5 schema" section documents the same fields.
 
 Units: the parameters θ are plain numbers, so losses, gradients, β and η are dimensionless
 ("1"); the description says what each number is (the loss is the cross-entropy in nats, or
-the deep linear network's summed squared error).
+the deep linear network's summed squared error). A run of another ``--loss`` stores that loss
+in the same fields (its ``loss`` and ``label_smoothing`` attributes say which); the fields'
+descriptions stay as they were, so that files of the default settings stay bit-identical.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ BatchNorm statistics (batched buffers), its own SGD state, its own learning rate
 
 The update is torch.optim.SGD's (momentum, dampening 0, no Nesterov, L2 weight decay added to
 the gradient) written on the stacked tensors; ``tests/test_grid.py`` checks that the grid
-equals K separate ``torch.optim.SGD`` runs. Models that vmap cannot trace are reported by
-``supports_batched`` so that callers fall back to sequential runs.
+equals K separate ``torch.optim.SGD`` runs. The loss is the runs' (``--loss``,
+``--label-smoothing``: ``losses.classification_loss``), per sample over the K x B logits, each
+run's the mean of its B. Models that vmap cannot trace are reported by ``supports_batched`` so
+that callers fall back to sequential runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.func import functional_call, stack_module_state
 from ..data import eval_batches
 from ..probes import PROBE_DTYPES, GradientStats, along_gradient
 from . import tasks
+from .losses import LossFn
 from .plan import Group
 from .protocol import TrainerContext
 
@@ -49,7 +52,8 @@ class BatchedGrid:
     """K copies of a model, one learning rate each, trained by one vmapped pass per step."""
 
     def __init__(self, build: Callable[[], nn.Module], lrs: Sequence[float], momentum: float = 0.0,
-                 weight_decay: float = 0.0, compile: bool = False):
+                 weight_decay: float = 0.0, compile: bool = False,
+                 loss_fn: LossFn = F.cross_entropy):
         models = [build() for _ in lrs]  # `build` must give the same initial weights each call
         self.k = len(models)
         self.template = copy.deepcopy(models[0]).to("meta")  # structure only, for functional_call
@@ -58,7 +62,7 @@ class BatchedGrid:
         self.buffers = {n: b.detach().clone() for n, b in buffers.items()}
         first = next(iter(self.params.values()))
         self.lrs = torch.tensor(list(lrs), dtype=first.dtype, device=first.device)
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay, self.loss_fn = momentum, weight_decay, loss_fn
         self._momentum_buffers: dict[str, torch.Tensor] = {}
         self.alive = torch.ones(self.k, dtype=torch.bool, device=first.device)  # False once diverged
         self._train_forward = torch.compile(self.forward) if compile else self.forward
@@ -82,7 +86,7 @@ class BatchedGrid:
         ctx = autocast() if autocast is not None else torch.autocast(x.device.type, enabled=False)
         with ctx:
             out = _upcast(self._train_forward(x))
-        losses = F.cross_entropy(out.flatten(0, 1), y.repeat(self.k), reduction="none")
+        losses = self.loss_fn(out.flatten(0, 1), y.repeat(self.k), reduction="none")
         losses = losses.view(self.k, -1).mean(1)
         # A diverged model's loss is left out, so its NaNs cannot reach the others' updates.
         total = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
@@ -134,8 +138,8 @@ class BatchedGrid:
         n = 0
         for x, y in batches:
             out = _upcast(self.forward(x, train=False))
-            total += F.cross_entropy(out.flatten(0, 1), y.repeat(self.k),
-                                     reduction="none").view(self.k, -1).sum(1).double()
+            total += self.loss_fn(out.flatten(0, 1), y.repeat(self.k),
+                                  reduction="none").view(self.k, -1).sum(1).double()
             correct += (out.argmax(-1) == y.unsqueeze(0)).sum(1)
             n += len(y)
         return (total / n).cpu().numpy(), (correct.double() / n).cpu().numpy()
@@ -152,9 +156,10 @@ class GridRuns:
             torch.manual_seed(config.seed)  # same initial weights as SequentialRun
             return config.model(group.model, data).to(device)
 
-        self.task = tasks.task_for(data)  # always classification: see SweepConfig.trains_alone
+        # always classification (see SweepConfig.trains_alone), on the run's loss
+        self.task = tasks.task_for(data, config.loss, config.label_smoothing)
         self.grid = BatchedGrid(build, group.lrs, config.momentum, config.weight_decay,
-                                compile=config.compile)
+                                compile=config.compile, loss_fn=self.task.loss_fn)
         self.lrs, self.config, self.k = group.lrs, config, len(group.runs)
         self.on_probe, self.autocast = context.on_probe, context.autocast
         self._scratch = build()  # a real module that each probe loads one run's state into
@@ -166,7 +171,7 @@ class GridRuns:
             for k in range(self.k):  # at theta_t, on this step's batch, before the update
                 if bool(self.grid.alive[k]):
                     model = self.grid.model_at(k, into=self._scratch)
-                    record = along_gradient(model, F.cross_entropy, x, y,
+                    record = along_gradient(model, self.task.loss_fn, x, y,
                                             [e * self.lrs[k] for e in self.config.etas],
                                             dtype=self.probe_dtype)
                     record.step, record.lr = step, self.lrs[k]

@@ -25,6 +25,7 @@ from ..models.nonlinearities import NONLINEARITIES
 from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
+from .losses import LOSSES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRID_MODES = ("auto", "streams", "batched", "sequential")
@@ -34,7 +35,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "rmsprop"
 # The axes of a sweep beyond models and learning rates: each field takes one value or a list,
 # and the sweep is the product of every list (``SweepConfig.cells``). In this order they
 # nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
-AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer", "activation")
+AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer", "activation",
+        "loss", "label_smoothing")
 # A sweep of more runs than this asks for confirmation (``--yes``; ``run_sweep(allow_large=True)``).
 MAX_RUNS_UNASKED = 1000
 
@@ -55,6 +57,8 @@ class SweepConfig:
     optimizer: str | Sequence[str] = "sgd"  # sgd, adam, adamw, ... (OPTIMIZERS)
     nesterov: bool = False  # Nesterov momentum for sgd (needs a momentum above 0)
     activation: str | Sequence[str] = "relu"  # the image models' nonlinearity (NONLINEARITIES)
+    loss: str | Sequence[str] = "cross_entropy"  # the classification loss (losses.LOSSES)
+    label_smoothing: float | Sequence[float] = 0.0  # epsilon of the targets (not with hinge)
     probe_every: int = 100
     etas: Sequence[float] = (0.5, 1.0, 2.0, 4.0)  # multiples of the run's learning rate
     dataset: str = "cifar10"
@@ -163,6 +167,7 @@ class SweepConfig:
                                  "torch defaults: sweep a momentum other than 0 in a separate "
                                  "sweep with --optimizer sgd")
         _check_nesterov(self)
+        _check_smoothing(self)
         if self.grid not in GRID_MODES:
             raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
@@ -250,6 +255,21 @@ def _activation(value) -> None:
                              f"{', '.join(NONLINEARITIES)}")
 
 
+def _loss(value) -> None:
+    if value not in LOSSES:
+        raise LandscapeError(f"unknown --loss {value!r}; choose from {', '.join(LOSSES)}")
+
+
+def _check_smoothing(config) -> None:
+    """The hinge has no target distribution to smooth: refused rather than given a meaning
+    of ours (every value of the product, as a sweep trains it)."""
+    smoothed = [e for e in config.axis_values("label_smoothing") if e != 0]
+    if smoothed and "hinge" in config.axis_values("loss"):
+        raise LandscapeError(f"--label-smoothing {smoothed[0]:g} does not apply to --loss hinge "
+                             "(no target distribution to smooth): sweep hinge in a separate "
+                             "sweep with --label-smoothing 0")
+
+
 def _check_nesterov(config) -> None:
     """Nesterov momentum is SGD's, with a momentum above 0 (as torch.optim.SGD asks)."""
     if not isinstance(config.nesterov, bool):
@@ -297,6 +317,9 @@ AXIS_CHECKS = {
         "--dropout", v, 0.0, 1.0, "the fraction of units dropped in training")),
     "optimizer": ("--optimizer", "optimizer", _optimizer),
     "activation": ("--activation", "activation", _activation),
+    "loss": ("--loss", "loss", _loss),
+    "label_smoothing": ("--label-smoothing", "label smoothing", lambda v: _in_range(
+        "--label-smoothing", v, 0.0, 1.0, "the weight of the uniform targets")),
 }
 
 
@@ -353,6 +376,10 @@ def _validate_extras(config) -> None:
                                  "applies to the image models (VGG-A, ResNets, MLP, CNN)")
     if dln_data and config.augment:
         raise LandscapeError(f"--augment does not apply to --dataset {DLN_DATASET}")
+    if dln_data and (config.axis_values("loss") != ("cross_entropy",)
+                     or any(e != 0 for e in config.axis_values("label_smoothing"))):
+        raise LandscapeError(f"--loss and --label-smoothing are image classification's: "
+                             f"--dataset {DLN_DATASET} trains on the paper's squared error")
     if config.ics_every is None and config.activations_every is None:
         return
     for cell in {c.dropout: c for c in config.cells()}.values():  # dropout layers shift names

@@ -281,7 +281,8 @@ class TrainingLoop:
             if self.alive[k]:
                 # None for the DLN (its epochs store NaN there).
                 modes = (dict(zip(MODE_FIELDS, mode_stats(self.trainer.module(k),
-                                                          self.mode_subset)))
+                                                          self.mode_subset,
+                                                          self.trainer.task.loss_fn)))
                          if self.mode_subset else {})
                 run.test_acc = float(test_acc[k])
                 # steps < steps_per_epoch marks a partial last epoch (--steps): its

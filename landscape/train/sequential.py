@@ -48,7 +48,8 @@ class SequentialRun:
     def __init__(self, group: Group, data, context: TrainerContext):
         (run,), config, device = group.runs, group.cell, context.device
         self.model, self.optimizer = build_run(run.model, run.lr, config, data, device)
-        self.task = tasks.task_for(data)  # classification (ImageData) or the DLN's regression
+        # classification (ImageData) on the run's loss, or the DLN's regression
+        self.task = tasks.task_for(data, config.loss, config.label_smoothing)
         self.autocast = context.autocast
         # The probe reuses the training step's loss and gradient when that step ran in exact
         # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the

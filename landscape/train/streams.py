@@ -145,7 +145,7 @@ class StreamRuns:
 
     def __init__(self, group: Group, data, context: TrainerContext):
         config, device = group.cell, context.device
-        self.task = tasks.task_for(data)
+        self.task = tasks.task_for(data, config.loss, config.label_smoothing)
         self.lrs, self.config, self.k = group.lrs, config, len(group.runs)
         self.on_probe = context.on_probe
         self.models, self.steps = [], []

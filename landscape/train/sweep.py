@@ -1,5 +1,6 @@
 """A sweep: every model at every learning rate and every value of every axis (seed, batch
-size, momentum, weight decay, dropout, optimizer, activation), written to one HDF5 file.
+size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing), written
+to one HDF5 file.
 
 Every sweep, local or on Ray, is the same four steps (``execute_sweep``): prepare (check the
 settings, load the data, take the file's lock, open the file: a new one, or a resumed one with

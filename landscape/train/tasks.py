@@ -1,9 +1,11 @@
 """What the training loop needs to know about a dataset: its stream, loss, accuracy, evaluation.
 
-``task_for(data)`` returns a ``ClassificationTask`` for an ``ImageData`` (cross-entropy,
+``task_for(data, loss, label_smoothing)`` returns a ``ClassificationTask`` for an
+``ImageData`` (the run's loss, ``losses.classification_loss``: cross-entropy by default;
 minibatches from ``BatchStream``, accuracy) and a ``RegressionTask`` for the deep linear
 network's ``GaussianLinearData`` (the paper's ||W_25 ... W_1 X - A X||^2, full-batch gradient
-descent, no accuracy).
+descent, no accuracy). A task's ``loss_fn`` is the one loss of its run: trained on, probed,
+and reported for the test set and the train/eval-mode comparison.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..data.gaussian import DATASET as GAUSSIAN_LINEAR, STEPS_PER_EPOCH
 from ..errors import LandscapeError
 from ..models import random_modules
 from ..probes import buffer_clones
+from .losses import LossFn, classification_loss
 
 
 class Task(Protocol):
@@ -37,15 +40,17 @@ class Task(Protocol):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: ImageData) -> tuple[float, float]:
-    """Test loss and accuracy in eval mode (BatchNorm on running statistics)."""
+def evaluate(model: torch.nn.Module, data: ImageData,
+             loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
+    """Test loss (``loss_fn``, the run's) and accuracy in eval mode (BatchNorm on running
+    statistics)."""
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), device=data.y_test.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.y_test.device, dtype=torch.int64)
     for x, y in eval_batches(data):
         out = model(x)
-        total_loss += F.cross_entropy(out, y, reduction="sum").double()
+        total_loss += loss_fn(out, y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
     n = len(data.y_test)
@@ -67,8 +72,10 @@ def mode_subset(data: ImageData, batch_size: int) -> list[tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def mode_stats(model: nn.Module, batches) -> tuple[float, float, float, float]:
-    """Loss and accuracy of ``batches`` in train mode and in eval mode, leaving no trace.
+def mode_stats(model: nn.Module, batches,
+               loss_fn: LossFn = F.cross_entropy) -> tuple[float, float, float, float]:
+    """Loss (``loss_fn``, the run's) and accuracy of ``batches`` in train mode and in eval
+    mode, leaving no trace.
 
     Train mode: every module in training mode (BatchNorm normalizes each batch by its own
     statistics) except those that draw random numbers (dropout, noise: ``random_modules``),
@@ -89,7 +96,7 @@ def mode_stats(model: nn.Module, batches) -> tuple[float, float, float, float]:
             total, correct, n = 0.0, 0, 0
             for x, y in batches:
                 out = functional_call(model, (params, buffer_clones(model)), (x,)).float()
-                total += float(F.cross_entropy(out, y, reduction="sum"))
+                total += float(loss_fn(out, y, reduction="sum"))
                 correct += int((out.argmax(1) == y).sum())
                 n += len(y)
             results += [total / n, correct / n]
@@ -100,13 +107,14 @@ def mode_stats(model: nn.Module, batches) -> tuple[float, float, float, float]:
 
 
 class ClassificationTask:
-    """Image classification: cross-entropy on ``BatchStream`` minibatches, test accuracy."""
+    """Image classification: the run's loss (cross-entropy by default) on ``BatchStream``
+    minibatches, test accuracy (the argmax of the logits, whatever the loss)."""
 
     has_accuracy = True
-    loss_fn = staticmethod(F.cross_entropy)
 
-    def __init__(self, data: ImageData):
+    def __init__(self, data: ImageData, loss: str = "cross_entropy", label_smoothing: float = 0.0):
         self.data = data
+        self.loss_fn = classification_loss(loss, label_smoothing)
 
     def stream(self, batch_size: int, seed: int, augment: bool) -> BatchStream:
         return BatchStream(self.data, batch_size, seed, augment)
@@ -115,7 +123,7 @@ class ClassificationTask:
         return (outputs.argmax(1) == targets).sum()
 
     def evaluate(self, model):
-        return evaluate(model, self.data)
+        return evaluate(model, self.data, self.loss_fn)
 
     def mode_subset(self, batch_size: int):
         return mode_subset(self.data, batch_size)
@@ -164,5 +172,11 @@ class RegressionTask:
         return loss, math.nan
 
 
-def task_for(data: ImageData | GaussianLinearData) -> Task:
-    return RegressionTask(data) if isinstance(data, GaussianLinearData) else ClassificationTask(data)
+def task_for(data: ImageData | GaussianLinearData, loss: str = "cross_entropy",
+             label_smoothing: float = 0.0) -> Task:
+    """The task of ``data``; ``loss`` and ``label_smoothing`` (the run's ``--loss``,
+    ``--label-smoothing``) name an image classification's loss (the DLN's is its own:
+    ``config.validate`` refuses others)."""
+    if isinstance(data, GaussianLinearData):
+        return RegressionTask(data)
+    return ClassificationTask(data, loss, label_smoothing)
