@@ -280,7 +280,7 @@ def test_the_probe_measures_the_runs_loss(mse_sweep):
     run = runs["mlp-lr0.05-seed0"]
     assert (run.attrs["loss"], run.attrs["label_smoothing"]) == ("mse", 0.1)
     assert run.attrs["grid"] == config.grid
-    model, _ = build_run("mlp", 0.05, config, 10, torch.device("cpu"))
+    model, _ = build_run("mlp", 0.05, config, None, torch.device("cpu"))
     x, y = next(iter(data_mod.BatchStream(tiny_data(), 16, 0).epoch()))
     loss_fn = classification_loss("mse", 0.1)
     loss = loss_fn(model(x), y)
@@ -301,7 +301,7 @@ def test_the_epochs_report_the_runs_loss(mse_sweep):
     move at a learning rate of 1e-12)."""
     config, runs, _ = mse_sweep
     epochs = runs["mlp-lr1e-12-seed0"].epochs
-    model, _ = build_run("mlp", 1e-12, config, 10, torch.device("cpu"))
+    model, _ = build_run("mlp", 1e-12, config, None, torch.device("cpu"))
     task = ClassificationTask(tiny_data(), "mse", 0.1)
     test_loss, test_acc = task.evaluate(model)
     assert epochs.test_loss[0] == pytest.approx(test_loss, rel=1e-6)
