@@ -305,27 +305,34 @@ def depth_findings(found: dict[Comparison, list[RunData]]) -> list[tuple[Compari
                                                                          list[Finding]]]:
     """``DEPTH_CLAIM`` for each learning rate and setting where runs of two or more CIFAR
     ResNet depths were compared: at every depth the BN runs' loss band and gradient
-    predictiveness are the narrower (``_compare``'s measures)."""
+    predictiveness along the gradient are the narrower (the first two claims' measures)."""
     by_setting: dict[tuple, dict[int, list[RunData]]] = {}
     for where, at in found.items():
         depth = RESNET_DEPTH.match(where.family)
         if depth:
             by_setting.setdefault((where.lr, where.settings), {})[int(depth[1])] = at
-    out = []
-    for (lr, settings), depths in sorted(by_setting.items()):
-        if len(depths) < 2:
-            continue
-        rows = {d: (_compare(CLAIMS[0], *_split(at), loss_band_width, "loss band"),
-                    _compare(CLAIMS[1], *_split(at), predictiveness_top, "predictiveness"))
-                for d, at in sorted(depths.items())}
-        verdicts = {f.verdict for pair in rows.values() for f in pair}
-        verdict = (UNMEASURED if UNMEASURED in verdicts else TOO_SHORT if TOO_SHORT in verdicts
-                   else HOLDS if verdicts == {HOLDS} else FAILS)
-        numbers = "; ".join(f"ResNet-{d}: {band.numbers.split(' (')[0]}, "
-                            f"{pred.numbers.split(' (')[0]}" for d, (band, pred) in rows.items())
-        family = "resnet" + "/".join(str(d) for d in sorted(depths))
-        out.append((Comparison(lr, family, settings), [Finding(DEPTH_CLAIM, verdict, numbers)]))
-    return out
+    return [(Comparison(lr, "resnet" + "/".join(map(str, sorted(depths))), settings),
+             [_depth_claim(depths)])
+            for (lr, settings), depths in sorted(by_setting.items()) if len(depths) > 1]
+
+
+def _depth_claim(depths: dict[int, list[RunData]]) -> Finding:
+    parts, smoother, short = [], True, []
+    for depth, at in sorted(depths.items()):
+        without, with_bn = _split(at)
+        if not without or not with_bn:
+            return Finding(DEPTH_CLAIM, UNMEASURED, f"needs ResNet-{depth} runs with and "
+                                                    "without BN")
+        end = common_learning_end(without + with_bn)
+        band = loss_band_width(with_bn, end), loss_band_width(without, end)
+        top = predictiveness_top(with_bn, end), predictiveness_top(without, end)
+        if not all(math.isfinite(v) for v in band + top):
+            return Finding(DEPTH_CLAIM, UNMEASURED, f"no finite landscape probe at depth {depth}")
+        smoother &= band[0] < band[1] and top[0] < top[1]
+        parts.append(f"ResNet-{depth}: loss band {band[0]:.3g} with BN vs {band[1]:.3g} "
+                     f"without, predictiveness {top[0]:.3g} vs {top[1]:.3g} ({_window(end)})")
+        short.append(shortfall(without + with_bn, end, LANDSCAPE))
+    return _judged(Finding(DEPTH_CLAIM, HOLDS if smoother else FAILS, "; ".join(parts)), *short)
 
 
 def _split(at: list[RunData]) -> tuple[list[RunData], list[RunData]]:
