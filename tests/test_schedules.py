@@ -19,6 +19,8 @@ from landscape import data as data_mod
 from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
+from landscape.report.build import stability_edge
+from landscape.report.pools import Pooling
 from landscape.store import RunLog
 from landscape.train import (SweepConfig, TrainerContext, build_trainer, load_experiment,
                              plan_sweep, run_sweep)
@@ -154,11 +156,15 @@ def test_a_probe_on_another_grid_is_refused_by_the_log():
         RunLog("r", np.array([0.5, 1.0, 2.0])).add_probe(record)
 
 
-def test_the_read_step_sizes_follow_the_schedule(root):
+def test_the_read_step_sizes_follow_the_schedule_and_beta_its_edge(root):
     run = sweep(root, lr_schedule="linear")[f"mlp_bn-lr{LR:g}-seed0"]
     etas = np.asarray(config().etas)
     np.testing.assert_allclose(run.probe.eta_at_step,
                                run.probe.learning_rate[:, None] * etas[None, :], rtol=1e-15)
+    edge = stability_edge(run)  # (2 + 2 mu) / LR(t) through the probed steps
+    assert edge.x == tuple(run.probe.step.tolist())
+    assert list(edge.values) == [3.8 / lr for lr in run.probe.learning_rate]
+    assert "linear schedule" in edge.label
 
 
 def test_a_constant_schedule_is_the_optimizer_of_before(root):
@@ -173,6 +179,8 @@ def test_a_constant_schedule_is_the_optimizer_of_before(root):
     assert run.attrs["lr_schedule"] == "constant" and "lr_schedule_args" not in run.attrs
     assert (run.steps.learning_rate == LR).all() and (run.probe.learning_rate == LR).all()
     assert np.array_equal(run.probe.eta_at_step, np.tile(run.probe.eta, (len(run.probe.step), 1)))
+    edge = stability_edge(run)
+    assert edge.y == 3.8 / LR and edge.x == ()
 
 
 def test_the_schedule_is_an_axis_of_the_product_named_only_when_it_varies(root):
@@ -271,3 +279,16 @@ def test_a_run_of_an_older_file_continues_with_its_learning_rate_filled_in(tmp_p
         assert f["steps/learning_rate"].attrs["units"] == "1"
         assert f["probe/learning_rate"].shape == (0,)
 
+
+def test_report_pools_name_the_schedule_and_its_arguments_only_where_needed(root):
+    """Runs of other schedules pool apart, labelled by the schedule; the schedule's arguments
+    (``lr_schedule_args``) are named only where one schedule has several."""
+    runs = [next(iter(sweep(root, **kw).values()))
+            for kw in ({}, {"lr_schedule": "cosine"}, {"lr_schedule": "linear"})]
+    pooling = Pooling.of(runs)
+    assert pooling.differing == ("lr_schedule",) and len(pooling.pools(runs)) == 3
+    assert pooling.label(runs[1]).endswith("lr schedule cosine")
+    other = next(iter(sweep(root, lr_schedule="cosine", lr_eta_min=0.001).values()))
+    pooling = Pooling.of(runs + [other])
+    assert pooling.differing == ("lr_schedule", "lr_schedule_args")
+    assert pooling.label(runs[0]).endswith("lr schedule constant, lr schedule args {}")
