@@ -158,6 +158,23 @@ def cli():
 @click.option("--weight-stats/--no-weight-stats", default=None,
               help="Record weight norms, effective learning rate and angular update of every "
                    "weight layer at every step [default: on with --sharpness-every, else off].")
+@click.option("--lr-schedule", default="constant", show_default=True,
+              help="Learning-rate schedule (torch's): constant, step, cosine, exponential, "
+                   "linear or plateau; a list sweeps. All but plateau step every optimizer step.")
+@click.option("--lr-step-size", type=int, default=None,
+              help="step: steps between decays [default: a third of the run's steps].")
+@click.option("--lr-step-gamma", type=float, default=0.1, show_default=True,
+              help="step: the factor of each decay.")
+@click.option("--lr-exp-gamma", type=float, default=None,
+              help="exponential: the factor per step [default: 0.01^(1/steps), 1%% at the end].")
+@click.option("--lr-eta-min", type=float, default=0.0, show_default=True,
+              help="cosine: the learning rate it anneals to by the run's last step.")
+@click.option("--lr-end-factor", type=float, default=0.0, show_default=True,
+              help="linear: from 1x the learning rate to this multiple over the run.")
+@click.option("--lr-plateau-factor", type=float, default=0.1, show_default=True,
+              help="plateau: the factor of each reduction (on the epoch's training loss).")
+@click.option("--lr-patience", type=int, default=10, show_default=True,
+              help="plateau: epochs without improvement before a reduction.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
                    "\"landscape[ray]\"); the driver writes the one --out file.")
@@ -192,9 +209,12 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
         activation_layers, sharpness_every, sharpness_k, trace_samples, weight_stats, config_file,
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
-        ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries):
+        ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries, lr_schedule,
+        lr_step_size, lr_step_gamma, lr_exp_gamma, lr_eta_min, lr_end_factor, lr_plateau_factor,
+        lr_patience):
     """Train every model at every learning rate and every value of the listed axes (seed,
-    batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing),
+    batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
+    learning-rate schedule),
     probing the landscape; write one HDF5 file."""
     values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps,
@@ -217,7 +237,11 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
                   activation_layers=activation_layers and _name_list("--activation-layers",
                                                                      activation_layers),
                   sharpness_every=sharpness_every, sharpness_k=sharpness_k,
-                  trace_samples=trace_samples, weight_stats=weight_stats)
+                  trace_samples=trace_samples, weight_stats=weight_stats,
+                  lr_schedule=_axis("--lr-schedule", lr_schedule, str, "name"),
+                  lr_step_size=lr_step_size, lr_step_gamma=lr_step_gamma,
+                  lr_exp_gamma=lr_exp_gamma, lr_eta_min=lr_eta_min, lr_end_factor=lr_end_factor,
+                  lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience)
     ctx = click.get_current_context()
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}

@@ -53,7 +53,8 @@ def test_the_sweep_is_the_product_of_its_axes(tmp_path):
         assert run.status == "completed"
         assert {a: run.attrs[a] for a in AXES} == dict(
             seed=seed, batch_size=batch_size, momentum=0.0, weight_decay=1e-4, dropout=dropout,
-            optimizer=optimizer, activation="relu", loss="cross_entropy", label_smoothing=0.0)
+            optimizer=optimizer, activation="relu", loss="cross_entropy", label_smoothing=0.0,
+            lr_schedule="constant")
         assert run.attrs["model"] == model and run.attrs["lr"] == 0.05
         assert run.attrs["steps_per_epoch"] == 256 // batch_size
     first_loss = {name: r.steps.loss[0] for name, r in runs.items()}

@@ -55,6 +55,14 @@ NESTEROV = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, nesterov=True)
 LOSSES = dataclasses.replace(BATCHED, steps=10, loss=("mse", "hinge"))
 SMOOTHED_FOCAL = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=10, loss="focal",
                                      label_smoothing=0.1)
+# Learning-rate schedules, one run each, stepped every step; and plateau, stepped at each
+# epoch's end, in the setting of tests/test_schedules.py where it halves the learning rate
+# after the third epoch (whose loss is above the second's: the best loss must be restored).
+SCHEDULES = dataclasses.replace(SEQUENTIAL, lrs=(0.05,), steps=36, lr_schedule=("cosine", "step"),
+                                lr_step_gamma=0.5)
+PLATEAU = dataclasses.replace(SEQUENTIAL, models=("mlp_bn",), width=0.125, augment=False,
+                              lrs=(2.0,), steps=56, lr_schedule="plateau", lr_patience=0,
+                              lr_plateau_factor=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +131,14 @@ def run_interrupted(config, out, data, points, **options):
     (NESTEROV, [(0, 6)], {"checkpoint_every": 4}),
     (LOSSES, [(0, 5), (2, 7)], {"checkpoint_every": 3}),  # mse's grid, then hinge's
     (SMOOTHED_FOCAL, [(0, 6)], {"checkpoint_every": 4}),
+    # cosine mid-epoch, step mid-epoch past its first decay (step 12)
+    (SCHEDULES, [(0, 5), (1, 21)], {"checkpoint_every": 7}),
+    # after an epoch's last step (before its evaluation and the scheduler's step), then
+    # inside the epoch whose end reduces the learning rate
+    (PLATEAU, [(0, 16), (0, 40)], {}),
 ], ids=["in-epoch", "epoch-end", "twice", "second-run", "batched-twice", "axes", "resnet-gbn",
-        "resnet-batched", "optimizers", "nesterov", "losses", "focal-smoothed"])
+        "resnet-batched", "optimizers", "nesterov", "losses", "focal-smoothed", "schedules",
+        "plateau"])
 def test_interrupted_sweep_resumes_bit_identically(tmp_path, data, references, config, points,
                                                     options):
     out = tmp_path / "sweep.h5"

@@ -32,7 +32,8 @@ from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indice
 from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
                    grid_cells, ranked_cells, varying_axes)
-from .pools import Pooling, distinct_runs, losses_text, optimizer, settings, value_text
+from .pools import (Pooling, distinct_runs, losses_text, optimizer, scheduled, settings,
+                    value_text)
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
 
 PAPER_LR = 0.1  # the selectors open on the learning rate closest to the paper's
@@ -210,22 +211,41 @@ def run_labels(runs: Sequence[RunData]) -> dict[int, str]:
 
 
 # The stability edge of gradient descent on a quadratic of curvature beta: plain SGD is
-# stable while LR * beta < 2, heavy-ball momentum mu while LR * beta < 2 + 2 mu.
+# stable while LR * beta < 2, heavy-ball momentum mu while LR * beta < 2 + 2 mu (under a
+# schedule, LR(t) at each probed step: its line says so).
 STABILITY_TEXT = ("Dashed: the stability edge of the runs' optimizer, the β above which "
                   "gradient descent on a quadratic diverges and where the paper sees β settle: "
                   "2/LR for plain SGD, (2 + 2μ)/LR for heavy-ball momentum μ.")
 
 
 def stability_edge(run: RunData) -> fg.Reference | None:
-    """The run's dashed line on the β figure, or None for an optimizer without one."""
+    """The run's dashed line on the β figure, or None for an optimizer without one. Under a
+    learning-rate schedule the edge moves with LR(t): a line through the probed steps at the
+    learning rate recorded there (``probe.learning_rate``)."""
     if optimizer(run) != "sgd" or not run.lr > 0:
         return None
+    if scheduled(run):
+        return _scheduled_edge(run)
     mu = float(run.attrs.get("momentum", 0.0) or 0.0)
     if mu == 0:
         return fg.Reference(2 / run.lr, f"2/LR = {2 / run.lr:g} (plain SGD)")
     edge = (2 + 2 * mu) / run.lr
     return fg.Reference(edge, f"(2 + 2μ)/LR = {edge:g} (heavy-ball momentum μ = {mu:g})",
                         dash="dot")
+
+
+def _scheduled_edge(run: RunData) -> fg.Reference:
+    """(2 + 2μ)/LR(t) at the run's probed steps (μ = 0: 2/LR(t)), named by its schedule."""
+    mu = float(run.attrs.get("momentum", 0.0) or 0.0)
+    rate = run.probe.learning_rate
+    keep = np.isfinite(rate) & (rate > 0)
+    edge = (2 + 2 * mu) / rate[keep]
+    what = "2/LR(t)" if mu == 0 else "(2 + 2μ)/LR(t)"
+    momentum = "plain SGD" if mu == 0 else f"heavy-ball momentum μ = {mu:g}"
+    return fg.Reference((2 + 2 * mu) / run.lr,
+                        f"{what} ({momentum}, {settings(run)['lr_schedule']} schedule from LR "
+                        f"{run.lr:g})", dash="dash" if mu == 0 else "dot",
+                        x=tuple(run.probe.step[keep].tolist()), values=tuple(edge.tolist()))
 
 
 def stability_references(runs: Sequence[RunData]) -> tuple[dict[float, list[fg.Reference]], str]:

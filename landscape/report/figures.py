@@ -304,11 +304,20 @@ def band_figure(series: Sequence[BandSeries], title: str, x_title: str, y_title:
 
 @dataclass(frozen=True)
 class Reference:
-    """A dashed horizontal line drawn with one learning rate's bands (e.g. 2/LR)."""
+    """A dashed horizontal line drawn with one learning rate's bands (e.g. 2/LR), or, given
+    ``x`` and ``values``, a dashed line through those points (2/LR(t) under a schedule)."""
 
     y: float
     label: str
     dash: str = "dash"
+    x: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+
+    def points(self, xs: np.ndarray) -> tuple[list, list]:
+        """The line's x and y: its own points, or across ``xs`` (the bands' steps)."""
+        if self.x:
+            return list(self.x), list(self.values)
+        return [xs.min(), xs.max()], [self.y, self.y]
 
 
 def title_at_lr(title: str, lr: float) -> str:
@@ -337,10 +346,10 @@ def band_figure_by_lr(series_by_lr: dict[float, Sequence[BandSeries]], title: st
         traces = [t for s in series_by_lr[lr] for t in band_traces(s, smooth)]
         xs = np.concatenate([s.band.x for s in series_by_lr[lr]] or [np.zeros(0)])
         for ref in references.get(lr, ()) if len(xs) else ():
-            traces.append(go.Scatter(x=[xs.min(), xs.max()], y=[ref.y, ref.y],
-                                     mode="lines+markers" if xs.min() == xs.max() else "lines",
-                                     name=ref.label, line=dict(color="black", dash=ref.dash,
-                                                               width=1.5)))
+            x, y = ref.points(xs)
+            traces.append(go.Scatter(x=x, y=y, mode="lines+markers" if min(x) == max(x)
+                                     else "lines", name=ref.label,
+                                     line=dict(color="black", dash=ref.dash, width=1.5)))
         for trace in traces:
             trace.visible = lr == initial_lr
             fig.add_trace(trace)

@@ -46,7 +46,7 @@ import numpy as np
 from ..store import RunData
 from .bands import last_finite, max_over_eta, spread_over_eta
 from .phases import common_learning_end
-from .pools import optimizer, setting_key, setting_text
+from .pools import optimizer, scheduled, setting_key, setting_text, told_apart
 
 HOLDS, FAILS, UNMEASURED = "holds", "does not hold", "not measured here"
 TOO_SHORT = "too short to judge"
@@ -199,20 +199,26 @@ def _compare(claim: str, without: list[RunData], with_bn: list[RunData], measure
                    shortfall(without + with_bn, end, LANDSCAPE))
 
 
-def _stability_edge(run: RunData) -> float | None:
+def _stability_edge(run: RunData, end: float) -> float | None:
+    """(2 + 2 mu) / LR; under a learning-rate schedule, at the median LR(t) recorded at the
+    probed steps before ``end`` (the window whose beta it is compared with)."""
     if optimizer(run) != "sgd":
         return None
-    return (2.0 + 2.0 * float(run.attrs.get("momentum", 0.0))) / run.lr
+    lr = run.lr
+    if scheduled(run):
+        rates = _probe_values([run], end, lambda r: r.probe.learning_rate)
+        lr = _median(rates[rates > 0])
+    return (2.0 + 2.0 * float(run.attrs.get("momentum", 0.0))) / lr
 
 
 def _beta_claim(without: list[RunData], with_bn: list[RunData]) -> Finding:
     claim = CLAIMS[2]
     if not without or not with_bn:
         return Finding(claim, UNMEASURED, "needs runs with and without BN at one learning rate")
-    edge = _stability_edge(with_bn[0])
+    end = common_learning_end(without + with_bn)
+    edge = _stability_edge(with_bn[0], end)
     if edge is None:
         return Finding(claim, UNMEASURED, "the stability edge is known for SGD only")
-    end = common_learning_end(without + with_bn)
     beta_bn = _probe_values(with_bn, end, lambda r: r.probe.beta)
     beta_plain = _probe_values(without, end, lambda r: r.probe.beta)
     if not len(beta_bn) or not len(beta_plain):
@@ -291,6 +297,7 @@ def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
     keys = {id(r): setting_key(r, ignore) for r in runs}
     varying = sorted({name for key in keys.values() for name, _ in key
                       if len({dict(k).get(name) for k in keys.values()}) > 1})
+    varying = [name for name in varying if not told_apart(name, runs, varying)]
     groups: dict[Comparison, list[RunData]] = {}
     for run in runs:
         shared = dict(keys[id(run)])

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import LandscapeError
 from ..store import RunData
 from .bands import DEFAULT_QUANTILES, MIN_RUNS_FOR_QUANTILES, last_finite
-from .pools import PROVENANCE_ATTRS, SettingKey, hashable, setting_key, settings, setting_text
+from .pools import (PROVENANCE_ATTRS, SettingKey, hashable, setting_key, settings, setting_text,
+                    told_apart)
 from .summary import model_label
 
 # Follows the model (vgg_a_bn has norm "batch"): never a separate axis.
@@ -76,6 +77,7 @@ def varying_axes(runs: Sequence[RunData]) -> list[str]:
     """The axes with more than one value among the runs, seed excluded (it is pooled):
     model and learning rate first, then by name."""
     axes = [a for a, v in grid_axes(runs).items() if len(v) > 1 and a != SEED]
+    axes = [a for a in axes if not told_apart(a, runs, axes)]  # a schedule's arguments
     return sorted(axes, key=lambda a: (a not in FIRST_AXES, FIRST_AXES.index(a)
                                        if a in FIRST_AXES else 0, a))
 

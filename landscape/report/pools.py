@@ -30,7 +30,11 @@ SettingKey = tuple[tuple[str, Any], ...]
 
 # Settings that files written before them lack, and the value those runs had in effect.
 SETTING_DEFAULTS = {"dropout": 0.0, "activation": "relu", "nesterov": False,
-                    "loss": "cross_entropy", "label_smoothing": 0.0}
+                    "loss": "cross_entropy", "label_smoothing": 0.0,
+                    "lr_schedule": "constant", "lr_schedule_args": "{}"}
+# A setting that refines another (its parameters): labels leave it out where the other
+# differs and alone tells its values apart (a cosine and a step schedule, each with its own).
+REFINES = {"lr_schedule_args": "lr_schedule"}
 
 
 def hashable(value: Any) -> Any:
@@ -41,8 +45,8 @@ def hashable(value: Any) -> Any:
 def settings(run: RunData) -> dict[str, Any]:
     """The run's attributes as settings compare: a setting an older file lacks takes the
     value it had then (``SETTING_DEFAULTS``: no dropout, ReLU, heavy-ball, cross-entropy
-    without label smoothing), and the optimizer's name is lower-case (older files say "SGD",
-    newer "sgd": the same optimizer)."""
+    without label smoothing, a constant learning rate), and the optimizer's name is lower-case
+    (older files say "SGD", newer "sgd": the same optimizer)."""
     out = {**SETTING_DEFAULTS, **run.attrs}
     if isinstance(out.get("optimizer"), str):
         out["optimizer"] = out["optimizer"].lower()
@@ -72,6 +76,12 @@ def optimizer(run: RunData) -> str:
     return str(settings(run).get("optimizer", "sgd"))
 
 
+def scheduled(run: RunData) -> bool:
+    """Whether the run's learning rate follows a schedule (``lr_schedule`` other than constant;
+    files from before schedules: constant)."""
+    return settings(run).get("lr_schedule") != "constant"
+
+
 def setting_key(run: RunData, ignore: Sequence[str] = ()) -> SettingKey:
     """The run's training settings as a sorted tuple of (attribute, value), less ``ignore``."""
     return tuple(sorted((k, hashable(v)) for k, v in settings(run).items()
@@ -88,6 +98,18 @@ def setting_text(name: str, value: Any) -> str:
     return f"{name.replace('_', ' ')} {value_text(value)}"
 
 
+def told_apart(name: str, runs: Sequence[RunData], differing: Sequence[str]) -> bool:
+    """Whether the setting ``name`` refines (``REFINES``) differs between ``runs`` and
+    determines ``name``'s value in each: a label naming that setting need not name this one."""
+    parent = REFINES.get(name)
+    if parent not in differing:
+        return False
+    values: dict[Any, set] = defaultdict(set)
+    for run in runs:
+        values[hashable(settings(run).get(parent))].add(hashable(settings(run).get(name)))
+    return all(len(v) == 1 for v in values.values())
+
+
 @dataclass(frozen=True)
 class Pooling:
     """The report's pools: runs that agree on every setting but the learning rate and seed
@@ -99,8 +121,8 @@ class Pooling:
     def of(cls, runs: Sequence[RunData]) -> "Pooling":
         names = sorted({k for r in runs for k in settings(r)} - PROVENANCE_ATTRS
                        - set(IN_DISPLAY_NAME) - {"lr"})
-        return cls(tuple(n for n in names
-                         if len({hashable(settings(r).get(n)) for r in runs}) > 1))
+        differing = [n for n in names if len({hashable(settings(r).get(n)) for r in runs}) > 1]
+        return cls(tuple(n for n in differing if not told_apart(n, runs, differing)))
 
     @staticmethod
     def key(run: RunData) -> SettingKey:

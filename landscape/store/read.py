@@ -26,6 +26,7 @@ from ..errors import LandscapeError
 from .files import lock_is_free
 from .layout import run_groups
 from .runfile import RESERVED_ATTRS, RunView
+from .runlog import added_fill
 from .schema import (ADDED_FIELDS, EPOCH_FIELDS, INT_FIELDS, PROBE_GRID_FIELDS, PROBE_ROW_FIELDS,
                      STEP_FIELDS, WEIGHT_FIELDS)
 
@@ -44,6 +45,7 @@ class StepSeries:
     grad_norm: np.ndarray
     grad_diff: np.ndarray  # ||g_t - g_{t-1}||, different minibatches
     beta_consecutive: np.ndarray
+    learning_rate: np.ndarray  # LR(t) of the step's update (files from before: the run's lr)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class ProbeSeries:
     beta: np.ndarray  # (n,): effective beta-smoothness
     grad_norm: np.ndarray  # (n,): ||g||
     loss_at_theta: np.ndarray  # (n,): L(theta)
+    learning_rate: np.ndarray  # (n,): LR(t) at the probed step (files from before: the run's lr)
+    # (n, k): the step sizes at each probed step, eta x learning_rate / the run's lr, i.e.
+    # LR(t) x --etas: eta on every row under a constant schedule.
+    eta_at_step: np.ndarray
     # Split by layer (the L modules owning parameters); empty in files written before it.
     layer: tuple[str, ...] = ()  # (L,)
     grad_diff_layer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # (n, k, L)
@@ -217,13 +223,14 @@ def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
 def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
     attrs = {key: _plain(value) for key, value in group.attrs.items()
              if key not in RESERVED_ATTRS}
-    steps = _columns(group, "steps", STEP_FIELDS)
-    epochs = _columns(group, "epochs", EPOCH_FIELDS)
-    probe = _columns(group, "probe", PROBE_ROW_FIELDS + PROBE_GRID_FIELDS)
+    steps = _columns(group, "steps", STEP_FIELDS, attrs)
+    epochs = _columns(group, "epochs", EPOCH_FIELDS, attrs)
+    probe = _columns(group, "probe", PROBE_ROW_FIELDS + PROBE_GRID_FIELDS, attrs)
     eta = _dataset(group, "probe", "eta", ndim=1)
     if len(eta):
         for grid_field in PROBE_GRID_FIELDS:  # (n, k) even when no row has been written yet
             probe[grid_field] = probe[grid_field].reshape(-1, len(eta))
+    probe["eta_at_step"] = eta_at_step(eta, probe["learning_rate"], attrs.get("lr"))
     diverged_step = attrs.get("diverged_step")
     steps_completed = attrs.get("steps_completed")
     return RunData(
@@ -312,6 +319,15 @@ def _read_weights(run: h5py.Group) -> WeightSeries | None:
     return WeightSeries(scale_invariant=invariant, **columns)
 
 
+def eta_at_step(eta: np.ndarray, learning_rate: np.ndarray, lr) -> np.ndarray:
+    """(n, k) the probe's step sizes at each probed step: ``eta`` (the run's lr x --etas)
+    scaled by LR(t) / lr; ``eta`` itself where LR(t) is the run's lr (or either is unknown)."""
+    if lr is None or not lr > 0:
+        return np.broadcast_to(eta, (len(learning_rate), len(eta))).copy()
+    scale = np.where(np.isfinite(learning_rate), learning_rate / float(lr), 1.0)
+    return eta[None, :] * scale[:, None]  # x 1.0 leaves eta as it is, bit for bit
+
+
 def _partial(steps: np.ndarray, attrs: dict) -> np.ndarray:
     per_epoch = attrs.get("steps_per_epoch")
     if per_epoch is None:
@@ -319,9 +335,11 @@ def _partial(steps: np.ndarray, attrs: dict) -> np.ndarray:
     return (steps >= 0) & (steps < int(per_epoch))
 
 
-def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...],
+             attrs: dict) -> dict[str, np.ndarray]:
     """The group's columns cut to their common length (a flush may be half-way); a field that
-    older files lack (``schema.ADDED_FIELDS``) is filled with its fill value."""
+    older files lack (``schema.ADDED_FIELDS``) is filled with its fill value, or the run's
+    attribute that stood for it (``runlog.added_fill``: the learning rate)."""
     added = {f for f in fields if (group_name, f) in ADDED_FIELDS
              and not isinstance(run.get(f"{group_name}/{f}"), h5py.Dataset)}
     columns = {f: _dataset(run, group_name, f, ndim=2 if f in PROBE_GRID_FIELDS else 1)
@@ -329,7 +347,7 @@ def _columns(run: h5py.Group, group_name: str, fields: tuple[str, ...]) -> dict[
     rows = min(len(c) for c in columns.values())
     columns = {f: c[:rows] for f, c in columns.items()}
     for f in added:
-        columns[f] = np.full(rows, ADDED_FIELDS[(group_name, f)],
+        columns[f] = np.full(rows, added_fill(group_name, f, attrs),
                              dtype=np.int64 if f in INT_FIELDS else np.float64)
     return {f: columns[f] for f in fields}
 

@@ -13,8 +13,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .schema import (ADDED_FIELDS, EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS, PROBE_GRID_FIELDS,
-                     PROBE_LAYER_FIELDS, PROBE_ROW_FIELDS, STATUSES, STEP_FIELDS)
+from .schema import (ADDED_FIELDS, ADDED_FROM_ATTRS, EPOCH_FIELDS, FIELDS, GROUPS, INT_FIELDS,
+                     PROBE_GRID_FIELDS, PROBE_LAYER_FIELDS, PROBE_ROW_FIELDS, STATUSES,
+                     STEP_FIELDS)
 
 TEXT = h5py.string_dtype("utf-8")  # variable-length UTF-8: netCDF strings, str through asstr()
 
@@ -60,6 +61,31 @@ def truncate_rows(run: h5py.Group, counts: dict[str, int]) -> None:
         for ds in group.values():
             if isinstance(ds, h5py.Dataset) and ds.maxshape[:1] == (None,):
                 ds.resize(min(ds.shape[0], counts.get(group_name, 0)), axis=0)
+
+
+def added_fill(group: str, field: str, attrs) -> Any:
+    """The value of an added field (``schema.ADDED_FIELDS``) in rows written without it: the
+    run attribute ``schema.ADDED_FROM_ATTRS`` names where the run has it, else the fill."""
+    attr = ADDED_FROM_ATTRS.get((group, field))
+    return attrs[attr] if attr is not None and attr in attrs else ADDED_FIELDS[(group, field)]
+
+
+def _add_missing(run: h5py.Group, rows: dict[str, dict[str, list]]) -> None:
+    """Datasets of the schema that a run's group written by an earlier version lacks (a
+    resumed or journalled run of an older file), created with the fill in its rows so far."""
+    for group_name, columns in rows.items():
+        group = run.get(group_name)
+        if not isinstance(group, h5py.Group) or "step" not in group:
+            continue
+        for f in columns.keys() - group.keys():
+            if (group_name, f) not in ADDED_FIELDS:
+                continue
+            fill = np.full(group["step"].shape[0], added_fill(group_name, f, run.attrs),
+                           dtype=np.int64 if f in INT_FIELDS else np.float64)
+            ds = group.create_dataset(f, data=fill, maxshape=(None,), chunks=(1024,))
+            field = FIELDS[group_name][f]
+            ds.attrs["units"], ds.attrs["description"] = field.units, field.description
+            ds.dims[0].attach_scale(group["step"])
 
 
 def _append(group: h5py.Group, name: str, rows: np.ndarray) -> None:
@@ -122,9 +148,12 @@ class RunLog:
         self.dirty = True
 
     def add_steps(self, **columns) -> None:
-        """Append steps: each of STEP_FIELDS as an equal-length 1-D array."""
+        """Append steps: each of STEP_FIELDS as an equal-length 1-D array; one of
+        ``schema.ADDED_FIELDS`` left out (``learning_rate``) is written as its fill (NaN)."""
+        n = np.asarray(columns["step"]).size
         for f in STEP_FIELDS:
-            self._rows["steps"][f].extend(np.asarray(columns[f]).reshape(-1).tolist())
+            values = columns[f] if f in columns else np.full(n, ADDED_FIELDS[("steps", f)])
+            self._rows["steps"][f].extend(np.asarray(values).reshape(-1).tolist())
         self.dirty = True
 
     def add_epoch(self, **values) -> None:
@@ -136,11 +165,17 @@ class RunLog:
         self.dirty = True
 
     def add_probe(self, record) -> None:
-        """Append a ``probes.LandscapeRecord`` taken on this run's eta grid."""
-        if not np.allclose(self.eta, record.eta, rtol=1e-6, atol=0):
-            raise ValueError(f"run {self.name}: probe etas {record.eta} differ from {self.eta}")
+        """Append a ``probes.LandscapeRecord`` taken on this run's eta grid, scaled by the
+        learning rate at its step (a schedule's LR(t) x --etas: the same multiples)."""
+        eta = np.asarray(record.eta, dtype=np.float64).reshape(-1)
+        scale = eta / self.eta if eta.shape == self.eta.shape else None
+        if scale is None or not np.allclose(scale, scale[0], rtol=1e-6, atol=0):
+            raise ValueError(f"run {self.name}: probe etas {record.eta} are no multiple of "
+                             f"{self.eta}")
+        lr = getattr(record, "lr", None)  # None: a record made outside a training loop
         for f in PROBE_ROW_FIELDS + PROBE_GRID_FIELDS:
-            self._rows["probe"][f].append(getattr(record, f))
+            self._rows["probe"][f].append(getattr(record, f) if f != "learning_rate"
+                                          else np.nan if lr is None else lr)
         self.dirty = True
         # Records without the split by layer (made elsewhere, or older) store none.
         layers = (tuple(record.layer) if getattr(record, "grad_diff_layer", None) is not None
@@ -212,17 +247,27 @@ class RunLog:
                 self._rows[group] = {f: [] for f in fields}
         if pending["probe_layers"] is not None and self.probe_layers is None:
             self._set_probe_layers(tuple(pending["probe_layers"]))
+        self._attrs.update(pending["attrs"])
         for group, columns in pending["rows"].items():
             for f, values in columns.items():
                 self._rows[group][f].extend(values)
-        self._attrs.update(pending["attrs"])
+            self._pad_added(group, columns)
         self.dirty = True
+
+    def _pad_added(self, group: str, columns: dict) -> None:
+        """Rows of a block written by an earlier version, which lacked a field added since:
+        that field's fill (``added_fill``) in each of them, so columns stay aligned."""
+        n = len(columns.get("step", ()))
+        for f in self._rows[group].keys() - columns.keys():
+            if n and (group, f) in ADDED_FIELDS:
+                self._rows[group][f].extend([added_fill(group, f, self._attrs)] * n)
 
     def _write(self, run: h5py.Group) -> None:
         """Append the buffered rows to ``run`` (a run's group: a run file's root), creating
         what it lacks; the rows stay buffered until ``_committed``."""
         if "steps" not in run:
             self._create(run)
+        _add_missing(run, self._rows)
         for group_name in self._extra.keys() - run.keys():
             self._create_extra(run.create_group(group_name), group_name)
         if self.probe_layers and "layer" not in run["probe"]:

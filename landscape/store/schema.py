@@ -76,6 +76,10 @@ FIELDS: dict[str, dict[str, Field]] = {
         "beta_consecutive": Field(DIMENSIONLESS, "||g_t - g_{t-1}||_2 / ||theta_t - "
                                                  "theta_{t-1}||_2 (consecutive minibatches; not "
                                                  "the paper's beta); NaN at step 0", ("step",)),
+        "learning_rate": Field(DIMENSIONLESS, "LR(t), the learning rate this step's update "
+                                              "used (the run's lr under --lr-schedule "
+                                              "constant; files from before read as the run's "
+                                              "lr)", ("step",)),
     },
     "epochs": {
         "epoch": _EPOCH,
@@ -123,6 +127,11 @@ FIELDS: dict[str, dict[str, Field]] = {
                            ("step",)),
         "loss_at_theta": Field(DIMENSIONLESS, "L(theta): the minibatch loss before the step",
                                ("step",)),
+        "learning_rate": Field(DIMENSIONLESS, "LR(t), the learning rate at the probed step: "
+                                              "its step sizes are eta x learning_rate / (the "
+                                              "run's lr), i.e. LR(t) x --etas (eta itself "
+                                              "under a constant schedule; files from before "
+                                              "read as the run's lr)", ("step",)),
         "layer": Field(NO_UNITS, "modules owning parameters (conv, linear, normalization), in "
                                  "registration order: the split of grad_diff by layer",
                        ("layer",)),
@@ -192,15 +201,21 @@ FIELDS: dict[str, dict[str, Field]] = {
     },
 }
 
-STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive")
+STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive",
+               "learning_rate")
 # The train-mode vs eval-mode statistics of a fixed training subset, per epoch.
 MODE_FIELDS = ("train_mode_loss", "train_mode_acc", "eval_mode_loss", "eval_mode_acc")
 EPOCH_FIELDS = ("epoch", "steps", "train_loss", "train_acc", "test_loss", "test_acc",
                 "seconds") + MODE_FIELDS
 # Fields that files written before they existed lack: read as this fill value (and written
 # as it by ``RunLog.add_epoch`` when a run does not measure them).
-ADDED_FIELDS = {("epochs", "steps"): -1, **{("epochs", f): float("nan") for f in MODE_FIELDS}}
-PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta")  # (n,)
+ADDED_FIELDS = {("epochs", "steps"): -1, **{("epochs", f): float("nan") for f in MODE_FIELDS},
+                ("steps", "learning_rate"): float("nan"),
+                ("probe", "learning_rate"): float("nan")}
+# Added fields that files written before them read as a run attribute instead of a fill: the
+# learning rate, constant then (ADDED_FIELDS' NaN: rows written without one, e.g. by hand).
+ADDED_FROM_ATTRS = {("steps", "learning_rate"): "lr", ("probe", "learning_rate"): "lr"}
+PROBE_ROW_FIELDS = ("step", "beta", "grad_norm", "loss_at_theta", "learning_rate")  # (n,)
 PROBE_GRID_FIELDS = ("loss", "grad_diff")  # (n, k)
 # The probe split by layer (L modules owning parameters), with a ``layer`` (L,) name dataset;
 # absent in files written before it existed. Field -> its row shape from (k, L).

@@ -8,6 +8,7 @@ TF32/bf16, out of memory), ``tasks`` (what a dataset needs of the loop), ``plan`
 ``Trainer`` protocol) and its three trainers -- ``sequential`` (one eager run, probes as hooks),
 ``batched`` (the grid as one vmapped model), ``streams`` (CUDA-graph steps on concurrent
 streams) -- ``trainers`` (a group's trainer; ``fit``: a group split to fit the device),
+``schedules`` (``--lr-schedule``: torch's learning-rate schedulers over a run's optimizer),
 ``events`` (``LoopListener``: what the loop announces), ``loop`` (``TrainingLoop``,
 ``train_runs``), ``checkpoint`` (a trainer and the loop position, saved and restored),
 ``signals`` (SIGINT and SIGTERM stop at a step boundary), ``sweep`` (``execute_sweep``: the one
@@ -29,6 +30,7 @@ from .loop import Progress, ReportProgress, RunState, RunSummary, TrainingLoop, 
 from .plan import (Group, ResumePlan, RunSpec, plan_resume, plan_sweep, resume_action, run_name,
                    sweep_runs)
 from .protocol import Trainer, TrainerContext
+from .schedules import SCHEDULES, Schedule
 from .sequential import SequentialRun, build_run, make_optimizer
 from .signals import SweepInterrupted, stop_on_signals
 from .streams import WARMUP, CapturedProbe, CapturedStep, StreamRuns
@@ -49,4 +51,4 @@ __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "
            "RunSpec", "Group", "plan_sweep", "sweep_runs", "ResumePlan", "plan_resume",
            "resume_action", "Trainer", "TrainerContext", "TRAINERS", "build_trainer", "fit",
            "Executor", "LocalExecutor", "GroupRunner", "SweepOptions", "execute_sweep",
-           "RayExecutor", "RayOptions", "run_sweep_ray"]
+           "RayExecutor", "RayOptions", "run_sweep_ray", "SCHEDULES", "Schedule"]

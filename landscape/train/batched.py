@@ -181,6 +181,12 @@ class GridRuns:
         self.stats.record(self.grid.flat(grads), theta)
         return losses, correct
 
+    def learning_rates(self) -> np.ndarray:
+        return np.asarray(self.lrs, dtype=np.float64)  # constant: schedules train alone
+
+    def end_epoch(self, train_loss: np.ndarray) -> None:
+        """No schedule to step: runs with one train alone (``SweepConfig.trains_alone``)."""
+
     def pop_grad_rows(self) -> np.ndarray:
         rows = self.stats.pop()
         return rows if len(rows) else np.zeros((0, self.k, 3))  # (n, K, 3)

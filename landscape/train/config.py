@@ -26,6 +26,7 @@ from ..probes import PROBE_DTYPES
 from .device import resolve_device
 from .instruments import chosen_layers
 from .losses import LOSSES
+from .schedules import SCHEDULES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRID_MODES = ("auto", "streams", "batched", "sequential")
@@ -36,7 +37,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "rmsprop"
 # and the sweep is the product of every list (``SweepConfig.cells``). In this order they
 # nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
 AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer", "activation",
-        "loss", "label_smoothing")
+        "loss", "label_smoothing", "lr_schedule")
 # A sweep of more runs than this asks for confirmation (``--yes``; ``run_sweep(allow_large=True)``).
 MAX_RUNS_UNASKED = 1000
 
@@ -91,6 +92,16 @@ class SweepConfig:
     # probe (the curvature instruments read together: lambda_max against 2/lr, and how much
     # of BN's smoothness is weight-norm growth), off otherwise.
     weight_stats: bool | None = None
+    # The learning-rate schedule (an axis, ``AXES``; train/schedules.py) and its parameters,
+    # which apply to the runs of their schedule. Lengths are in optimizer steps.
+    lr_schedule: str | Sequence[str] = "constant"  # SCHEDULES
+    lr_step_size: int | None = None  # step: steps between decays (None: a third of the run)
+    lr_step_gamma: float = 0.1  # step: the factor of each decay
+    lr_exp_gamma: float | None = None  # exponential: the factor per step (None: 1% at the end)
+    lr_eta_min: float = 0.0  # cosine: the learning rate it anneals to at the run's end
+    lr_end_factor: float = 0.0  # linear: from 1 x the learning rate to this x over the run
+    lr_plateau_factor: float = 0.1  # plateau: the factor of each reduction
+    lr_patience: int = 10  # plateau: epochs without improvement before a reduction
 
     def uses_hooks(self) -> bool:
         """Whether an instrument hooks one eager module and ``torch.optim`` optimizer: such
@@ -124,9 +135,12 @@ class SweepConfig:
         (``uses_hooks``); the DLN's regression is no image classification; any optimizer but
         heavy-ball SGD (the batched grid writes that update itself; a graph holds no host-side
         step count); a model that draws random numbers (``models.draws_random``: neither vmap
-        nor a graph replays them)."""
+        nor a graph replays them); a learning-rate schedule (a ``torch.optim`` scheduler
+        changes the optimizer's learning rate on the host, which the batched grid's update and
+        a graph's recorded step do not read)."""
         return (self.uses_hooks() or self.dataset == DLN_DATASET or self.optimizer != "sgd"
-                or self.nesterov or draws_random(model, self.dropout))
+                or self.nesterov or draws_random(model, self.dropout)
+                or self.lr_schedule != "constant")
 
     def records_weights(self) -> bool:
         """Whether runs record weight statistics: ``weight_stats``, or by default with the
@@ -168,6 +182,7 @@ class SweepConfig:
                                  "sweep with --optimizer sgd")
         _check_nesterov(self)
         _check_smoothing(self)
+        _check_schedule(self)
         if self.grid not in GRID_MODES:
             raise LandscapeError(f"unknown --grid {self.grid!r}; choose from {', '.join(GRID_MODES)}")
         if self.precision not in PRECISIONS:
@@ -215,6 +230,10 @@ class SweepConfig:
         runs (every model, every learning rate) trains with."""
         combos = itertools.product(*(self.axis_values(a) for a in AXES))
         return [replace(self, **dict(zip(AXES, combo))) for combo in combos]
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The steps each run trains: ``steps``, else ``epochs`` epochs."""
+        return self.steps or self.epochs * steps_per_epoch
 
     def run_count(self) -> int:
         return len(self.models) * len(self.lrs) * math.prod(len(self.axis_values(a)) for a in AXES)
@@ -280,6 +299,37 @@ def _check_nesterov(config) -> None:
                              "--optimizer sgd and a --momentum above 0 (every value)")
 
 
+def _lr_schedule(value) -> None:
+    if value not in SCHEDULES:
+        raise LandscapeError(f"unknown --lr-schedule {value!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def _check_schedule(config) -> None:
+    """The schedules' parameters, whichever schedules the sweep lists (each is a setting of
+    the sweep, stored with it)."""
+    if config.lr_step_size is not None:
+        _positive("--lr-step-size", config.lr_step_size, int)
+    _positive("--lr-step-gamma", config.lr_step_gamma)
+    if config.lr_exp_gamma is not None:
+        _positive("--lr-exp-gamma", config.lr_exp_gamma)
+    _in_range("--lr-eta-min", config.lr_eta_min, 0.0, math.inf)
+    if "cosine" in config.axis_values("lr_schedule") and config.lr_eta_min >= min(config.lrs):
+        raise LandscapeError(f"--lr-eta-min {config.lr_eta_min:g} is where cosine annealing ends: "
+                             f"it must be below every --lrs value (the least is "
+                             f"{min(config.lrs):g})")
+    _fraction("--lr-end-factor", config.lr_end_factor, "0 <= f <= 1", lambda f: 0 <= f <= 1)
+    _fraction("--lr-plateau-factor", config.lr_plateau_factor, "0 < f < 1", lambda f: 0 < f < 1)
+    if isinstance(config.lr_patience, bool) or not isinstance(config.lr_patience, int) \
+            or config.lr_patience < 0:
+        raise LandscapeError(f"--lr-patience must be an integer >= 0, got {config.lr_patience!r}")
+
+
+def _fraction(name: str, value, bound: str, holds) -> None:
+    """A number within bounds torch's scheduler asks for (``bound``: their text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not holds(value):
+        raise LandscapeError(f"{name} must be a number with {bound}, got {value!r}")
+
+
 def _positive(name: str, value, kind=float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or value <= 0 or (kind is int and value != int(value)):
@@ -320,6 +370,7 @@ AXIS_CHECKS = {
     "loss": ("--loss", "loss", _loss),
     "label_smoothing": ("--label-smoothing", "label smoothing", lambda v: _in_range(
         "--label-smoothing", v, 0.0, 1.0, "the weight of the uniform targets")),
+    "lr_schedule": ("--lr-schedule", "learning-rate schedule", _lr_schedule),
 }
 
 

@@ -121,7 +121,7 @@ class TrainingLoop:
         self.listeners, self.stop = list(listeners), stop
         self.stream = trainer.task.stream(config.batch_size, config.seed, config.augment)
         self.mode_subset = trainer.task.mode_subset(config.batch_size)  # the same every epoch
-        self.total_steps = config.steps or config.epochs * self.stream.steps_per_epoch
+        self.total_steps = config.total_steps(self.stream.steps_per_epoch)
         self.n_epochs = math.ceil(self.total_steps / self.stream.steps_per_epoch)
         # The host reads device values only every `sync_every` steps (divergence check, rows).
         self.sync_every = 1 if device.type == "cpu" else 50
@@ -129,7 +129,8 @@ class TrainingLoop:
         self._stop_read: bool | None = None  # stop_asked() at the boundary under way
         self.alive = [not run.done for run in runs]
         self.sums: EpochSums | None = None  # None between epochs
-        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (step, epoch, losses (K,))
+        # (step, epoch, losses (K,), learning rates (K,)) of the steps since the last sync
+        self._pending: list[tuple[int, int, torch.Tensor, np.ndarray]] = []
         self.started = time.perf_counter()
 
     def emit(self, event: str, *args) -> None:
@@ -202,11 +203,12 @@ class TrainingLoop:
         for x, y in self.stream.epoch():
             if self.step >= self.total_steps or not any(self.alive):
                 break
+            rates = self.trainer.learning_rates()  # LR(t): read before the step changes it
             losses, right = self.trainer.step(x, y, self.step)
             self.sums.loss += losses.double() * len(y)
             self.sums.correct += right
             self.sums.seen += len(y)
-            self._pending.append((self.step, epoch, losses))
+            self._pending.append((self.step, epoch, losses, rates))
             self.step += 1
             if self.step % self.sync_every == 0:
                 self.sync()
@@ -246,22 +248,25 @@ class TrainingLoop:
         """Move pending rows to the logs; a run whose loss is not finite stops there."""
         if not self._pending:
             return
-        steps = [s for s, _, _ in self._pending]
-        epochs = [e for _, e, _ in self._pending]
-        losses = torch.stack([l for _, _, l in self._pending]).to("cpu", torch.float64).numpy()
+        steps = [s for s, _, _, _ in self._pending]
+        epochs = [e for _, e, _, _ in self._pending]
+        losses = torch.stack([l for _, _, l, _ in self._pending]).to("cpu", torch.float64).numpy()
+        rates = np.stack([r for _, _, _, r in self._pending])  # (n, K)
         grad_rows = self.trainer.pop_grad_rows()  # (n, K, 3)
         for k, run in enumerate(self.runs):
             if self.alive[k]:
-                self._add_steps(k, run, steps, epochs, losses[:, k], grad_rows[:, k])
+                self._add_steps(k, run, steps, epochs, losses[:, k], grad_rows[:, k],
+                                rates[:, k])
         self.last_loss = float(losses[-1, 0])
         self._pending = []
 
-    def _add_steps(self, k: int, run: RunState, steps, epochs, losses, grad_rows) -> None:
+    def _add_steps(self, k: int, run: RunState, steps, epochs, losses, grad_rows,
+                   rates) -> None:
         bad = np.flatnonzero(~np.isfinite(losses))
         keep = len(losses) if len(bad) == 0 else bad[0] + 1  # keep the step it happened
         run.log.add_steps(step=steps[:keep], epoch=epochs[:keep], loss=losses[:keep],
                           grad_norm=grad_rows[:keep, 0], grad_diff=grad_rows[:keep, 1],
-                          beta_consecutive=grad_rows[:keep, 2])
+                          beta_consecutive=grad_rows[:keep, 2], learning_rate=rates[:keep])
         run.steps = steps[keep - 1] + 1
         if len(bad):
             run.status, run.diverged_step = "diverged", int(steps[bad[0]])
@@ -292,6 +297,8 @@ class TrainingLoop:
                                   test_loss=float(test_loss[k]), test_acc=run.test_acc,
                                   seconds=time.perf_counter() - sums.started, **modes)
                 run.log.set_attrs(steps_completed=run.steps)
+        # Before the epoch's checkpoint: a plateau schedule's step is part of the state it saves.
+        self.trainer.end_epoch(train_loss)
 
     def position(self) -> LoopPosition:
         """Where the loop stands between two steps: what a checkpoint holds of it."""

@@ -29,7 +29,7 @@ from .config import SweepConfig
 # How an axis that varies in a sweep shows in its run names (model, lr and seed always do).
 RUN_NAME_PARTS = {"batch_size": "bs{:d}", "momentum": "mom{:g}", "weight_decay": "wd{:g}",
                   "dropout": "do{:g}", "optimizer": "{}", "activation": "{}", "loss": "{}",
-                  "label_smoothing": "ls{:g}"}
+                  "label_smoothing": "ls{:g}", "lr_schedule": "{}"}
 
 
 def run_name(model: str, lr: float, seed: int, **axes) -> str:

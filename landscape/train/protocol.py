@@ -48,6 +48,14 @@ class Trainer(Protocol):
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of every live run on (x, y): the losses (K,) and correct counts (K,)."""
 
+    def learning_rates(self) -> np.ndarray:
+        """(K,) float64: the learning rate each run's next step takes, LR(t) (the loop
+        records it with the step)."""
+
+    def end_epoch(self, train_loss: np.ndarray) -> None:
+        """An epoch ended with these mean training losses (K,): a per-epoch learning-rate
+        schedule (``plateau``) steps here."""
+
     def pop_grad_rows(self) -> np.ndarray:
         """(n, K, 3) per-step ||g||, ||g - g_prev||, their ratio to ||theta - theta_prev||,
         for the n steps since the last call (the loop's host sync)."""

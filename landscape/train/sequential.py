@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -9,8 +11,9 @@ from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
 from . import tasks
 from .config import SweepConfig
 from .instruments import WeightRecorder, build_instruments
-from .plan import Group
+from .plan import Group, RunSpec
 from .protocol import TrainerContext
+from .schedules import Schedule
 
 
 ADAPTIVE = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
@@ -41,6 +44,30 @@ def build_run(model_name: str, lr: float, config: SweepConfig, data,
     return model, make_optimizer(model.parameters(), lr, config)
 
 
+def _landscape_probe(run: RunSpec, config: SweepConfig, reuse_grad: bool,
+                     context: TrainerContext) -> LandscapeProbe:
+    """The run's landscape probe, at step sizes LR(t) x --etas. With adam/adamw too, the probe
+    steps along the raw gradient, theta - eta g, as for SGD (the paper's probe). A constant
+    schedule gives absolute step sizes (the run's LR times --etas), as before schedules; under
+    a schedule the probe reads the optimizer's learning rate at each probed step
+    (``relative``)."""
+    relative = config.lr_schedule != "constant"
+    return LandscapeProbe(every=config.probe_every, relative=relative,
+                          etas=tuple(config.etas) if relative
+                          else tuple(e * run.lr for e in config.etas),
+                          on_record=lambda r: context.on_probe(0, r), keep=False,
+                          reuse_grad=reuse_grad,
+                          dtype=PROBE_DTYPES[config.probe_dtype_of(run.model)])
+
+
+def _attach_quietly(probe: LandscapeProbe, model, optimizer, loss_fn):
+    """``probe.attach``, without the warning that its etas are multiples of an adaptive
+    optimizer's learning rate: here that is the documented choice (README, --optimizer)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LandscapeProbe: etas are multiples of")
+        return probe.attach(model, optimizer, loss_fn)
+
+
 class SequentialRun:
     """One run: the model, its optimizer (``make_optimizer``), and the probes attached as hooks.
     A ``protocol.Trainer`` of a group of one run."""
@@ -55,14 +82,11 @@ class SequentialRun:
         # float32 (one pass fewer); for a model that draws random numbers (dropout, noise) the
         # probe computes g itself, with its own draws (LandscapeProbe.reuse_grad).
         exact_step = (device.type == "cpu" or config.precision == "fp32") and not config.compile
-        # Absolute step sizes (the run's LR times --etas): with adam/adamw too, the probe steps
-        # along the raw gradient, theta - eta g, as for SGD (the paper's probe).
-        self.probe = LandscapeProbe(every=config.probe_every,
-                                    etas=tuple(e * run.lr for e in config.etas), relative=False,
-                                    on_record=lambda r: context.on_probe(0, r), keep=False,
-                                    reuse_grad=exact_step,
-                                    dtype=PROBE_DTYPES[config.probe_dtype_of(run.model)])
-        self.loss_fn = (self.probe.attach(self.model, self.optimizer, self.task.loss_fn)
+        steps_per_epoch = self.task.stream(config.batch_size, config.seed,
+                                           config.augment).steps_per_epoch
+        self.schedule = Schedule(self.optimizer, config, config.total_steps(steps_per_epoch))
+        self.probe = _landscape_probe(run, config, exact_step, context)
+        self.loss_fn = (_attach_quietly(self.probe, self.model, self.optimizer, self.task.loss_fn)
                         if config.probe else self.task.loss_fn)
         self.stats = GradientStats().attach(self.optimizer)
         # Compiled for training steps only; probes call the eager module through functional_call.
@@ -83,8 +107,15 @@ class SequentialRun:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.schedule.after_step()
         with torch.no_grad():
             return loss.detach().view(1), self.task.correct(out, y).view(1)
+
+    def learning_rates(self) -> np.ndarray:
+        return np.array([self.optimizer.param_groups[0]["lr"]], dtype=np.float64)
+
+    def end_epoch(self, train_loss: np.ndarray) -> None:
+        self.schedule.after_epoch(train_loss[0])
 
     def pop_grad_rows(self) -> np.ndarray:
         if self.weights is not None:  # the loop's host sync: the weight rows go to the log too
@@ -105,9 +136,11 @@ class SequentialRun:
     def state_dict(self) -> dict:
         """Everything the next step depends on, taken between steps after the loop's host
         sync: weights and buffers (BatchNorm's statistics, the noise layers' draw counters),
-        the optimizer's state, the per-step statistics' previous gradient, each probe's and
-        instrument's schedule and warm starts. torch's generators are the checkpoint's."""
+        the optimizer's state, the learning-rate scheduler's, the per-step statistics'
+        previous gradient, each probe's and instrument's schedule and warm starts. torch's
+        generators are the checkpoint's."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": self.schedule.state_dict(),
                 "stats": self.stats.state_dict(), "probe": self.probe.state_dict(),
                 "instruments": [i.state_dict() for i in self.instruments],
                 "weights": self.weights.state_dict() if self.weights is not None else None}
@@ -115,6 +148,7 @@ class SequentialRun:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state.get("lr_schedule"))
         self.stats.load_state_dict(state["stats"])
         self.probe.load_state_dict(state["probe"])
         for instrument, kept in zip(self.instruments, state["instruments"], strict=True):

@@ -188,6 +188,12 @@ class StreamRuns:
             self.on_probe(k, record)
         self._pending_probes = []
 
+    def learning_rates(self) -> np.ndarray:
+        return np.asarray(self.lrs, dtype=np.float64)  # constant: schedules train alone
+
+    def end_epoch(self, train_loss: np.ndarray) -> None:
+        """No schedule to step: runs with one train alone (``SweepConfig.trains_alone``)."""
+
     def pop_grad_rows(self) -> np.ndarray:
         self._deliver_probes()  # the loop's host sync: records of the steps it is logging
         if not self._rows:

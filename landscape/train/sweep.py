@@ -37,6 +37,7 @@ from .device import effective_precision, resolve_device, training_precision
 from .events import LoopListener
 from .loop import Progress, ReportProgress, RunState, RunSummary, WriteRows, train_runs
 from .plan import Group, ResumePlan, RunSpec, plan_resume, plan_sweep, sweep_runs
+from .schedules import schedule_attributes
 from .protocol import TrainerContext
 from .signals import StopRequest, stop_on_signals
 from .tasks import task_for
@@ -252,7 +253,8 @@ def run_attributes(run: RunSpec, group: Group, data, precision: str,
     """A run's attributes in the file: its model, normalization and every axis of its cell;
     ``grid``/``grid_size``: how it trained, with how many runs at once; ``precision``: the
     arithmetic it really trained in (fp32 on a CPU, whatever was asked); the data's name (an
-    array file's stem) and that file's path and sha256 (``dataset_file``)."""
+    array file's stem) and that file's path and sha256 (``dataset_file``); the learning-rate
+    schedule's arguments (``schedules.schedule_attributes``)."""
     cell = run.cell
     return dict(model=run.model, grid=group.mode, grid_size=len(group.runs),
                 norm=MODELS[run.model].norm, lr=run.lr,
@@ -260,7 +262,8 @@ def run_attributes(run: RunSpec, group: Group, data, precision: str,
                 width=cell.width,
                 dataset=data.name, augment=cell.augment, precision=precision,
                 steps_per_epoch=steps_per_epoch, probe_dtype=cell.probe_dtype_of(run.model),
-                **dataset_file(data))
+                **dataset_file(data),
+                **schedule_attributes(cell, cell.total_steps(steps_per_epoch)))
 
 
 def check_checkpoint_every(checkpoint_every) -> None:
