@@ -68,12 +68,20 @@ def test_cifar_models_are_the_models_of_before(tmp_path):
     assert any(m.ceil_mode for m in grayscale.modules() if isinstance(m, torch.nn.MaxPool2d))
 
 
-def test_a_model_that_takes_no_image_shape_refuses_other_images(tmp_path, capsys):
-    if "fixed_cifar_net" not in MODELS:
-        register_model("fixed_cifar_net", ModelSpec(
-            lambda width=1.0, num_classes=10: torch.nn.Sequential(
-                torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes)), "none",
-            random=False))
+@pytest.fixture
+def fixed_cifar_net():
+    """A model registered as a script would, for 3x32x32 images only; gone after the test
+    (the registry is global: tests that list every model must not see it)."""
+    register_model("fixed_cifar_net", ModelSpec(
+        lambda width=1.0, num_classes=10: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes)), "none",
+        random=False))
+    yield "fixed_cifar_net"
+    MODELS.pop("fixed_cifar_net")
+
+
+def test_a_model_that_takes_no_image_shape_refuses_other_images(fixed_cifar_net, tmp_path,
+                                                               capsys):
     with pytest.raises(LandscapeError, match="takes 3x32x32 images, the data's are 1x28x28"):
         build_model("fixed_cifar_net", image_shape=(1, 28, 28))
     path = array_file(tmp_path / "digits.npz", (28, 28), 10)

@@ -7,6 +7,7 @@ One local Ray instance with 2 CPUs (no dashboard) serves the whole module: start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -281,6 +282,11 @@ def test_a_worker_stops_when_its_driver_is_gone(tmp_path):
         (checkpoint_dir(out) / place.token).unlink()  # a resumed driver cleared it
         time.sleep(DRIVER_WATCH_SECONDS)
         assert watch.signum == signal.SIGTERM
+        # A resumed driver holds the lock before it clears the old token: the lock file names
+        # another process than the token of this unit's driver.
+        killed = dataclasses.replace(place, token=".ray-driver-999999999-0000")
+        (checkpoint_dir(out) / killed.token).touch()
+        assert DriverWatch(killed).signum == signal.SIGTERM
     place = _checkpoint_place(str(out), None, False, {})
     assert DriverWatch(place).signum == signal.SIGTERM  # the lock free: the driver is gone
 

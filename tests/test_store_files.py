@@ -164,7 +164,7 @@ def test_a_reader_polling_a_writing_process_never_sees_a_torn_or_wrong_row(tmp_p
     finally:
         writer.wait(timeout=120)
     assert writer.returncode == 0
-    assert reads > 20 and len(lengths) > 10, (reads, len(lengths))  # it read mid-sweep
+    assert reads > 20 and len(lengths) > 3, (reads, len(lengths))  # it read mid-sweep
     assert [len(r.steps.step) for r in read_sweep(out).runs] == [6000] * 3
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +52,9 @@ from .runlog import RunLog
 from .schema import SCHEMA_VERSION
 
 RUN_FILE_SUFFIXES = (".h5", ".lock")  # with journals and temporaries: what a runs folder holds
+# A resumed sweep waits this long for a killed driver's Ray workers to let go of their runs
+# (they stop within distributed.DRIVER_WATCH_SECONDS and a training step of noticing).
+WRITERS_GONE_SECONDS = 120.0
 
 
 def _json_default(obj):
@@ -218,21 +222,20 @@ class SweepStore(RunWriter):
                 paths = {name: source.path for name, source in run_groups(f, store.path)}
             RunWriter.__init__(store, runs_dir(path), paths)
             store.linked = set(paths)
+            wait_for_writers(list(paths.values()))
             store.run_attrs = {name: store._settle(name) for name in paths}
         except OSError as error:
             raise LandscapeError(f"cannot read {store.path}: {os_reason(error)}") from None
         return store
 
     def _settle(self, name: str) -> dict[str, Any]:
-        """A run's attributes; a journal its killed writer left is compacted into its file (a
-        run another process still writes, a Ray worker of a killed driver, is left to it)."""
+        """A run's attributes; a journal its killed writer left is compacted into its file."""
         path = self._run_path(name)
-        if lock_is_free(path):
-            for tmp in temporaries(path):
-                tmp.unlink(missing_ok=True)
-            if journals(path):
-                self._file(name)
-                self.release(name)
+        for tmp in temporaries(path):
+            tmp.unlink(missing_ok=True)
+        if journals(path):
+            self._file(name)
+            self.release(name)
         return self.read_run_attrs(name)
 
     def read_run_attrs(self, name: str) -> dict[str, Any]:
@@ -270,6 +273,20 @@ class SweepStore(RunWriter):
             rewrite_hdf5(self.path, write, copy=True)
         except OSError as error:
             raise LandscapeError(f"cannot write {self.path}: {os_reason(error)}") from None
+
+
+def wait_for_writers(paths: list[Path], seconds: float = WRITERS_GONE_SECONDS) -> None:
+    """Until no process writes these run files: a sweep resumed while a Ray worker of its
+    killed driver still writes a run (it stops by itself: ``distributed.DriverWatch``) waits
+    for it, so that what the resume plans from is final; a writer that does not stop within
+    ``seconds`` is one line."""
+    deadline = time.monotonic() + seconds
+    while busy := [p for p in paths if not lock_is_free(p)]:
+        if time.monotonic() > deadline:
+            raise LandscapeError(f"{busy[0]} is still being written by another process after "
+                                 f"{seconds:.0f} s (a worker of the sweep's killed driver?): "
+                                 "stop it, then resume")
+        time.sleep(0.2)
 
 
 def _holds_runs(folder: Path) -> bool:

@@ -42,7 +42,7 @@ import torch
 from ..errors import LandscapeError
 from ..models import MODELS, NORMS, ModelSpec, Norm
 from ..models.registry import register_model, register_norm
-from ..store import STATUSES, RunLog, RunWriter, lock_is_free, runs_dir
+from ..store import STATUSES, RunLog, RunWriter, lock_is_free, lock_path, runs_dir
 from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints
 from .config import SweepConfig
 from .device import resolve_device, training_precision
@@ -61,9 +61,6 @@ LINK_SECONDS = 1.0
 # A worker looks whether its driver is still there this often (an flock probe and a stat,
 # microseconds), and stops within this and a step when it is not.
 DRIVER_WATCH_SECONDS = 0.2
-# A resumed sweep waits this long for a killed driver's workers to let go of their runs (they
-# stop within DRIVER_WATCH_SECONDS and a step of noticing).
-WRITERS_GONE_SECONDS = 120.0
 PACKAGE = Path(__file__).resolve().parents[1]  # the landscape package the workers must run
 
 
@@ -177,14 +174,26 @@ class DriverWatch(StopRequest):
     def signum(self) -> int | None:
         if self._signum is None and time.monotonic() - self.looked >= DRIVER_WATCH_SECONDS:
             self.looked = time.monotonic()
-            token = checkpoint_dir(self.place.sweep_path) / self.place.token
-            if lock_is_free(self.place.sweep_path) or not token.exists():
+            if self._driver_gone():
                 self._signum = signal.SIGTERM
         return self._signum
 
     @signum.setter
     def signum(self, value: int | None) -> None:
         self._signum = value
+
+    def _driver_gone(self) -> bool:
+        """Nobody holds the sweep's lock, or someone other than this unit's driver does (a
+        resumed sweep: its process id in the lock file, not the one in the driver's token,
+        and it clears the old token)."""
+        sweep, token = self.place.sweep_path, self.place.token
+        if lock_is_free(sweep) or not (checkpoint_dir(sweep) / token).exists():
+            return True
+        try:
+            holder = lock_path(sweep).read_text().strip()
+        except OSError:
+            return False
+        return bool(holder) and holder != token.split("-")[2]  # .ray-driver-PID-HEX
 
 
 def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
@@ -443,7 +452,6 @@ class _Driver:
 
     def run(self) -> None:
         ray = self.ray
-        self.wait_for_writers()
         for unit in self.units:
             self.submit(unit)
         try:
@@ -469,19 +477,6 @@ class _Driver:
                 for name in unit.group.names:
                     self.mark(name, set(STATUSES) - {"running"}, status="interrupted")
             raise
-
-    def wait_for_writers(self) -> None:
-        """The units' runs free of writers: a killed driver's workers stop on their own
-        (``DriverWatch``), after a checkpoint; a writer that does not is one line."""
-        names = [n for unit in self.units for n in unit.group.names]
-        paths = [self.store._run_path(n) for n in names]
-        deadline = time.monotonic() + WRITERS_GONE_SECONDS
-        while busy := [p for p in paths if not lock_is_free(p)]:
-            if time.monotonic() > deadline:
-                raise LandscapeError(f"{busy[0]} is still being written by another process "
-                                     f"after {WRITERS_GONE_SECONDS:.0f} s (a worker of the "
-                                     "sweep's killed driver?): stop it, then resume")
-            time.sleep(0.2)
 
     def submit(self, unit: Unit) -> None:
         unit.attempts += 1
