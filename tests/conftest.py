@@ -202,3 +202,18 @@ def copy_sweep(source, target) -> "Path":
     if runs_dir(source).is_dir() and not folder.exists():
         shutil.copytree(runs_dir(source), folder)
     return target
+
+
+def assert_refused_in_one_line(args: list[str], named: str, tmp_path, capsys) -> None:
+    """``landscape run ARGS`` (on cifar10-mini unless ARGS name a dataset) is refused: exit 2,
+    one ``error:`` line naming ``named``, nothing written into ``tmp_path``."""
+    from landscape.cli import main
+
+    out = tmp_path / "never.h5"
+    base = ["run", "--out", str(out)] + ([] if "--dataset" in args else
+                                         ["--dataset", "cifar10-mini"])
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from landscape import data as data_mod
-from landscape.cli import main
 from landscape.errors import LandscapeError
 from landscape.read import read_sweep
 from landscape.train import (AXES, MAX_RUNS_UNASKED, OPTIMIZERS, SweepConfig, build_run,
                              check_size, load_experiment, plan_sweep, run_name, run_sweep)
 
-from conftest import one_cpu_thread
+from conftest import assert_refused_in_one_line, one_cpu_thread
 
 
 @lru_cache(maxsize=1)
@@ -125,14 +124,7 @@ BAD_LISTS = [
 @pytest.mark.parametrize("args,named", BAD_LISTS, ids=[" ".join(a)[:40] for a, _ in BAD_LISTS])
 def test_a_bad_value_in_any_list_is_one_line_exit_2_and_writes_nothing(args, named, tmp_path,
                                                                        capsys):
-    out = tmp_path / "never.h5"
-    base = ["run", "--out", str(out)] + ([] if "--dataset" in args else
-                                         ["--dataset", "cifar10-mini"])
-    assert main(base + args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert named in err, err
-    assert list(tmp_path.iterdir()) == []
+    assert_refused_in_one_line(args, named, tmp_path, capsys)
 
 
 def test_more_than_a_thousand_runs_needs_yes():

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import one_cpu_thread
+from conftest import assert_refused_in_one_line, one_cpu_thread
 from landscape import data as data_mod
 from landscape.cli import main
 from landscape.errors import LandscapeError
@@ -201,14 +201,7 @@ BAD = [
 @pytest.mark.parametrize("args,named", BAD, ids=[" ".join(a)[-40:] for a, _ in BAD])
 def test_a_bad_loss_or_smoothing_is_one_line_exit_2_and_writes_nothing(args, named, tmp_path,
                                                                        capsys):
-    out = tmp_path / "never.h5"
-    base = ["run", "--out", str(out)] + ([] if "--dataset" in args else
-                                         ["--dataset", "cifar10-mini"])
-    assert main(base + args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert named in err, err
-    assert list(tmp_path.iterdir()) == []
+    assert_refused_in_one_line(args, named, tmp_path, capsys)
 
 
 def test_an_experiment_file_sweeps_losses_and_refuses_wrong_types(tmp_path, capsys):
