@@ -173,15 +173,22 @@ class RunView:
         self._file.close()
 
     def _open(self) -> h5py.File:
-        data = self.path.read_bytes()  # one generation, whole (a rename never tears it)
-        with h5py.File(io.BytesIO(data), "r") as f:
-            generation = int(f.attrs.get(GENERATION, 0))
-        records, _ = read_records(journal_path(self.path, generation))
-        if not records:  # no journal, or compacted away since: the file is all there is
-            return h5py.File(io.BytesIO(data), "r")
-        f = h5py.File(io.BytesIO(data), "r+")
-        apply_blocks(f, records)
-        return f
+        # The file at its path is one generation, whole (a rewrite is a rename): read in place
+        # when its journal holds nothing (every finished run), so a reader of many runs reads
+        # each file once, not into memory first.
+        try:
+            f = h5py.File(self.path, "r", locking=False)
+        except OSError:  # open in this process already, with other flags: read its bytes
+            f = None
+        if f is not None:
+            if not read_records(journal_path(self.path, int(f.attrs.get(GENERATION, 0))))[0]:
+                return f
+            f.close()
+        data = self.path.read_bytes()  # perhaps a later generation: its own journal goes with it
+        merged = h5py.File(io.BytesIO(data), "r+")
+        generation = int(merged.attrs.get(GENERATION, 0))
+        apply_blocks(merged, read_records(journal_path(self.path, generation))[0])
+        return merged
 
     @property
     def writer_alive(self) -> bool:
