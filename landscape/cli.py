@@ -15,7 +15,10 @@ from pathlib import Path
 import click
 
 from .errors import LandscapeError, os_reason
-from .report.build import default_report_path, write_report
+from .report.build import Resolution, default_report_path, write_report
+from .report.figures import MAX_BAND_POINTS
+from .report.pooled import RUN_LINES
+from .report.select import Selection
 from .report.grid import Facets, parse_band
 from .report.summary import (RUN_TABLE_HEADER, instrument_columns, run_table_cells, summarize_run,
                              text_table)
@@ -395,6 +398,17 @@ def _summary_table(summaries) -> str:
 # Both open files read-only without locking, so they work on a sweep still being written.
 # ---------------------------------------------------------------------------------------
 
+def _points(text: str) -> int | None:
+    """``--points``: a whole number, or 'all' (None: every point)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise LandscapeError(f"--points must be a whole number >= 1 or 'all', got {text!r}") \
+            from None
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("-o", "--out", default=None,
@@ -414,12 +428,26 @@ def _summary_table(summaries) -> str:
 @click.option("--best", type=int, default=None,
               help="Draw only the K settings with the lowest final test loss (median over "
                    "seeds) in the training curves and the faceted figure [default: all].")
-def plot(files, out, overwrite, smooth, title, band, color, panel, best):
+@click.option("--runs", "run_patterns", multiple=True, metavar="PATTERN",
+              help="Draw only the runs whose name matches a shell pattern (commas separate "
+                   "patterns; repeatable), e.g. 'vgg_a_bn-lr0.1-*'. Only those are read.")
+@click.option("--where", multiple=True, metavar="KEY=VALUE,...",
+              help="Draw only the runs with these settings, e.g. lr=0.1,model=vgg_a_bn "
+                   "(VALUE|VALUE: either; repeatable).")
+@click.option("--points", default=str(MAX_BAND_POINTS), show_default=True,
+              help="Pixel columns each per-step series is drawn at (its extremes kept in "
+                   "each); 'all' draws every point (WebGL beyond 5,000).")
+@click.option("--run-lines", type=int, default=RUN_LINES, show_default=True,
+              help="A figure of more runs than this draws one line per setting (the median "
+                   "over its seeds and their band) instead of one per run.")
+def plot(files, out, overwrite, smooth, title, band, color, panel, best, run_patterns, where,
+         points, run_lines):
     """Write one offline HTML report (Fig. 1 and Fig. 4 of the paper) from sweep files."""
     facets = Facets(color=color, panel=panel, best=best, quantiles=parse_band(band))
     out_path = Path(out) if out else default_report_path(files[0])
     written = write_report(files, out_path, smooth=smooth, overwrite=overwrite, title=title,
-                           facets=facets)
+                           facets=facets, selection=Selection.parse(run_patterns, where),
+                           resolution=Resolution(_points(points), run_lines))
     moved = "" if out or written.parent == Path(files[0]).parent else \
         f" (the folder of {files[0]} is not writable)"
     click.echo(f"wrote {written}{moved}")

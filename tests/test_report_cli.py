@@ -366,11 +366,10 @@ def test_instrument_sections_are_omitted_without_probed_steps(tiny_sweep, tmp_pa
 
 def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
     from landscape.report import figures as fg
-    from landscape.report.build import Legend, activation_layers, ics_layers
+    from landscape.report.build import ReportData, activation_layers, ics_layers
 
-    runs = read_sweep(instrumented_sweep).runs
-    legend = Legend.of(runs)
-    layers = ics_layers(runs, legend)
+    data = ReportData.of(read_sweep(instrumented_sweep).runs)
+    layers = ics_layers(data)
     assert [layer.title.split(" (")[0] for layer in layers] == ["layer #5", "layer #10"]
     assert [line.color for line in layers[0].l2] == ["#1f77b4", "#d62728"]  # blue, red
     fig = fg.ics_figure(layers, "ICS")
@@ -380,7 +379,7 @@ def test_ics_and_activation_figures_switch_layer_and_run(instrumented_sweep):
     first, second = (b.args[0]["visible"] for b in layer_menu.buttons)
     assert any(first) and any(second) and not any(a and b for a, b in zip(first, second))
 
-    by_layer, maps = activation_layers(runs, legend)
+    by_layer, maps = activation_layers(data)
     assert sorted(by_layer) == list(range(1, 12)) and len(maps) == 2 * 11
     assert all(m.z.shape == (len(m.y), 2) for m in maps)  # bins kept x probed steps
     fig = fg.activation_figure(by_layer, maps, "acts")

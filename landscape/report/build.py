@@ -30,8 +30,10 @@ from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
 from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
-from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, cell_score, grid_axes,
-                   grid_cells, ranked_cells, varying_axes)
+from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, grid_axes, grid_cells,
+                   ranked_cells, setting_key, varying_axes)
+from .select import Selection
+from .pooled import RUN_LINES, RunSeries, pool_series, seed_groups, setting_map
 from .pools import (Pooling, distinct_runs, losses_text, optimizer, scheduled, settings,
                     value_text)
 from .summary import RUN_TABLE_HEADER, library_versions, run_table_cells, summarize_run
@@ -46,12 +48,29 @@ def default_report_path(first_input: str | os.PathLike) -> Path:
     return beside if os.access(beside.parent, os.W_OK) else Path(beside.name)
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """How much of a large sweep a page draws (``landscape plot --points``, ``--run-lines``)."""
+
+    points: int | None = fg.MAX_BAND_POINTS  # pixel columns per series; None: every point
+    run_lines: int = RUN_LINES  # a figure of more runs draws one line per setting
+
+    def check(self) -> None:
+        if self.points is not None and self.points < 1:
+            raise LandscapeError(f"--points must be a whole number >= 1 or 'all', got "
+                                 f"{self.points}")
+        if self.run_lines < 1:
+            raise LandscapeError(f"--run-lines must be a whole number >= 1, got {self.run_lines}")
+
+
 def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                  smooth: int = 1, overwrite: bool = False, title: str | None = None,
-                 facets: Facets = Facets()) -> Path:
+                 facets: Facets = Facets(), selection: Selection = Selection(),
+                 resolution: Resolution = Resolution()) -> Path:
     """Read ``inputs``, write one self-contained HTML report at ``out``; returns its path.
     ``facets``: colour and panel axes, best k, seed-band quantiles (checked against the runs
-    before anything is written)."""
+    before anything is written); ``selection``: the runs drawn (``--runs``, ``--where``: only
+    theirs are read); ``resolution``: points per series, runs per figure."""
     out = Path(out)
     if out.is_dir():
         raise LandscapeError(f"-o {out} is a directory")
@@ -60,8 +79,10 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                              "command line), or choose another -o")
     if smooth < 1:
         raise LandscapeError(f"--smooth must be a whole number >= 1, got {smooth}")
-    sweeps = [read_sweep(p) for p in inputs]
-    page = build_report(sweeps, smooth=smooth, title=title, facets=facets)
+    resolution.check()
+    sweeps = read_selected(inputs, selection)
+    page = build_report(sweeps, smooth=smooth, title=title, facets=facets,
+                        resolution=resolution, selected=selection.text())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     try:
@@ -72,24 +93,48 @@ def write_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     return out
 
 
+def read_selected(inputs: Sequence[str | os.PathLike], selection: Selection) -> list[SweepFile]:
+    """The sweeps of ``inputs`` with the runs ``selection`` chooses (only those are read); a
+    setting no run has, or nothing chosen, is a one-line error."""
+    if not selection:
+        return [read_sweep(p) for p in inputs]
+    keys: set[str] = set()
+    seen = [0]
+
+    def keep(name: str, attrs: dict) -> bool:
+        keys.update(attrs)
+        seen[0] += 1
+        return selection.matches(name, attrs)
+
+    sweeps = [read_sweep(p, keep) for p in inputs]
+    selection.check(keys, sum(len(s.runs) for s in sweeps), seen[0])
+    return sweeps
+
+
 def build_report(sweeps: Sequence[SweepFile], *, smooth: int = 1, title: str | None = None,
-                 facets: Facets = Facets()) -> str:
-    """The report page for the pooled runs of ``sweeps`` (each file and run once)."""
+                 facets: Facets = Facets(), resolution: Resolution = Resolution(),
+                 selected: str = "") -> str:
+    """The report page for the pooled runs of ``sweeps`` (each file and run once);
+    ``selected``: how they were chosen, said in the header."""
     distinct = distinct_runs(sweeps)
     runs = distinct.runs
     facets.check(runs)
-    legend = Legend.of(runs)
-    data = ReportData(runs, legend, facets, smooth, best_cells(grid_cells(runs), facets.best),
-                      distinct.sweeps)
+    data = ReportData.of(runs, distinct.sweeps, smooth=smooth, facets=facets,
+                         run_lines=resolution.run_lines)
+    legend = data.legend
     title = title or "Loss landscape report: " + ", ".join(s.path.name for s in distinct.sweeps)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in distinct.notes)
+    if selected:
+        notes += (f'<p class="note">Runs chosen by {html.escape(selected)}: the settings, bands '
+                  "and findings below are of these runs only.</p>")
     intro = (f"<p>Santurkar et al. (2018), “How Does Batch Normalization Help Optimization?” "
              f"— {len(runs)} runs from {len(distinct.sweeps)} file(s). "
              f"{html.escape(legend.color_text())}. {html.escape(losses_text(runs))}"
              "Bands are raw [min, max]"
              + (f", with edges smoothed over {smooth} points drawn on top" if smooth > 1 else "")
              + "; log/linear buttons switch the y axis.</p>" + notes)
-    return render_page(title, intro, report_sections(data))
+    with fg.drawn_columns(resolution.points):
+        return render_page(title, intro, report_sections(data))
 
 
 @dataclass(frozen=True)
@@ -102,6 +147,47 @@ class ReportData:
     smooth: int  # --smooth: points of the moving average drawn over the band edges
     shown: list[Cell]  # the settings drawn in sections 4a and 4b (all, or the --best K)
     sweeps: list[SweepFile]  # the distinct files, for the provenance
+    run_lines: int = RUN_LINES  # a figure of more runs draws one line per setting
+
+    @classmethod
+    def of(cls, runs: list[RunData], sweeps: Sequence[SweepFile] = (), *, smooth: int = 1,
+           facets: Facets = Facets(), run_lines: int = RUN_LINES) -> "ReportData":
+        return cls(runs, Legend.of(runs), facets, smooth,
+                   best_cells(grid_cells(runs), facets.best), list(sweeps), run_lines)
+
+    def pooled(self, runs: Sequence[RunData]) -> bool:
+        """Whether a figure of ``runs`` draws settings (seeds pooled), not runs."""
+        return len(runs) > self.run_lines
+
+    def pooled_text(self, runs: Sequence[RunData], drawn: str = "") -> str:
+        """The sentence a pooled figure's definition ends with (``drawn``: what it draws
+        per setting, if not a line and its band)."""
+        if not self.pooled(runs):
+            return ""
+        drawn = drawn or (f"one line per setting (every axis but the seed): the median over "
+                          f"its seeds, and the band {self.facets.band_text()}")
+        return (f" <b>{len(runs)} runs, more than {self.run_lines}: {drawn}</b>; `landscape "
+                "plot --runs PATTERN` or `--where lr=0.1,model=vgg_a_bn` draws a few runs each, "
+                "`--run-lines N` raises the limit.")
+
+    def setting_label(self, runs: Sequence[RunData]) -> str:
+        """'VGG-A+BN LR 0.1: median of 10 runs' (a pooled line's name)."""
+        first = runs[0]
+        return (f"{self.legend.pool_label(first)} LR {first.lr:g}: median of {len(runs)} "
+                f"run{'s' if len(runs) > 1 else ''}")
+
+    def lines(self, series: Sequence[RunSeries], dash: Callable[[RunData], str],
+              suffix: Callable[[RunSeries], str] = lambda s: "") -> list[fg.Line]:
+        """A line per run of ``series``, or per setting (its seeds' median) when pooled;
+        ``suffix``: what a line's name ends with (from its first run's series)."""
+        legend = self.legend
+        if not self.pooled([s.run for s in series]):
+            return [fg.Line(legend.run_text(s.run) + suffix(s), legend.color(s.run),
+                            dash(s.run), s.x, s.y) for s in series]
+        first = {id(s.run): s for s in series}
+        return [fg.Line(self.setting_label(p.runs) + suffix(first[id(p.runs[0])]),
+                        legend.color(p.runs[0]), dash(p.runs[0]), p.band.x, p.band.median)
+                for p in pool_series(series, self.facets.quantiles)]
 
 
 @dataclass(frozen=True)
@@ -439,11 +525,14 @@ def mode_section(d: ReportData) -> Content | None:
     if not runs:
         return None
     lrs = sorted({r.lr for r in runs})
-    curves = [fg.ModeCurve(legend.run_text(r), legend.color(r), r.epochs.epoch,
-                           masked(r.epochs.train_mode_acc), masked(r.epochs.eval_mode_acc),
-                           masked(r.epochs.train_mode_loss), masked(r.epochs.eval_mode_loss),
-                           fg.LR_SYMBOLS[lrs.index(r.lr) % len(fg.LR_SYMBOLS)])
-              for r in runs]
+    groups = (seed_groups(runs).values() if d.pooled(runs) else [[r] for r in runs])
+    curves = []
+    for group in groups:
+        first = group[0]
+        label = d.setting_label(group) if d.pooled(runs) else legend.run_text(first)
+        epoch, columns = _median_columns(group, MODE_COLUMNS, d.facets.quantiles)
+        curves.append(fg.ModeCurve(label, legend.color(first), epoch, *columns,
+                                   fg.LR_SYMBOLS[lrs.index(first.lr) % len(fg.LR_SYMBOLS)]))
     return Content(
         "After each epoch, on a fixed subset of the training set (the same images every epoch, "
         "at least 1,024, in batches of the run's batch size): loss and accuracy with the model "
@@ -451,11 +540,25 @@ def mode_section(d: ReportData) -> Content | None:
         "noise off) and in eval mode (BatchNorm uses its running averages), measured without "
         "changing the model. A network without normalization (and without dropout) computes "
         "the same in both modes: its gaps are 0. Colour: model and settings; marker: "
-        "learning rate.",
+        "learning rate." + d.pooled_text(runs, "one line per setting (every axis but the "
+                                           "seed): the median over its seeds"),
         fg.mode_figure(curves, "Train mode vs eval mode<br><sup>fixed training subset: batch "
                                "statistics (solid) vs running statistics (dotted); marker: "
                                "learning rate</sup>",
                        x_title="epoch (0 = the first pass, as in the file)"))
+
+
+MODE_COLUMNS = ("train_mode_acc", "eval_mode_acc", "train_mode_loss", "eval_mode_loss")
+
+
+def _median_columns(runs: Sequence[RunData], columns: Sequence[str],
+                    quantiles: tuple[float, float]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Epoch columns of one run (masked), or the median over several runs at each epoch."""
+    if len(runs) == 1:
+        return runs[0].epochs.epoch, [masked(getattr(runs[0].epochs, c)) for c in columns]
+    bands = [quantile_band([r.epochs.epoch for r in runs],
+                           [getattr(r.epochs, c) for r in runs], quantiles) for c in columns]
+    return bands[0].x, [b.median for b in bands]
 
 
 QUANTILES = {"5%": 0.05, "50%": 0.5, "95%": 0.95}
@@ -498,23 +601,20 @@ def _probed(runs: Sequence[RunData], attr: str) -> list[RunData]:
             and len(getattr(r, attr).layer_index)]
 
 
-def ics_layers(runs: Sequence[RunData], legend: Legend) -> list[fg.LayerICS]:
-    """Fig. 3 per weight layer (matched by index across models): one line per run."""
-    runs = _probed(runs, "ics")
+def ics_layers(d: ReportData) -> list[fg.LayerICS]:
+    """Fig. 3 per weight layer (matched by index across models): one line per run with ICS
+    probes (or per setting, ``ReportData.lines``)."""
+    runs = _probed(d.runs, "ics")
     dash = _lr_dash(runs)
-    layers = []
-    for layer in per_layer(runs, lambda r: r.ics):
-        l2, cosine = [], []
-        for run, col in layer.columns:
-            for out, values in ((l2, run.ics.l2), (cosine, run.ics.cosine)):
-                out.append(fg.Line(legend.run_text(run), legend.color(run), dash(run), run.ics.step,
-                                   masked(values[:, col])))
-        layers.append(fg.LayerICS(layer.title, l2, cosine))
-    return layers
+    return [fg.LayerICS(layer.title, *(
+        d.lines([RunSeries(run, run.ics.step, masked(getattr(run.ics, what)[:, col]))
+                 for run, col in layer.columns], dash) for what in ("l2", "cosine")))
+        for layer in per_layer(runs, lambda r: r.ics)]
 
 
 def ics_section(d: ReportData) -> Content | None:
-    layers = ics_layers(d.runs, d.legend)
+    runs = _probed(d.runs, "ics")
+    layers = ics_layers(d)
     if not layers:
         return None
     return Content(
@@ -523,36 +623,51 @@ def ics_section(d: ReportData) -> Content | None:
         "this step's update (the optimizer's real update, applied to the earlier layers only). "
         "Top: ‖G − G′‖<sub>2</sub> (ideal 0, log y); bottom: cos(G, G′) (ideal 1). Layers are "
         "numbered among the conv and linear layers (#5 is the same layer with and without BN); "
-        "the buttons switch layer. Colour: model; dash: learning rate.",
+        "the buttons switch layer. Colour: model; dash: learning rate."
+        + d.pooled_text(runs, "one line per setting (every axis but the seed): the median "
+                              "over its seeds"),
         fg.ics_figure(layers, "Internal covariate shift (Fig. 3)<br><sup>G = ∇<sub>Wᵢ</sub> L(θ<sub>t</sub>; B), "
                               "G′ = the same after layers 1…i−1 take this step's update; "
                               "ideal ‖G − G′‖₂ = 0, cos = 1</sup>"))
 
 
-def activation_layers(runs: Sequence[RunData], legend: Legend,
-                      ) -> tuple[dict[int, fg.LayerActivations], list[fg.HeatMap]]:
+def activation_layers(d: ReportData) -> tuple[dict[int, fg.LayerActivations], list[fg.HeatMap]]:
     """Per layer, every run's mean ± std band; per run and layer, a histogram heat map
-    over at most ``steps_per_map`` evenly spaced probed steps (keeps the page small)."""
-    runs = _probed(runs, "activations")
-    dash = _lr_dash(runs)
+    over at most ``steps_per_map`` evenly spaced probed steps (keeps the page small). Pooled
+    (``ReportData.pooled``): per setting, the median over its seeds of the mean and of the std,
+    and the histogram of all its seeds' values (the mean of their fractions)."""
+    runs, legend = _probed(d.runs, "activations"), d.legend
+    pooled, dash = d.pooled(runs), _lr_dash(runs)
     bins = max((r.activations.hist.shape[-1] for r in runs), default=1)
-    keep = steps_per_map(sum(len(r.activations.layer_index) for r in runs), bins)
+    groups = list(seed_groups(runs).values()) if pooled else [[r] for r in runs]
+    keep = steps_per_map(sum(len(g[0].activations.layer_index) for g in groups), bins)
     layers: dict[int, fg.LayerActivations] = {}
     maps: list[fg.HeatMap] = []
     for layer in per_layer(runs, lambda r: r.activations):
         index, bands, means = layer.index, [], []
-        for run, col in layer.columns:
-            a, text = run.activations, legend.run_text(run)
-            bands.append(fg.BandSeries(f"{text} ± std", legend.color(run),
-                                       mean_std_band(a.step, a.mean[:, col], a.std[:, col])))
-            means.append(fg.Line(f"{text} mean", legend.color(run), dash(run), a.step,
-                                 masked(a.mean[:, col])))
-            rows = subsample(len(a.step), keep)
-            hist = a.hist[rows, col, :]
+        column = {id(run): col for run, col in layer.columns}
+        for group in groups:
+            group = [r for r in group if id(r) in column]
+            if not group:
+                continue
+            first = group[0]
+            a, col = first.activations, column[id(first)]
+            text = d.setting_label(group) if pooled else legend.run_text(first)
+            steps = [r.activations.step for r in group]
+            step, mean = setting_map(steps, [r.activations.mean[:, column[id(r)]] for r in group])
+            _, std = setting_map(steps, [r.activations.std[:, column[id(r)]] for r in group])
+            bands.append(fg.BandSeries(f"{text} ± std", legend.color(first),
+                                       mean_std_band(step, mean, std)))
+            means.append(fg.Line(f"{text} mean", legend.color(first), dash(first), step,
+                                 masked(mean)))
+            _, hist = setting_map(steps, [r.activations.hist[:, column[id(r)], :] for r in group],
+                                  reduce=np.nanmean)
+            rows = subsample(len(step), keep)
+            hist = hist[rows]
             used = occupied_bins(hist)
             quantiles = hist_quantiles(a.bin_edges, hist, list(QUANTILES.values()))
             maps.append(fg.HeatMap(
-                f"{text} · {_layer_title(index, {a.layer[col]})}", index, a.step[rows],
+                f"{text} · {_layer_title(index, {a.layer[col]})}", index, step[rows],
                 bin_centres(a.bin_edges)[used], masked(hist[:, used].T),
                 {name: quantiles[:, i] for i, name in enumerate(QUANTILES)}))
         layers[index] = fg.LayerActivations(bands, means)
@@ -560,7 +675,7 @@ def activation_layers(runs: Sequence[RunData], legend: Legend,
 
 
 def activation_section(d: ReportData) -> Content | None:
-    layers, maps = activation_layers(d.runs, d.legend)
+    layers, maps = activation_layers(d)
     if not maps:
         return None
     return Content(
@@ -569,7 +684,10 @@ def activation_section(d: ReportData) -> Content | None:
         "position of the probed step's minibatch, in train mode. Top: mean ± std per run; "
         "bottom: the histogram of the selected run and layer over probed steps (fraction of "
         "values per bin; values beyond the outer bin edges count in the outer bins), with its "
-        "5%, 50% and 95% quantiles. The dropdown picks run and layer.",
+        "5%, 50% and 95% quantiles. The dropdown picks run and layer."
+        + d.pooled_text(_probed(d.runs, "activations"),
+                        "per setting (every axis but the seed), the median over its seeds of "
+                        "the mean and of the std, and the histogram of all its seeds' values"),
         fg.activation_figure(layers, maps, "Activation distributions (Fig. 1c/2)<br><sup>"
                                            "pre-activation (after normalization, before ReLU): "
                                            "mean ± std per run; histogram over steps</sup>"))
@@ -644,53 +762,70 @@ def _eta_column(run: RunData, multiple: float = 1.0) -> int:
     return int(np.argmin(np.abs(run.probe.eta / run.lr - multiple))) if run.lr > 0 else 0
 
 
+def layer_shares(run: RunData) -> tuple[np.ndarray, np.ndarray]:
+    """A run's probed steps and each layer's share of ‖∇L(θ − ηg) − g‖² there (steps, layers),
+    at the η closest to 1 × LR."""
+    p, col = run.probe, _eta_column(run)
+    n = min(len(p.step), len(p.grad_diff_layer))
+    squares = p.grad_diff_layer[:n, col, :] ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return p.step[:n], masked(squares / squares.sum(axis=1, keepdims=True))
+
+
+def layer_map(run: RunData, label: str) -> fg.LayerMap:
+    steps, share = layer_shares(run)
+    keep = subsample(len(steps), MAX_MAP_STEPS)
+    return fg.LayerMap(label, steps[keep], list(run.probe.layer), share[keep].T)
+
+
+def setting_layer_maps(d: ReportData, runs: Sequence[RunData]) -> list[fg.LayerMap]:
+    """Per setting (and layer names: a model's own), the median over its seeds of the layer
+    shares at the probed steps all of them have."""
+    maps = []
+    for group in seed_groups(runs, lambda r: (setting_key(r), tuple(r.probe.layer))).values():
+        steps, share = setting_map(*zip(*(layer_shares(r) for r in group)))
+        keep = subsample(len(steps), MAX_MAP_STEPS)
+        eta = group[0].probe.eta[_eta_column(group[0])] / group[0].lr
+        maps.append(fg.LayerMap(f"{d.setting_label(group)} · η = {eta:g}×LR", steps[keep],
+                                list(group[0].probe.layer), share[keep].T))
+    return maps
+
+
 def layer_split_section(d: ReportData) -> Content | None:
     legend = d.legend
     runs = sorted([r for r in d.runs if r.probe.layer and len(r.probe.grad_diff_layer)],
                   key=lambda r: (r.lr, legend.pool_label(r), r.seed))
     if not runs:
         return None
-    maps = []
-    for run in runs:
-        p, col = run.probe, _eta_column(run)
-        n = min(len(p.step), len(p.grad_diff_layer))
-        keep = subsample(n, MAX_MAP_STEPS)
-        squares = p.grad_diff_layer[keep, col, :] ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = squares / squares.sum(axis=1, keepdims=True)
-        maps.append(fg.LayerMap(f"{legend.run_text(run)} · η = {p.eta[col] / run.lr:g}×LR",
-                                p.step[keep], list(p.layer), masked(share).T))
+    maps = setting_layer_maps(d, runs) if d.pooled(runs) else [
+        layer_map(run, f"{legend.run_text(run)} · η = {run.probe.eta[_eta_column(run)] / run.lr:g}"
+                       "×LR") for run in runs]
     return Content(
         "For each module l owning parameters (conv, linear, BN), at each probed step: its "
         "share ‖∇<sub>l</sub>L(θ − ηg) − g<sub>l</sub>‖² / ‖∇L(θ − ηg) − g‖² of the "
         "gradient predictiveness of figure 2b (the shares add up to 1 over layers), at the "
         "probe's η closest to 1 × LR, from the probe's own gradients. The dropdown picks the "
         "run: VGG-A and VGG-A+BN at one learning rate are next to each other (BN adds its own "
-        "rows).",
+        "rows)." + d.pooled_text(runs, "one map per setting (every axis but the seed): the "
+                                       "median over its seeds of each layer's share"),
         fg.layer_map_figure(maps, "Gradient predictiveness by layer<br><sup>share of ‖∇L(θ − ηg)"
                                   " − g‖² per layer, layer × probed step</sup>", "share"))
 
 
-MAX_LINE_STEPS = 500  # points per line of the per-step weight statistics
-
-
 def weights_section(d: ReportData) -> Content | None:
-    runs, legend = [r for r in d.runs if r.weights is not None and len(r.weights.step)], d.legend
+    runs = [r for r in d.runs if r.weights is not None and len(r.weights.step)]
     if not runs:
         return None
     dash = _lr_dash(runs)
     layers = []
     for layer in per_layer(runs, lambda r: r.weights):
-        top, bottom = [], []
-        for run, col in layer.columns:
-            w = run.weights
-            keep = subsample(len(w.step), MAX_LINE_STEPS)
-            text = legend.run_text(run) + (" (scale-invariant)" if w.scale_invariant[col] else "")
-            top.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
-                               masked(w.norm[keep, col])))
-            bottom.append(fg.Line(text, legend.color(run), dash(run), w.step[keep],
-                                  masked(w.effective_lr[keep, col])))
-        layers.append(fg.LayerPanels(layer.title, top, bottom))
+        invariant = {id(run): bool(run.weights.scale_invariant[col]) for run, col in layer.columns}
+        top, bottom = (d.lines([RunSeries(run, run.weights.step, masked(
+            getattr(run.weights, what)[:, col])) for run, col in layer.columns], dash,
+            lambda s: " (scale-invariant)" if invariant[id(s.run)] else "")
+            for what in ("norm", "effective_lr"))
+        layers.append(fg.LayerPanels(layer.title, [fg.drawn(line) for line in top],
+                                     [fg.drawn(line) for line in bottom]))
     return Content(
         "For the weight w of each conv and linear layer, at every step: top ‖w‖<sub>2</sub>, "
         "bottom the effective learning rate LR / ‖w‖². A weight followed by a normalization "
@@ -698,7 +833,9 @@ def weights_section(d: ReportData) -> Content | None:
         "its gradient is orthogonal to w and shrinks like 1/‖w‖: a step of LR turns its "
         "direction by about (LR / ‖w‖²)·‖w‖‖∇<sub>w</sub>L‖. Growing norms anneal BN's "
         "effective step on their own; without BN the same numbers are just norms. Layers "
-        "are numbered among the conv and linear layers; colour: model, dash: learning rate.",
+        "are numbered among the conv and linear layers; colour: model, dash: learning rate."
+        + d.pooled_text(runs, "one line per setting (every axis but the seed): the median "
+                              "over its seeds"),
         fg.layer_lines_figure(layers, "Weight norms and effective learning rate<br><sup>‖w‖ "
                                       "and LR / ‖w‖² per layer, every step</sup>",
                               ("‖w‖₂", "LR / ‖w‖²"), ("‖w‖₂", "LR / ‖w‖²")))
@@ -778,8 +915,6 @@ def facet_metrics(runs: Sequence[RunData], cells: Sequence[Cell], facets: Facets
             band = quantile_band(xs, ys, facets.quantiles)
             if not np.isfinite(band.median).any():
                 continue
-            if len(band) > fg.MAX_BAND_POINTS:  # the median: every k-th step, ends kept
-                band = band.at(subsample(len(band), fg.MAX_BAND_POINTS))
             s = cell.settings
             combo = tuple(str(s.get(a)) for a in others)
             panel = axis_value_text(panel_axis, s.get(panel_axis)) if panel_axis else ""
@@ -811,7 +946,7 @@ def facet_section(d: ReportData) -> Content:
         f"{which}. Colour: {color_axis.replace('_', ' ')} (--color); panels: "
         f"{(facets.panel or 'none').replace('_', ' ')} (--panel)"
         + (f"; dash: {', '.join(a.replace('_', ' ') for a in others)}" if others else "")
-        + f". Per-step lines draw at most {fg.MAX_BAND_POINTS} evenly spaced steps. The menu "
+        + f". {fg.columns_text()} The menu "
         "switches the quantity: per epoch test and training loss and accuracy; per step the "
         "minibatch loss; per probed step the loss band along the gradient (max − min over η "
         "of L(θ − ηg), figure 1b), the gradient predictiveness (max over η of ‖∇L(θ − ηg) − "
@@ -916,19 +1051,41 @@ def beta_section(d: ReportData) -> Content:
                              initial_lr=_initial_lr(d.runs)))
 
 
+def training_bands(d: ReportData, runs: Sequence[RunData]) -> dict[str, list[fg.FacetLine]]:
+    """Per panel of Fig. 1, a seed band per setting (its median and quantiles per epoch)."""
+    dash = _lr_dash(runs)
+    lines: dict[str, list[fg.FacetLine]] = {}
+    for attr in EPOCH_COLUMNS:
+        series = [RunSeries(r, r.epochs.epoch, epoch_values(r, attr)) for r in runs]
+        lines[attr] = [fg.FacetLine(d.setting_label(p.runs), d.legend.color(p.runs[0]),
+                                    dash(p.runs[0]), p.band)
+                       for p in pool_series(series, d.facets.quantiles)
+                       if np.isfinite(p.band.median).any()]
+    return lines
+
+
+def training_figure(d: ReportData, runs: Sequence[RunData]) -> go.Figure:
+    """Fig. 1: a line per run, or a seed band per setting for many runs."""
+    title = "Training curves (Fig. 1)<br><sup>colour: model and settings; dash: learning rate"
+    x_title = "epoch (0 = the first pass, as in the file)"
+    if d.pooled(runs):
+        return fg.training_bands_figure(training_bands(d, runs), title + "; median over "
+                                        "seeds and their band</sup>", x_title=x_title)
+    return fg.training_curves_figure(training_curves(runs, d.legend), title + "</sup>",
+                                     x_title=x_title)
+
+
 def training_section(d: ReportData) -> Content:
-    curve_runs = [r for r in d.runs if any(r in c.runs for c in d.shown)]
+    shown = {id(r) for c in d.shown for r in c.runs}
+    curve_runs = [r for r in d.runs if id(r) in shown]
     return Content(
         "Per epoch, " + (f"the runs of the {len(d.shown)} best settings by final test "
                          "loss (--best; the run table has every run)"
                          if d.facets.best is not None else "every run")
         + ": training accuracy and loss (means over the epoch's "
         "minibatches, in training mode) and test accuracy and loss (eval mode). "
-        + epoch_text(d.runs, d.legend),
-        fg.training_curves_figure(training_curves(curve_runs, d.legend),
-                                  "Training curves (Fig. 1)<br><sup>colour: model and "
-                                  "settings; dash: learning rate</sup>",
-                                  x_title="epoch (0 = the first pass, as in the file)"))
+        + epoch_text(d.runs, d.legend) + d.pooled_text(curve_runs),
+        training_figure(d, curve_runs))
 
 
 def runs_section(d: ReportData) -> Content:

@@ -8,14 +8,16 @@ asked for, adds smoothed edges on top; the raw band always stays visible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextvars
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .bands import Band, contiguous_segments
+from .bands import Band, contiguous_segments, line_points
 
 # Santurkar et al. draw the standard network in blue and the BatchNorm one in red; the
 # names are what the page's header says of each colour.
@@ -136,18 +138,68 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _none_gaps(parts: list[np.ndarray]) -> list:
-    """Concatenate arrays with ``None`` between them (plotly starts a new shape there)."""
-    out: list = []
+def _gaps(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate arrays with NaN between them (plotly starts a new shape there), as float32:
+    a typed array in the page (4 bytes a value, and no per-value check by plotly.py, which
+    cost 14 s of a 1,000-run report as lists)."""
+    out = []
     for i, part in enumerate(parts):
         if i:
-            out.append(None)
-        out.extend(part.tolist())
-    return out
+            out.append(np.array([np.nan]))
+        out.append(np.asarray(part, dtype=np.float64))
+    return display_array(np.concatenate(out) if out else np.zeros(0))
 
 
-DISPLAY_DIGITS = 5  # significant digits of the values drawn (hover shows 4)
-MAX_BAND_POINTS = 500  # x drawn per band, about one per pixel of a figure's width
+# Pixel columns a per-step series is drawn at (``--points``): about one per pixel of a
+# figure's width. A band keeps its envelope per column (``Band.coarsened``), a line its
+# first, last, lowest and highest point per column (``line_points``); None draws every point.
+MAX_BAND_POINTS = 500
+_columns: contextvars.ContextVar[int | None] = contextvars.ContextVar("columns",
+                                                                      default=MAX_BAND_POINTS)
+# A line of more points than this is drawn with WebGL (plotly's scattergl): SVG paths of tens
+# of thousands of points slow a page's drawing and every hover. Decimated lines stay below.
+WEBGL_POINTS = 5000
+
+
+@contextmanager
+def drawn_columns(columns: int | None):
+    """Figures built inside draw per-step series at ``columns`` pixel columns (None: every
+    point): ``landscape plot --points``."""
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns must be >= 1 or None, got {columns}")
+    token = _columns.set(columns)
+    try:
+        yield
+    finally:
+        _columns.reset(token)
+
+
+def columns_text() -> str:
+    """What the page says of how its per-step series are drawn."""
+    columns = _columns.get()
+    if columns is None:
+        return "Every point of every series is drawn (--points all)."
+    return (f"Per-step series are drawn at {columns} pixel columns: a band keeps its [min, max] "
+            "in each, a line its first, last, lowest and highest point (no spike is lost); "
+            "`landscape export` has every value, and `landscape plot --points all` with "
+            "--runs/--where draws every point of the runs chosen.")
+
+
+def coarsened(band: Band) -> Band:
+    """``band`` at the drawn columns: its envelope per column (every point: unchanged)."""
+    columns = _columns.get()
+    return band if columns is None else band.coarsened(columns)
+
+
+def drawn_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The indices of a line's points to draw at the drawn columns (``line_points``)."""
+    columns = _columns.get()
+    return np.arange(len(x)) if columns is None else line_points(x, y, columns)
+
+
+def scatter(points: int, **kwargs) -> go.Scatter | go.Scattergl:
+    """A line trace: SVG, or WebGL beyond ``WEBGL_POINTS`` points."""
+    return (go.Scattergl if points > WEBGL_POINTS else go.Scatter)(**kwargs)
 
 
 def display_array(values: np.ndarray) -> np.ndarray:
@@ -156,23 +208,15 @@ def display_array(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _rounded(values: Sequence) -> list:
-    """Plain list values at ``DISPLAY_DIGITS`` significant digits (a JSON list writes every
-    float in full, 17 digits, where a typed array would not be used: polygons with gaps)."""
-    return [None if v is None else float(f"{v:.{DISPLAY_DIGITS}g}") for v in values]
-
-
 def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
     """The traces of one band: fill, upper and lower edge, markers, smoothed edges; a band
-    of more than ``MAX_BAND_POINTS`` x is drawn coarsened (``Band.coarsened``: its envelope
+    of more than the drawn columns (``drawn_columns``) is coarsened (``Band.coarsened``: its envelope
     over blocks of consecutive x), smoothing done before, on every x."""
-    band, color, group = series.band.coarsened(MAX_BAND_POINTS), series.color, series.label
+    band, color, group = coarsened(series.band), series.color, series.label
     drawable = np.isfinite(band.lower) & np.isfinite(band.upper)
     segments = contiguous_segments(drawable)
-    fill_x = _rounded(_none_gaps([np.concatenate([band.x[s], band.x[s][::-1]])
-                                  for s in segments]))
-    fill_y = _rounded(_none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]])
-                                  for s in segments]))
+    fill_x = _gaps([np.concatenate([band.x[s], band.x[s][::-1]]) for s in segments])
+    fill_y = _gaps([np.concatenate([band.upper[s], band.lower[s][::-1]]) for s in segments])
     traces = [go.Scatter(x=fill_x, y=fill_y, fill="toself", fillcolor=_rgba(color, BAND_OPACITY),
                          line=dict(width=0), mode="lines", name=series.label, legendgroup=group,
                          hoverinfo="skip")]
@@ -183,14 +227,17 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
                                                               dash=series.dash)))
     edge_opacity = 0.5 if smooth > 1 else 1.0
     for edge, values in (("max", band.upper), ("min", band.lower)):
-        traces.append(go.Scatter(x=band.x, y=display_array(values), mode="lines",
-                                 name=f"{series.label} {edge}",
-                                 legendgroup=group, showlegend=False, opacity=edge_opacity,
-                                 line=dict(color=color, width=1 if series.dash == "solid" else 2,
-                                           dash=series.dash), connectgaps=False))
-    if band.median is not None and len(band.count) and band.count.max() > 1:
-        traces.append(go.Scatter(  # a seed band: its median, and how many runs it pools
-            x=band.x, y=band.median, customdata=band.count, mode="lines",
+        traces.append(scatter(len(band), x=band.x, y=display_array(values), mode="lines",
+                              name=f"{series.label} {edge}",
+                              legendgroup=group, showlegend=False, opacity=edge_opacity,
+                              line=dict(color=color, width=1 if series.dash == "solid" else 2,
+                                        dash=series.dash), connectgaps=False))
+    full = series.band
+    if full.median is not None and len(full.count) and full.count.max() > 1:
+        keep = drawn_line(full.x, full.median)  # the median's spikes too, at their height
+        traces.append(scatter(  # a seed band: its median, and how many runs it pools
+            len(keep), x=full.x[keep], y=display_array(full.median[keep]),
+            customdata=full.count[keep].astype(np.int32), mode="lines",
             name=f"{series.label} median", legendgroup=group, showlegend=False,
             line=dict(color=color, width=2.5, dash=series.dash), connectgaps=False,
             hovertemplate="%{fullData.name}<br>%{x}: %{y:.4g} of %{customdata} "
@@ -198,17 +245,18 @@ def band_traces(series: BandSeries, smooth: int = 1) -> list[go.Scatter]:
     isolated = [seg.start for seg in segments if seg.stop - seg.start == 1]
     if isolated:  # a stretch of one point draws no line and no fill: a point with its span
         traces.append(go.Scatter(
-            x=_none_gaps([np.array([band.x[i], band.x[i]]) for i in isolated]),
-            y=_none_gaps([np.array([band.lower[i], band.upper[i]]) for i in isolated]),
+            x=_gaps([np.array([band.x[i], band.x[i]]) for i in isolated]),
+            y=_gaps([np.array([band.lower[i], band.upper[i]]) for i in isolated]),
             mode="lines+markers", name=f"{series.label} (single points)", legendgroup=group,
             showlegend=False, line=dict(color=color, width=2), marker=dict(color=color, size=7)))
     if smooth > 1:
-        smoothed = series.band.smoothed(smooth).coarsened(MAX_BAND_POINTS)
+        smoothed = coarsened(series.band.smoothed(smooth))
         for edge, values in (("max", smoothed.upper), ("min", smoothed.lower)):
-            traces.append(go.Scatter(x=smoothed.x, y=display_array(values), mode="lines",
-                                     name=f"{series.label} {edge}, smoothed over {smooth}",
-                                     legendgroup=group, showlegend=False,
-                                     line=dict(color=color, width=2.5), connectgaps=False))
+            traces.append(scatter(len(smoothed), x=smoothed.x, y=display_array(values),
+                                  mode="lines",
+                                  name=f"{series.label} {edge}, smoothed over {smooth}",
+                                  legendgroup=group, showlegend=False,
+                                  line=dict(color=color, width=2.5), connectgaps=False))
     if series.markers:
         traces.append(go.Scatter(
             x=[m.x for m in series.markers], y=[m.y for m in series.markers],
@@ -449,6 +497,28 @@ def training_curves_figure(curves: Sequence[Curve], title: str,
     return _finish(fig, title, rows * FIGURE_HEIGHT, empty=not curves)
 
 
+def training_bands_figure(lines: dict[str, Sequence["FacetLine"]], title: str,
+                          x_title: str = "epoch") -> go.Figure:
+    """Fig. 1 for a large sweep: per setting, the median over its seeds and their band, in
+    the panels of ``training_curves_figure`` (``lines``: panel attribute -> lines)."""
+    panels = [p for p in TRAINING_PANELS if lines.get(p[0])] or TRAINING_PANELS[2:]
+    rows = (len(panels) + 1) // 2
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=[p[1] for p in panels],
+                        vertical_spacing=0.14, horizontal_spacing=0.08)
+    for i, (attr, _) in enumerate(panels):
+        for line in lines.get(attr, ()):
+            for trace in seed_band_traces(line, showlegend=i == 0):
+                fig.add_trace(trace, row=i // 2 + 1, col=i % 2 + 1)
+        values = [line.band.median for line in lines.get(attr, ())]
+        log = attr.endswith("loss") and spans_decades(values)
+        fig.update_yaxes(row=i // 2 + 1, col=i % 2 + 1, type="log" if log else "linear",
+                         nticks=log_nticks(values) if log else 0, **Y_AXIS_STYLE)
+    epochs = [line.band.x for ls in lines.values() for line in ls]
+    fig.update_xaxes(title_text=x_title, **epoch_ticks(epochs))
+    fig.update_layout(legend=dict(groupclick="togglegroup"))
+    return _finish(fig, title, rows * FIGURE_HEIGHT, empty=not epochs)
+
+
 @dataclass(frozen=True)
 class ModeCurve:
     """One run's per-epoch statistics of a fixed training subset in train and eval mode."""
@@ -537,8 +607,14 @@ class LayerActivations:
     means: Sequence[Line]
 
 
-def _line_trace(line: Line, showlegend: bool, **kwargs) -> go.Scatter:
-    return go.Scatter(x=line.x, y=line.y, mode="lines+markers", name=line.label,
+def drawn(line: Line) -> Line:
+    """``line`` with the points drawn at the page's columns (``drawn_line``)."""
+    keep = drawn_line(line.x, line.y)
+    return line if len(keep) == len(line.x) else replace(line, x=line.x[keep], y=line.y[keep])
+
+
+def _line_trace(line: Line, showlegend: bool, **kwargs) -> go.Scatter | go.Scattergl:
+    return scatter(len(line.x), x=line.x, y=line.y, mode="lines+markers", name=line.label,
                       legendgroup=line.label, showlegend=showlegend, connectgaps=False,
                       line=dict(color=line.color, dash=line.dash, width=1.8),
                       marker=dict(size=4) if line.symbol is None else
@@ -680,7 +756,7 @@ def layer_map_figure(maps: Sequence[LayerMap], title: str, z_title: str) -> go.F
     fig = go.Figure()
     for i, m in enumerate(maps):
         fig.add_trace(go.Heatmap(x=m.x, y=[f"{j + 1}. {name}" for j, name in enumerate(m.layers)],
-                                 z=np.round(m.z, 5), colorscale="Viridis", zmin=0,
+                                 z=display_array(m.z), colorscale="Viridis", zmin=0,
                                  name=m.label, visible=i == 0, colorbar=dict(title=z_title),
                                  hovertemplate="step %{x}<br>%{y}<br>" + z_title
                                                + " %{z:.4f}<extra></extra>"))
@@ -731,23 +807,24 @@ class FacetMetric:
 def seed_band_traces(line: FacetLine, showlegend: bool, **where) -> list[go.Scatter]:
     """The fill of a seed band (where two or more runs are finite) and its median line;
     hover on the median says how many runs each point pools."""
-    band = line.band
+    full, band = line.band, coarsened(line.band)
     traces = []
     spread = np.isfinite(band.lower) & np.isfinite(band.upper) & (band.count > 1)
     segments = contiguous_segments(spread)
     if segments:
         traces.append(go.Scatter(
-            x=_rounded(_none_gaps([np.concatenate([band.x[s], band.x[s][::-1]])
-                                   for s in segments])),
-            y=_rounded(_none_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]])
-                                   for s in segments])),
+            x=_gaps([np.concatenate([band.x[s], band.x[s][::-1]]) for s in segments]),
+            y=_gaps([np.concatenate([band.upper[s], band.lower[s][::-1]]) for s in segments]),
             fill="toself", fillcolor=_rgba(line.color, BAND_OPACITY), line=dict(width=0),
             mode="lines", name=f"{line.label} band", legendgroup=line.label,
             showlegend=False, hoverinfo="skip", **where))
     # A median point between gaps (one epoch, a lone finite value) draws nothing as a line.
-    alone = any(seg.stop - seg.start == 1 for seg in contiguous_segments(np.isfinite(band.median)))
-    traces.append(go.Scatter(
-        x=display_array(band.x), y=display_array(band.median), customdata=band.count,
+    keep = drawn_line(full.x, full.median)
+    alone = any(seg.stop - seg.start == 1
+                for seg in contiguous_segments(np.isfinite(full.median[keep])))
+    traces.append(scatter(
+        len(keep), x=display_array(full.x[keep]), y=display_array(full.median[keep]),
+        customdata=full.count[keep].astype(np.int32),
         mode="lines+markers" if alone else "lines", name=line.label, legendgroup=line.label,
         showlegend=showlegend,
         line=dict(color=line.color, dash=line.dash, width=1.8), connectgaps=False,

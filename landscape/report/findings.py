@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -295,8 +296,14 @@ def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
     """The runs grouped so that within a group only the normalization and the seed differ."""
     ignore = ("model", "norm", "lr")
     keys = {id(r): setting_key(r, ignore) for r in runs}
-    varying = sorted({name for key in keys.values() for name, _ in key
-                      if len({dict(k).get(name) for k in keys.values()}) > 1})
+    values: dict[str, set] = defaultdict(set)  # a setting's values; None: some run lacks it
+    for key in keys.values():
+        for name, value in key:
+            values[name].add(value)
+    for key in keys.values():
+        for name in values.keys() - dict(key).keys():
+            values[name].add(None)
+    varying = sorted(name for name, seen in values.items() if len(seen) > 1)
     varying = [name for name in varying if not told_apart(name, runs, varying)]
     groups: dict[Comparison, list[RunData]] = {}
     for run in runs:
@@ -349,8 +356,8 @@ def _split(at: list[RunData]) -> tuple[list[RunData], list[RunData]]:
 def findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Finding]]]:
     """Every claim for every group of comparable runs: [(Comparison, [Finding per claim])],
     then ``DEPTH_CLAIM`` across ResNet depths (``depth_findings``)."""
-    out = []
-    for where, at in comparisons(runs).items():
+    out, found = [], comparisons(runs)
+    for where, at in found.items():
         by_norm = lambda *norms: [r for r in at if r.norm in norms]  # noqa: E731
         without, with_bn = by_norm("none"), by_norm("batch")
         out.append((where, [
@@ -363,4 +370,4 @@ def findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Finding]]]:
             _trains_like_bn(CLAIMS[4], by_norm("noisy_batch"), with_bn, "noisy BN"),
             _trains_like_bn(CLAIMS[5], by_norm(*LP_NORMS), with_bn, "ℓp", without),
         ]))
-    return out + depth_findings(comparisons(runs))
+    return out + depth_findings(found)

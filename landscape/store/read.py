@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -177,8 +177,11 @@ class SweepFile:
     runs: list[RunData]
 
 
-def read_sweep(path: str | os.PathLike) -> SweepFile:
-    """Read a landscape sweep file; ``LandscapeError`` (one line) when it is not one."""
+def read_sweep(path: str | os.PathLike,
+               keep: Callable[[str, dict[str, Any]], bool] | None = None) -> SweepFile:
+    """Read a landscape sweep file; ``LandscapeError`` (one line) when it is not one.
+    ``keep(name, attrs)``: read only the runs it accepts, from their name and attributes
+    (a report of a few runs of a large sweep reads only those)."""
     path = Path(path)
     if not path.exists():
         raise LandscapeError(f"{path}: no such file")
@@ -189,7 +192,7 @@ def read_sweep(path: str | os.PathLike) -> SweepFile:
     for pause in RETRY_PAUSES + (None,):
         try:
             with h5py.File(path, "r", locking=False) as f:
-                return _read_open_file(path, f)
+                return _read_open_file(path, f, keep)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             if pause is None:
                 reason = " ".join(str(e).split()) or type(e).__name__
@@ -199,7 +202,8 @@ def read_sweep(path: str | os.PathLike) -> SweepFile:
     raise AssertionError("unreachable")
 
 
-def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
+def _read_open_file(path: Path, f: h5py.File,
+                    keep: Callable[[str, dict[str, Any]], bool] | None) -> SweepFile:
     if "landscape_version" not in f.attrs or not isinstance(f.get("runs"), h5py.Group):
         raise LandscapeError(f"{path} is an HDF5 file but not a landscape sweep "
                              "(no landscape_version attribute and /runs group)")
@@ -210,6 +214,8 @@ def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
     runs = []
     for name, source in run_groups(f, path):
         with source as group:
+            if keep is not None and not keep(name, _run_attrs(group)):
+                continue
             run = _read_run(path, name, group)
         if run.status == "running":  # a live writer holds the run's lock (the sweep's, in
             writer = source.path if isinstance(source, RunView) else path  # one file)
@@ -220,9 +226,13 @@ def _read_open_file(path: Path, f: h5py.File) -> SweepFile:
                      command=_text(f.attrs.get("command", "")), config=config, runs=runs)
 
 
+def _run_attrs(group: h5py.Group) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in group.attrs.items()
+            if key not in RESERVED_ATTRS}
+
+
 def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
-    attrs = {key: _plain(value) for key, value in group.attrs.items()
-             if key not in RESERVED_ATTRS}
+    attrs = _run_attrs(group)
     steps = _columns(group, "steps", STEP_FIELDS, attrs)
     epochs = _columns(group, "epochs", EPOCH_FIELDS, attrs)
     probe = _columns(group, "probe", PROBE_ROW_FIELDS + PROBE_GRID_FIELDS, attrs)

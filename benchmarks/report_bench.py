@@ -1,0 +1,157 @@
+"""The report at cluster scale (issue 29): ``landscape plot`` on 1,000 runs of 15,000 steps.
+
+Run through ``python benchmarks/bench.py --suite report``. The sweep is written through the
+public writer API (``SweepStore``, ``store.run``, ``log.add_steps/add_probe/add_epoch``), run by
+run: the shape of a paper-length sweep on a cluster, 2 models x 10 learning rates x 5 weight
+decays (100 settings) x 10 seeds, each run 15,000 steps with a probe every 100 steps (4 step
+sizes, 21 layers) and 40 epochs. The values are synthetic but shaped like training (a decaying
+loss with noise and rare spikes, a β that settles), so decimation has spikes to keep.
+
+Measured: the seconds of ``landscape plot`` (a fresh process: the CLI a user runs), the page's
+size, and the seconds headless Chromium needs to reach the page's load event with every
+figure drawn (``report_load_seconds``); for the 60-run page too, as a reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from landscape.store import SweepStore
+
+ETAS_X = np.array([0.5, 1.0, 2.0, 4.0])  # the probe's step sizes, x LR
+LAYERS = tuple(f"features.{i}" for i in range(21))  # VGG-A+BN's modules owning parameters
+MODELS = ("vgg_a", "vgg_a_bn")
+LRS = (0.01, 0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5)
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 5e-4, 1e-3)
+
+
+def settings(runs: int, seeds: int = 10):
+    """``runs`` (model, lr, weight decay, seed) tuples: every setting with ``seeds`` seeds."""
+    grid = itertools.product(MODELS, LRS, WEIGHT_DECAYS, range(seeds))
+    return list(itertools.islice(grid, runs))
+
+
+def run_attrs(model: str, lr: float, weight_decay: float, seed: int, steps: int,
+              epochs: int) -> dict:
+    """A finished run's attributes, as ``landscape run`` writes them."""
+    return dict(model=model, norm="bn" if model.endswith("_bn") else "none", lr=lr, seed=seed,
+                weight_decay=weight_decay, momentum=0.0, nesterov=False, optimizer="sgd",
+                activation="relu", batch_size=128, dataset="cifar10", width=1.0, dropout=0.0,
+                augment=False, precision="fp32", probe_dtype="float32", grid="sequential",
+                grid_size=1, loss="cross_entropy", label_smoothing=0.0, lr_schedule="constant",
+                steps_per_epoch=steps // epochs, steps_completed=steps, seconds=1.0)
+
+
+def series(rng: np.random.Generator, steps: int, start: float, end: float,
+           spikes: float = 1e-3) -> np.ndarray:
+    """A decay from ``start`` to ``end`` with multiplicative noise and rare 3-10x spikes."""
+    t = np.arange(steps) / max(steps - 1, 1)
+    base = end + (start - end) * np.exp(-5 * t)
+    noisy = base * np.exp(rng.normal(0, 0.15, steps))
+    spike = rng.random(steps) < spikes
+    noisy[spike] *= rng.uniform(3, 10, spike.sum())
+    return noisy
+
+
+def write_run(store: SweepStore, index: int, setting: tuple, steps: int, probe_every: int,
+              epochs: int) -> None:
+    model, lr, wd, seed = setting
+    rng = np.random.default_rng(index)
+    bn = model.endswith("_bn")
+    log = store.run(f"{model}-lr{lr:g}-wd{wd:g}-seed{seed}", ETAS_X * lr,
+                    **run_attrs(model, lr, wd, seed, steps, epochs))
+    per_epoch = steps // epochs
+    step = np.arange(steps)
+    log.add_steps(step=step, epoch=np.minimum(step // per_epoch, epochs - 1),
+                  loss=series(rng, steps, 2.3, 0.05 if bn else 0.3),
+                  grad_norm=series(rng, steps, 1.0, 0.5),
+                  grad_diff=series(rng, steps, 1.0, 0.4 if bn else 1.2),
+                  beta_consecutive=series(rng, steps, 5.0, 2.0 if bn else 20.0))
+    probed = step[::probe_every]
+    for i, s in enumerate(probed):
+        decay = np.exp(-5 * s / steps)
+        loss = (0.3 + 2 * decay) * (1 + ETAS_X * (0.05 if bn else 0.4)) * rng.uniform(0.9, 1.1)
+        log.add_probe(SimpleNamespace(  # what RunLog.add_probe reads of a LandscapeRecord
+            step=int(s), eta=ETAS_X * lr, lr=lr, loss=loss,
+            grad_diff=rng.random(4) * (1 + 3 * (not bn)),
+            beta=float(rng.uniform(1, 3) * (1 if bn else 8)), grad_norm=float(decay + 0.5),
+            loss_at_theta=float(loss[0] * 0.98), layer=LAYERS,
+            grad_diff_layer=rng.random((4, len(LAYERS))), grad_norm_layer=rng.random(len(LAYERS))))
+    for e in range(epochs):
+        log.add_epoch(epoch=e, steps=per_epoch, train_loss=float(np.exp(-e / 10)),
+                      train_acc=1 - 0.9 * np.exp(-e / 10), test_loss=float(np.exp(-e / 12)) + 0.3,
+                      test_acc=0.8 - 0.7 * np.exp(-e / 10), seconds=10.0)
+    log.set_attrs(status="completed")
+    store.flush(log)
+    store.release(log.name)
+
+
+def write_big_sweep(path: Path, runs: int = 1000, steps: int = 15_000, probe_every: int = 100,
+                    epochs: int = 40, seeds: int = 10) -> Path:
+    """A finished sweep of ``runs`` runs at ``path``; returns it."""
+    store = SweepStore(path, config={"bench": "report", "runs": runs, "steps": steps},
+                       command="report_bench", overwrite=True)
+    try:
+        for index, setting in enumerate(settings(runs, seeds)):
+            write_run(store, index, setting, steps, probe_every, epochs)
+    finally:
+        store.close()
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+    started = time.perf_counter()
+    write_big_sweep(Path(sys.argv[1]), runs=int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    print(f"{time.perf_counter() - started:.1f} s")
+
+
+# Injected at the end of <body>: at the load event, how long the page took (from navigation
+# start) and whether every figure is drawn (plotly has made its SVG and traces), written into
+# a <pre> that --dump-dom prints.
+LOAD_PROBE = """<script>
+window.addEventListener("load", () => {
+  const loaded = performance.now();
+  const divs = [...document.querySelectorAll(".plotly-graph-div")];
+  const drawn = divs.filter(d => d.classList.contains("js-plotly-plot")
+                              && d.querySelector("svg.main-svg")
+                              && d.querySelectorAll("g.trace, g.heatmaplayer image").length);
+  const out = document.createElement("pre");
+  out.id = "load-check";
+  out.textContent = JSON.stringify({loaded, figures: divs.length, drawn: drawn.length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+
+
+def report_load_seconds(page: Path, chromium: str = "chromium") -> dict:
+    """Headless Chromium opening ``page`` from disk: seconds to its load event (every figure
+    drawn by then, or the dict says how many were), and the whole process's wall seconds."""
+    import json
+    import re
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        probed = Path(folder) / page.name
+        probed.write_text(page.read_text(encoding="utf-8").replace(
+            "</body>", LOAD_PROBE + "</body>", 1), encoding="utf-8")
+        started = time.perf_counter()
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={folder}/profile",
+                               "--dump-dom", probed.as_uri()],
+                              capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - started
+    found = re.search(r'<pre id="load-check">(.*?)</pre>', done.stdout)
+    if not found:
+        raise RuntimeError(f"no load event seen in {page}: {done.stderr[-500:]}")
+    check = json.loads(found.group(1).replace("&quot;", '"'))
+    return {"load_seconds": check["loaded"] / 1e3, "figures": check["figures"],
+            "drawn": check["drawn"], "process_seconds": wall}
