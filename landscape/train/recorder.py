@@ -22,6 +22,7 @@ learning rate is read from the optimizer at every step (``steps/learning_rate``,
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -29,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ OWN_ATTRS = frozenset({"status", "steps_completed", "seconds", "diverged_step", 
 # steps', unless given).
 COUNTED_EPOCH_FIELDS = ("epoch", "steps", "seconds")
 DEFAULT_FLUSH_EVERY = 100  # steps between writes of the rows (and at every epoch)
+INDEX_LOCK_SECONDS = 5.0  # how long a recorder waits for another to add its run to the index
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,25 @@ def detected_attrs(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[s
         if key in group and isinstance(group[key], (bool, numbers.Real)):
             attrs[key] = group[key] if isinstance(group[key], bool) else float(group[key])
     return attrs
+
+
+@contextlib.contextmanager
+def _index_lock(path: Path, seconds: float = INDEX_LOCK_SECONDS) -> Iterator[None]:
+    """The sweep's lock, held for the moment a run is added to its index: another recorder
+    holds it only that long, so it is waited for (a sweep holding it longer: one line)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            lock = SweepLock(path).acquire()
+            break
+        except LandscapeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Recorder:
@@ -180,7 +201,7 @@ class Recorder:
         device = next(iter(self.optimizer.param_groups[0]["params"])).device
         config = {"recorder": True, "torch_version": torch.__version__,
                   "resolved_device": str(device)}
-        with SweepLock(self.path):  # the index changes under it only
+        with _index_lock(self.path):  # the index changes under it only
             store = SweepStore.joined(self.path, config=config,
                                       command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
             if self.run in store.linked and not self.resume:
