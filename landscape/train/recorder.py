@@ -251,8 +251,9 @@ class Recorder:
         """The epoch's sums, divergence and whether the learning rate moved."""
         c = self._counters
         for (step, _, record), loss in zip(pending, losses):
-            c["loss_sum"] += loss * record.samples
-            c["seen"] += record.samples
+            weight = record.samples or 1  # samples unknown (a returned loss): the steps' mean
+            c["loss_sum"] += loss * weight
+            c["seen"] += weight
             if record.correct is None:
                 c["correct_known"] = False
             else:
