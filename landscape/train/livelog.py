@@ -43,9 +43,10 @@ class LiveLog(Protocol):
 def import_tensorboard():
     """torch's ``SummaryWriter`` class, or one line saying how to install TensorBoard."""
     try:
-        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it, and says so less plainly
+        import tensorboard
     except ImportError:
         raise LandscapeError(f"--tensorboard needs the tensorboard package: {INSTALL}") from None
+    del tensorboard  # only there to be found: torch's writer uses it (and says so less plainly)
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter
 
@@ -70,7 +71,7 @@ class TensorBoardLog:
     def _writer(self, run: str):
         if run not in self.writers:
             # flush_secs: TensorBoard's own flush also happens at every ``flush`` (rows due)
-            self.writers[run] = self.writer_class(log_dir=str(self.folder / run), flush_secs=30)
+            self.writers[run] = self.writer_class(log_dir=str(self.folder / run), flush_secs=5)
         return self.writers[run]
 
     def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
