@@ -92,3 +92,19 @@ def test_ray_refuses_tensorboard_in_one_line(tmp_path):
                       tensorboard=str(tmp_path / "tb"))
     assert "--tensorboard is not supported with --ray" in str(error.value)
     assert "\n" not in str(error.value) and list(tmp_path.iterdir()) == []
+
+
+def test_without_tensorboard_the_option_is_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['tensorboard'] = None\n"
+            "from landscape.cli import main\n"
+            f"sys.exit(main(['run', '--dataset', 'cifar10-mini', '--out', {str(tmp_path / 'x.h5')!r},"
+            f" '--tensorboard', {str(tmp_path / 'tb')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --tensorboard needs the tensorboard package")
+    assert done.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
