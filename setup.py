@@ -23,9 +23,15 @@ setup(
     extras_require={
         "parquet": ["pyarrow"],  # `landscape export --format parquet`
         "ray": ["ray>=2.10"],  # `landscape run --ray`: a sweep's runs as tasks on a Ray cluster
+        # landscape.integrations.lightning: LandscapeCallback
+        "lightning": ["lightning>=2.0"],
+        # `--tensorboard DIR`, Recorder(tensorboard=DIR): live TensorBoard events
+        "tensorboard": ["tensorboard"],
         # import-linter checks the declared layering (.importlinter, tests/test_architecture.py);
-        # xarray + h5netcdf: the tests open the HDF5 file as netCDF (named dimensions)
-        "test": ["pytest", "import-linter>=2.1", "xarray", "h5netcdf", "pyarrow"],
+        # xarray + h5netcdf: the tests open the HDF5 file as netCDF (named dimensions);
+        # lightning, tensorboard: the callback and the live logs are tested with the real ones
+        "test": ["pytest", "import-linter>=2.1", "xarray", "h5netcdf", "pyarrow", "lightning>=2.0",
+                 "tensorboard"],
     },
     entry_points={"console_scripts": ["landscape=landscape.cli:main"]},
 )

@@ -200,6 +200,9 @@ def cli():
                    "SIGINT/SIGTERM also checkpoint.")
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep each run's last checkpoint when it completes (removed otherwise).")
+@click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+              help="Also write every recorded scalar as TensorBoard events, one run directory "
+                   "per run under DIR, as the sweep goes (needs the tensorboard extra).")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
@@ -214,7 +217,7 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
         ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries, lr_schedule,
         lr_step_size, lr_step_gamma, lr_exp_gamma, lr_eta_min, lr_end_factor, lr_plateau_factor,
-        lr_patience):
+        lr_patience, tensorboard):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
@@ -255,8 +258,9 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     if resume_file is not None:
         values = {name.rstrip("_"): values[name.rstrip("_")] for name in given
                   if name.rstrip("_") in values}
-        return _resume(Path(resume_file), values, given, ray, checkpoint_every, keep_checkpoints,
-                       yes)
+        return _resume(Path(resume_file), values, given, ray, yes,
+                       dict(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                            tensorboard=tensorboard))
     if config_file is not None:
         values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
@@ -276,11 +280,11 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
         raise LandscapeError(f"--out {out_path} is a directory")
 
     _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
-           keep_checkpoints=keep_checkpoints, allow_large=yes)
+           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard)
 
 
 def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
-            checkpoint_every, keep_checkpoints, allow_large: bool) -> None:
+            allow_large: bool, options: dict) -> None:
     """``landscape run --resume FILE``: the file's settings, new models, lrs and seeds added."""
     refused = given & {"config_file", "light", "variant", "out", "overwrite"}
     if refused:
@@ -293,8 +297,7 @@ def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
     # On Ray, where the runs train is the cluster's to say: run_sweep_ray validates.
     config = resumed_config(sweep.config, values, path, validate=ray is None)
     check_size(config, allow_large)
-    _train(config, path, ray, resume=True, checkpoint_every=checkpoint_every,
-           keep_checkpoints=keep_checkpoints, allow_large=allow_large)
+    _train(config, path, ray, resume=True, allow_large=allow_large, **options)
 
 
 def _train(config, out_path: Path, ray: RayOptions | None, **options) -> None:

@@ -83,7 +83,9 @@ def test_registries_are_complete_whatever_is_imported_first():
         assert norms.split(",") == NORMS, first
 
 
-OPTIONAL = {"ray": "landscape/train/distributed.py"}  # optional dependency -> the one module using it
+# optional dependency -> the one module using it
+OPTIONAL = {"ray": "landscape/train/distributed.py", "tensorboard": "landscape/train/livelog.py",
+            "lightning": "landscape/integrations/lightning.py"}
 
 
 def _imports_of(path: Path, name: str) -> list[tuple[int, bool]]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import one_cpu_thread
 from landscape.data import load_dataset
 from landscape.report.build import default_report_path
 
@@ -29,6 +30,28 @@ def test_readme_resnet18_probe_example_runs(capsys):
     assert [r.step for r in records] == [0, 5, 10]
     assert all(len(r.loss) == 4 and r.beta > 0 for r in records)
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_readme_recorder_loop_writes_the_file_info_and_plot_read(tmp_path, monkeypatch, capsys):
+    """The Python API's first example (kuangliu/pytorch-cifar's loop with a Recorder), then
+    the commands the README runs on the file it wrote."""
+    from landscape.cli import main
+    from landscape.read import read_sweep
+
+    block = next(b for b in python_blocks() if "Recorder(" in b)
+    text = README.read_text(encoding="utf-8")
+    after = text[text.index(block) + len(block):]
+    commands = re.search(r"```bash\n(.*?)```", after, flags=re.S).group(1).splitlines()
+    monkeypatch.chdir(tmp_path)
+    with one_cpu_thread():
+        exec(compile(block, "README.md", "exec"), {})
+    sweep = read_sweep("runs/mine.h5")
+    assert [(r.lr, r.status, len(r.steps.step), len(r.probe.step)) for r in sweep.runs] == [
+        (0.05, "completed", 40, 4), (0.1, "completed", 40, 4)]
+    for command in commands:
+        args = command.split("#")[0].split()
+        assert args[0] == "landscape" and main(args[1:]) == 0, capsys.readouterr().err
+    assert Path("runs/mine.html").stat().st_size > 100_000
 
 
 def test_readme_quick_start_matches_ci():

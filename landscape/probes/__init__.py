@@ -6,7 +6,8 @@ gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activ
 ``sharpness`` (``curvature``: Hessian eigenvalues, trace, curvature along the gradient).
 ``hooks`` attaches them to any training loop from outside (``StepInstrument``, the base its
 probes share as siblings: ``LandscapeProbe``, ``ICSProbe``, ``ActivationProbe``,
-``SharpnessProbe``); ``gradients`` and ``weights`` record per-step statistics; ``steps`` says
+``SharpnessProbe``; ``StepLoss``, each step's loss and accuracy); ``gradients`` and
+``weights`` record per-step statistics; ``steps`` says
 where a step's gradient is ready (``optimizer.step()`` or ``optimizer.step(closure)``).
 Probes know nothing of files, plots or the CLI.
 """
@@ -18,7 +19,7 @@ from .curvature import HessianOperator, SharpnessRecord, sharpness
 from .weights import WEIGHT_STAT_FIELDS, WeightStats, update_angle
 from .gradients import GRADIENT_STAT_FIELDS, GradientStats, gradient_step_stats
 from .hooks import (ActivationProbe, ICSProbe, LandscapeProbe, RecordingLoss, SharpnessProbe,
-                    StepInstrument)
+                    StepInstrument, StepLoss, StepLossRecord)
 from .ics import ICSRecord, internal_covariate_shift, optimizer_update
 from .landscape import (POINT_MODES, PROBE_DTYPES, STEP_ROUNDING_LIMIT, LandscapeRecord,
                         StepResolutionWarning, along_gradient, evaluate_points, parameter_layers,
@@ -33,4 +34,5 @@ __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensor
            "Batches", "probe_forward", "step_rounding", "STEP_ROUNDING_LIMIT",
            "StepResolutionWarning", "in_dtype", "probing", "sharpness", "SharpnessRecord",
            "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS", "update_angle",
-           "GRADIENT_STAT_FIELDS", "RecordingLoss", "probe_passes"]
+           "GRADIENT_STAT_FIELDS", "RecordingLoss", "probe_passes", "StepLoss",
+           "StepLossRecord"]

@@ -3,7 +3,9 @@
 ``StepInstrument`` is what every hook probe shares: the schedule (every ``every`` optimizer
 steps), the capture of the step's batches, ``attach``/``detach`` and the records. Its
 subclasses are siblings that measure different things on that capture: ``LandscapeProbe``
-(``along_gradient``), ``ICSProbe``, ``ActivationProbe`` and ``SharpnessProbe``.
+(``along_gradient``), ``ICSProbe``, ``ActivationProbe``, ``SharpnessProbe``, and ``StepLoss``
+(every step: the value of the step's objective and its accuracy, from the losses the
+training step computed; no pass of its own).
 
 The hooks find what the step descends (see ``LandscapeProbe``): a forward hook records each
 call of the model (positional and keyword arguments, each submodule's mode); the wrapped loss
@@ -529,3 +531,70 @@ class SharpnessProbe(StepInstrument):
                            v0=warm, keep_vectors=True)
         self._top_vector, record.eigenvectors = record.eigenvectors[:, 0], None
         return record
+
+
+@dataclass
+class StepLossRecord:
+    """One optimizer step's objective, as the training step computed it (``StepLoss``)."""
+
+    loss: torch.Tensor  # F = sum_i w_i L_i over the step's backpropagated losses (0-d, on the device)
+    correct: torch.Tensor | None  # samples whose argmax output is their label; None: not labels
+    samples: int  # samples in the step's batches (0: no wrapped loss was backpropagated)
+    lr: float  # the optimizer's (first group's) learning rate at the step: LR(t)
+    step: int | None = None
+
+
+def _correct_labels(outputs, targets) -> torch.Tensor | None:
+    """How many rows of ``outputs`` (N, C) have their argmax at ``targets`` (N,) class
+    indices; None for anything else (regression, soft targets, a returned loss)."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
+            and outputs.ndim == 2 and targets.ndim == 1 and len(outputs) == len(targets)
+            and not targets.is_floating_point() and not targets.is_complex()):
+        return None
+    with torch.no_grad():
+        return (outputs.argmax(1) == targets).sum()
+
+
+@dataclass
+class StepLoss(StepInstrument):
+    """Every optimizer step: the value of the objective the step descends (F = sum_i w_i L_i
+    over the losses of the wrapped ``loss_fn`` that ``backward()`` went through since the
+    previous step, as ``LandscapeProbe`` defines it: the minibatch loss of a plain step, the
+    mean over micro-batches of ``(loss / n).backward()``), the samples classified right when
+    the loss is given (N, C) outputs and (N,) labels, and the learning rate at the step. It
+    reads the training step's own losses: no forward or backward pass of its own. Values stay
+    on the device (a ``StepLossRecord`` each) until read."""
+
+    every: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.every != 1:
+            raise ValueError(f"StepLoss: every must be 1 (it records every step), got {self.every!r}")
+        self._correct: dict[int, tuple[torch.Tensor | None, int]] = {}
+
+    def _begin_step(self) -> None:
+        super()._begin_step()
+        self._correct = {}
+
+    def _recorded_loss(self, loss_fn: LossFn, outputs, targets, **loss_kwargs):
+        loss = super()._recorded_loss(loss_fn, outputs, targets, **loss_kwargs)
+        if self._capture is not None and not measuring_now() and isinstance(targets, torch.Tensor):
+            # Keyed by the targets tensor, which the captured batch holds: the step's samples
+            # count once however many losses are computed on them.
+            self._correct[id(targets)] = (_correct_labels(outputs, targets), len(targets))
+        return loss
+
+    def measure(self) -> StepLossRecord:
+        batches = self._capture.batches if self._capture is not None else []
+        lr = float(self._optimizer.param_groups[0]["lr"])
+        if not batches:
+            return self._emit(StepLossRecord(torch.tensor(float("nan")), None, 0, lr))
+        with torch.no_grad():
+            loss = sum((b.weight * value).sum() for b, value in batches)
+        counted = [self._correct.get(t, (None, 0))
+                   for t in dict.fromkeys(id(b.targets) for b, _ in batches)]
+        samples = sum(n for _, n in counted)
+        correct = (None if any(c is None for c, _ in counted)
+                   else sum(c for c, _ in counted))
+        return self._emit(StepLossRecord(loss.detach(), correct, samples, lr))

@@ -115,6 +115,22 @@ class RunLog:
         self._written: dict[str, dict[str, int]] = {}  # rows the pending commit takes
         self._counted: dict[str, int] = {}
         self.dirty = True  # holds something the file has not: a flush must commit
+        self._watchers: list = []  # live views of the rows as they come (``watch``)
+
+    def watch(self, watcher) -> None:
+        """Call ``watcher(log, group, rows)`` with the rows of every ``add_steps``,
+        ``add_epoch``, ``add_probe`` and ``append`` from now on (``rows``: each field's values
+        as an array, one entry per row): a live view of the run (``train.livelog``: TensorBoard
+        events), beside the file, never instead of it."""
+        self._watchers.append(watcher)
+
+    def _tell(self, group: str, rows: dict[str, Any]) -> None:
+        for watcher in self._watchers:
+            watcher(self, group, {f: np.asarray(v) for f, v in rows.items()})
+
+    def constants(self, group: str) -> dict[str, Any]:
+        """A ``declare``d group's constants (its ``layer`` names, ...); {} for another group."""
+        return dict(self._extra[group][1]) if group in self._extra else {}
 
     def declare(self, group: str, fields: dict[str, tuple[Any, tuple]],
                 constants: dict[str, Any] | None = None) -> None:
@@ -146,15 +162,21 @@ class RunLog:
         for f, (dtype, shape) in fields.items():
             self._rows[group][f].append(np.asarray(row[f], dtype=dtype).reshape(shape))
         self.dirty = True
+        if self._watchers:
+            self._tell(group, {f: [self._rows[group][f][-1]] for f in fields})
 
     def add_steps(self, **columns) -> None:
         """Append steps: each of STEP_FIELDS as an equal-length 1-D array; one of
         ``schema.ADDED_FIELDS`` left out (``learning_rate``) is written as its fill (NaN)."""
         n = np.asarray(columns["step"]).size
+        added = {}
         for f in STEP_FIELDS:
             values = columns[f] if f in columns else np.full(n, ADDED_FIELDS[("steps", f)])
-            self._rows["steps"][f].extend(np.asarray(values).reshape(-1).tolist())
+            added[f] = np.asarray(values).reshape(-1)
+            self._rows["steps"][f].extend(added[f].tolist())
         self.dirty = True
+        if self._watchers:
+            self._tell("steps", added)
 
     def add_epoch(self, **values) -> None:
         """One epoch's row: every field of EPOCH_FIELDS; one of ``schema.ADDED_FIELDS`` left
@@ -163,6 +185,8 @@ class RunLog:
             self._rows["epochs"][f].append(values[f] if f in values
                                            else ADDED_FIELDS[("epochs", f)])
         self.dirty = True
+        if self._watchers:
+            self._tell("epochs", {f: self._rows["epochs"][f][-1:] for f in EPOCH_FIELDS})
 
     def add_probe(self, record) -> None:
         """Append a ``probes.LandscapeRecord`` taken on this run's eta grid, scaled by the
@@ -188,6 +212,8 @@ class RunLog:
         if layers:
             for f in PROBE_LAYER_FIELDS:
                 self._rows["probe"][f].append(getattr(record, f))
+        if self._watchers:
+            self._tell("probe", {f: columns[-1:] for f, columns in self._rows["probe"].items()})
 
     def _set_probe_layers(self, layers: tuple[str, ...]) -> None:
         self.probe_layers = layers

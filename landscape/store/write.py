@@ -203,11 +203,22 @@ class SweepStore(RunWriter):
         self.linked: set[str] = set()  # runs the index links
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike) -> "SweepStore":
+    def joined(cls, path: str | os.PathLike, *, config: dict, command: str = "") -> "SweepStore":
+        """A sweep that writers add runs to one at a time (``train.Recorder``: a user's own
+        loop over learning rates or seeds): created when ``path`` is not there, else reopened
+        with its runs left to their writers (``reopen(settle=False)``). Call with the sweep's
+        lock held: the index changes only under it."""
+        if not Path(path).exists():
+            return cls(path, config=config, command=command)
+        return cls.reopen(path, settle=False)
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, settle: bool = True) -> "SweepStore":
         """The store of an existing sweep: its runs' attributes in ``run_attrs``, its root
         attributes in ``attrs``; journals its killed writers left compacted. A one-file sweep
         (earlier versions, ``landscape pack``) is turned into run files first. Call with the
-        sweep's lock held."""
+        sweep's lock held. ``settle=False``: the runs are neither waited for nor read (another
+        process may be writing one; ``run_attrs`` is empty), only linked runs are known."""
         store = cls.__new__(cls)
         store.path = Path(path)
         try:
@@ -222,8 +233,10 @@ class SweepStore(RunWriter):
                 paths = {name: source.path for name, source in run_groups(f, store.path)}
             RunWriter.__init__(store, runs_dir(path), paths)
             store.linked = set(paths)
-            wait_for_writers(list(paths.values()))
-            store.run_attrs = {name: store._settle(name) for name in paths}
+            store.run_attrs = {}
+            if settle:
+                wait_for_writers(list(paths.values()))
+                store.run_attrs = {name: store._settle(name) for name in paths}
         except OSError as error:
             raise LandscapeError(f"cannot read {store.path}: {os_reason(error)}") from None
         return store

@@ -12,8 +12,9 @@ streams) -- ``trainers`` (a group's trainer; ``fit``: a group split to fit the d
 ``events`` (``LoopListener``: what the loop announces), ``loop`` (``TrainingLoop``,
 ``train_runs``), ``checkpoint`` (a trainer and the loop position, saved and restored),
 ``signals`` (SIGINT and SIGTERM stop at a step boundary), ``sweep`` (``execute_sweep``: the one
-body of every sweep; ``run_sweep``, its local executor) and ``distributed`` (``run_sweep_ray``:
-the same sweep as Ray tasks, the same one file).
+body of every sweep; ``run_sweep``, its local executor), ``distributed`` (``run_sweep_ray``:
+the same sweep as Ray tasks, the same one file), ``recorder`` (``Recorder``: anyone's training
+loop into the same file) and ``livelog`` (every recorded scalar, live, as TensorBoard events).
 """
 
 from .batched import BatchedGrid, GridRuns, supports_batched
@@ -29,7 +30,9 @@ from .loop import Progress, ReportProgress, RunState, RunSummary, TrainingLoop, 
     train_runs
 from .plan import (Group, ResumePlan, RunSpec, plan_resume, plan_sweep, resume_action, run_name,
                    sweep_runs)
+from .livelog import LiveLog, LiveRows, TensorBoardLog
 from .protocol import Trainer, TrainerContext
+from .recorder import Instruments, Recorder
 from .schedules import SCHEDULES, Schedule
 from .sequential import SequentialRun, build_run, make_optimizer
 from .signals import SweepInterrupted, stop_on_signals
@@ -51,4 +54,5 @@ __all__ = ["SweepConfig", "run_sweep", "RunSummary", "Progress", "GRID_MODES", "
            "RunSpec", "Group", "plan_sweep", "sweep_runs", "ResumePlan", "plan_resume",
            "resume_action", "Trainer", "TrainerContext", "TRAINERS", "build_trainer", "fit",
            "Executor", "LocalExecutor", "GroupRunner", "SweepOptions", "execute_sweep",
-           "RayExecutor", "RayOptions", "run_sweep_ray", "SCHEDULES", "Schedule"]
+           "RayExecutor", "RayOptions", "run_sweep_ray", "SCHEDULES", "Schedule", "Recorder",
+           "Instruments", "LiveLog", "LiveRows", "TensorBoardLog"]

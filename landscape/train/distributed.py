@@ -33,7 +33,7 @@ import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -51,7 +51,7 @@ from .loop import Progress, RunSummary
 from .plan import Group, plan_resume, plan_sweep
 from .protocol import TrainerContext
 from .signals import StopRequest
-from .sweep import GroupRunner, OpenSweep, SweepOptions, Where, execute_sweep
+from .sweep import GroupRunner, OpenSweep, Where, execute_sweep, sweep_options
 
 INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
 PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often
@@ -100,6 +100,12 @@ def _check_address(address: str) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LandscapeError(f"--ray-address {address!r}: give HOST:PORT (the head node's GCS "
                              "port, 6379 by default), ray://HOST:PORT, or auto")
+
+
+# Each worker would write its runs' events where it trains; the driver sees no row to relay.
+RAY_REFUSES_TENSORBOARD = ("--tensorboard is not supported with --ray (each run's rows are "
+                           "written by its worker, not this process): run without --ray for "
+                           "live TensorBoard events")
 
 
 def import_ray():
@@ -293,13 +299,11 @@ def run_sweep_ray(config: SweepConfig, out: str, options: RayOptions | None = No
     starts a local instance (``options.address`` None) or joins the cluster at the address,
     and shuts it down at the end. Inputs are checked before the file is created.
     """
-    unknown = sorted(set(settings) - {f.name for f in fields(SweepOptions)})
-    if unknown:
-        raise TypeError(f"run_sweep_ray() got an unexpected keyword argument {unknown[0]!r}; it "
-                        f"takes run_sweep's: {', '.join(f.name for f in fields(SweepOptions))}")
+    sweep_options_ = sweep_options("run_sweep_ray", settings)
+    if sweep_options_.tensorboard is not None:
+        raise LandscapeError(RAY_REFUSES_TENSORBOARD)
     out = str(Path(out).resolve())  # the workers' path to the checkpoints too
-    return execute_sweep(config, out, RayExecutor(options or RayOptions()),
-                         SweepOptions(**settings))
+    return execute_sweep(config, out, RayExecutor(options or RayOptions()), sweep_options_)
 
 
 class RayExecutor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol, Sequence
@@ -35,6 +35,7 @@ from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_che
 from .config import AXES, MAX_RUNS_UNASKED, SweepConfig, resumed_config
 from .device import effective_precision, resolve_device, training_precision
 from .events import LoopListener
+from .livelog import LiveLog, LiveRows, live_log, watch
 from .loop import Progress, ReportProgress, RunState, RunSummary, WriteRows, train_runs
 from .plan import Group, ResumePlan, RunSpec, plan_resume, plan_sweep, sweep_runs
 from .schedules import schedule_attributes
@@ -57,6 +58,8 @@ class SweepOptions:
     resume: bool = False  # continue the sweep in ``out`` (--resume)
     checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
     keep_checkpoints: bool = False  # leave each run's last checkpoint when it completes
+    # Every recorded scalar also as TensorBoard events, DIR/<run>/ (a live view; --tensorboard)
+    tensorboard: str | None = None
 
 
 @dataclass
@@ -84,6 +87,7 @@ class OpenSweep:
     where: Where
     options: SweepOptions
     resume: ResumePlan | None = None  # None: a new sweep
+    live: LiveLog | None = None  # where the runs' scalars go as they are recorded (TensorBoard)
 
     @property
     def kept(self) -> frozenset[str]:
@@ -116,13 +120,17 @@ def execute_sweep(config: SweepConfig, out, executor: Executor,
     data = options.data if options.data is not None else load_dataset(config.dataset,
                                                                         config.data_root)
     with SweepLock(out):  # before anything is read or written: one writer at a time
+        live = live_log(options.tensorboard)  # installed and writable, before the file
         with executor.session(config) as where:
             sweep = open_sweep(out, config, data, where, options)
+            sweep.live = live
             try:
                 groups = plan_sweep(sweep.config, sweep.resume, on_gpu=where.on_gpu)
                 summaries = executor.run(groups, sweep)
             finally:
                 sweep.store.close()  # every run's lock released, its rows as flushed
+                if live is not None:
+                    live.close()
         return finish_sweep(sweep, summaries)
 
 
@@ -135,13 +143,11 @@ def finish_sweep(sweep: OpenSweep, trained: list[RunSummary]) -> list[RunSummary
     return [summaries[run.name] for run in sweep_runs(sweep.config) if run.name in summaries]
 
 
-def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command: str = "",
-              on_progress: Callable[[Progress], None] | None = None,
-              data: ImageData | None = None, allow_large: bool = False, resume: bool = False,
-              checkpoint_every: int | None = None,
-              keep_checkpoints: bool = False) -> list[RunSummary]:
+def run_sweep(config: SweepConfig, out: str, **settings) -> list[RunSummary]:
     """Train every (model, lr) of every cell of ``config`` in this process and write one HDF5
-    file at ``out``; the keyword arguments are ``SweepOptions``'s fields. A sweep of more than
+    file at ``out``; the keyword arguments (``settings``) are ``SweepOptions``'s fields:
+    ``overwrite``, ``command``, ``on_progress``, ``data``, ``allow_large``, ``resume``,
+    ``checkpoint_every``, ``keep_checkpoints``, ``tensorboard``. A sweep of more than
     ``MAX_RUNS_UNASKED`` runs needs ``allow_large=True`` (``--yes``). Diverged runs are
     recorded and the sweep goes on.
 
@@ -151,10 +157,19 @@ def run_sweep(config: SweepConfig, out: str, *, overwrite: bool = False, command
     runs start. Checkpoints (``FILE.checkpoints/``) are saved every ``checkpoint_every`` steps
     (None: every epoch) and on SIGINT/SIGTERM, which end the sweep with ``SweepInterrupted``;
     a run's checkpoint is removed when it completes unless ``keep_checkpoints``.
+    ``tensorboard``: a folder where every recorded scalar also goes, as TensorBoard events
+    (``livelog.TensorBoardLog``), as the sweep goes.
     """
-    options = SweepOptions(overwrite, command, on_progress, data, allow_large, resume,
-                           checkpoint_every, keep_checkpoints)
-    return execute_sweep(config, out, LocalExecutor(), options)
+    return execute_sweep(config, out, LocalExecutor(), sweep_options("run_sweep", settings))
+
+
+def sweep_options(caller: str, settings: dict) -> SweepOptions:
+    """``SweepOptions(**settings)``; an unknown keyword is the TypeError Python gives."""
+    unknown = sorted(set(settings) - {f.name for f in fields(SweepOptions)})
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}; it "
+                        f"takes: {', '.join(f.name for f in fields(SweepOptions))}")
+    return SweepOptions(**settings)
 
 
 class LocalExecutor:
@@ -178,7 +193,7 @@ class LocalExecutor:
 
             runner = GroupRunner(sweep.store, sweep.data, TrainerContext(device, autocast),
                                  checkpointing, sweep.kept, stop, options.on_progress,
-                                 config.run_count())
+                                 config.run_count(), sweep.live)
             for group in groups:
                 stop.check()
                 summaries += runner.train(group, run_index=len(summaries) + len(sweep.kept))
@@ -197,6 +212,7 @@ class GroupRunner:
     stop: StopRequest | None = None
     on_progress: Callable[[Progress], None] | None = None
     runs_total: int | None = None  # runs in the whole sweep, for progress
+    live: LiveLog | None = None  # every recorded scalar also goes here (TensorBoard)
 
     def train(self, group: Group, run_index: int = 0) -> list[RunSummary]:
         """``group`` fitted to the device (``trainers.fit``), each part trained; summaries of
@@ -221,6 +237,8 @@ class GroupRunner:
         context = TrainerContext(device, self.context.autocast, on_probe, [r.log for r in runs])
         trainer = build_trainer(group, self.data, context)
         listeners = [WriteRows(self.writer), *self.checkpointing(group)]
+        if self.live is not None:
+            listeners.insert(1, LiveRows(self.live))
         if self.on_progress is not None:
             label = runs[0].log.name if len(runs) == 1 else \
                 f"{group.model} x{len(runs)} lrs ({group.mode})"
@@ -245,6 +263,8 @@ class GroupRunner:
                 continue
             attrs = run_attributes(run, group, self.data, precision, steps_per_epoch)
             runs.append(RunState(self.writer.run(run.name, eta=eta, **attrs), run.lr))
+            if self.live is not None:
+                watch(runs[-1].log, self.live)
         return runs
 
 
