@@ -13,6 +13,8 @@
                                                     # cost per row block and per flush (needs ray)
     python benchmarks/bench.py --suite store        # a flush at 10, 100 and 1,000 runs of 15,000
                                                     # steps, and the bytes a sweep writes
+    python benchmarks/bench.py --suite report       # `landscape plot` of 60 and 1,000 runs of
+                                                    # 15,000 steps: seconds, page, Chromium load
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
 ``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
@@ -55,6 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature_bench  # noqa: E402
 import ray_bench  # noqa: E402
+import report_bench  # noqa: E402
 import store_bench  # noqa: E402
 from reference_course import course_sweep  # noqa: E402
 
@@ -454,6 +457,13 @@ def store_suite(args, device: torch.device) -> None:
     print("\n".join(store_bench.store_tables((10, 100) if args.quick else store_bench.RUN_COUNTS)))
 
 
+def report_suite(args, device: torch.device) -> None:
+    """The report at cluster scale (issue 29): plot seconds, page size, Chromium's load."""
+    counts = (60, 200) if args.quick else (60, 1000)
+    print("\n".join(report_bench.report_tables(counts, 3000 if args.quick else
+                                               report_bench.STEPS)))
+
+
 # --------------------------------------------------------------------------- command line
 
 # suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
@@ -468,6 +478,7 @@ SUITES = {
     "curvature": (curvature_suite, None, {"repeat": 3, "steps": 200, "quick": False,
                                           "device": "auto"}),
     "ray": (ray_suite, "cpu", {"quick": False}),
+    "report": (report_suite, "cpu", {"quick": False}),
     "store": (store_suite, "cpu", {"quick": False}),
     "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
                                               "device": "auto", "files": []}),

@@ -30,10 +30,14 @@ LRS = (0.01, 0.02, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 5e-4, 1e-3)
 
 
-def settings(runs: int, seeds: int = 10):
-    """``runs`` (model, lr, weight decay, seed) tuples: every setting with ``seeds`` seeds."""
-    grid = itertools.product(MODELS, LRS, WEIGHT_DECAYS, range(seeds))
-    return list(itertools.islice(grid, runs))
+STEPS = 15_000  # the paper's length
+
+
+def settings(runs: int, seeds: int = 10) -> list[tuple[str, float, float, int]]:
+    """``runs`` (model, lr, weight decay, seed) tuples, every setting with ``seeds`` seeds,
+    both models at each learning rate first (60 runs: 2 models x 3 learning rates x 10 seeds)."""
+    grid = itertools.product(WEIGHT_DECAYS, LRS, MODELS, range(seeds))
+    return [(model, lr, wd, seed) for wd, lr, model, seed in itertools.islice(grid, runs)]
 
 
 def run_attrs(model: str, lr: float, weight_decay: float, seed: int, steps: int,
@@ -91,7 +95,7 @@ def write_run(store: SweepStore, index: int, setting: tuple, steps: int, probe_e
     store.release(log.name)
 
 
-def write_big_sweep(path: Path, runs: int = 1000, steps: int = 15_000, probe_every: int = 100,
+def write_big_sweep(path: Path, runs: int = 1000, steps: int = STEPS, probe_every: int = 100,
                     epochs: int = 40, seeds: int = 10) -> Path:
     """A finished sweep of ``runs`` runs at ``path``; returns it."""
     store = SweepStore(path, config={"bench": "report", "runs": runs, "steps": steps},
@@ -155,3 +159,87 @@ def report_load_seconds(page: Path, chromium: str = "chromium") -> dict:
     check = json.loads(found.group(1).replace("&quot;", '"'))
     return {"load_seconds": check["loaded"] / 1e3, "figures": check["figures"],
             "drawn": check["drawn"], "process_seconds": wall}
+
+
+def plot_seconds(sweep: Path, page: Path, *args: str) -> float:
+    """Wall seconds of ``landscape plot`` in a fresh process (imports included: what a user
+    waits for)."""
+    import subprocess
+    import sys
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "landscape", "plot", str(sweep), "-o", str(page),
+                    "--overwrite", *args], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+# Injected at the end of <body>: a click sorts the run table by its "test loss" column, then
+# its filter box keeps the rows of one setting, each timed in the page.
+TABLE_PROBE = """<script>
+window.addEventListener("load", () => {
+  const table = document.querySelector("table.sortable");
+  const th = [...table.querySelectorAll("thead th")].find(h => h.textContent === "test loss");
+  let started = performance.now();
+  th.click();
+  const sortMs = performance.now() - started;
+  const filter = document.querySelector("input.table-filter");
+  filter.value = "vgg_a_bn-lr0.1-wd0-";
+  started = performance.now();
+  filter.applyFilter();
+  const filterMs = performance.now() - started;
+  const out = document.createElement("pre");
+  out.id = "table-check";
+  out.textContent = JSON.stringify({sortMs, filterMs, rows: table.tBodies[0].rows.length,
+    shown: [...table.tBodies[0].rows].filter(r => !r.hidden).length});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def table_milliseconds(page: Path, chromium: str = "chromium") -> dict:
+    """Milliseconds a click takes to sort the page's run table, and a filter to apply."""
+    import json
+    import re
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        probed = Path(folder) / page.name
+        probed.write_text(page.read_text(encoding="utf-8").replace(
+            "</body>", TABLE_PROBE + "</body>", 1), encoding="utf-8")
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={folder}/profile",
+                               "--dump-dom", probed.as_uri()],
+                              capture_output=True, text=True, timeout=300)
+    found = re.search(r'<pre id="table-check">(.*?)</pre>', done.stdout)
+    if not found:
+        raise RuntimeError(f"the table probe did not run in {page}: {done.stderr[-500:]}")
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def report_tables(run_counts=(60, 1000), steps: int = STEPS) -> list[str]:
+    """Per sweep size: plot seconds, page size, Chromium's load and the run table's sort and
+    filter; then a selected page (one setting's 10 seeds, every point)."""
+    import tempfile
+    rows = ["| runs | sweep on disk | `landscape plot` (s) | page | load event, every figure drawn "
+            "(s) | Chromium process (s) | sort / filter the run table (ms) |",
+            "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        for runs in run_counts:
+            sweep = write_big_sweep(folder / f"s{runs}.h5", runs=runs, steps=steps)
+            disk = sum(p.stat().st_size for p in folder.rglob(f"s{runs}.h5*") if p.is_file())
+            page = folder / f"s{runs}.html"
+            seconds = plot_seconds(sweep, page)
+            load, table = report_load_seconds(page), table_milliseconds(page)
+            rows.append(f"| {runs:,} | {disk / 2**20:,.0f} MiB | {seconds:.1f} | "
+                        f"{page.stat().st_size / 2**20:.1f} MiB | {load['load_seconds']:.1f} "
+                        f"({load['drawn']}/{load['figures']}) | {load['process_seconds']:.1f} | "
+                        f"{table['sortMs']:.0f} / {table['filterMs']:.0f} |")
+            print(rows[-1], flush=True)
+        detail = folder / "detail.html"
+        seconds = plot_seconds(sweep, detail, "--where", "model=vgg_a_bn,lr=0.1,weight_decay=0",
+                               "--points", "all")
+        load = report_load_seconds(detail)
+        rows += ["", f"`landscape plot s{run_counts[-1]}.h5 --where model=vgg_a_bn,lr=0.1,"
+                     f"weight_decay=0 --points all` (10 runs, every step): {seconds:.1f} s, "
+                     f"{detail.stat().st_size / 2**20:.1f} MiB, load event "
+                     f"{load['load_seconds']:.1f} s ({load['drawn']}/{load['figures']} drawn)"]
+    return rows

@@ -117,19 +117,20 @@ document.querySelectorAll("table.sortable").forEach(table => {
   shown.className = "table-count";
   shown.textContent = ` ${rows.length} rows`;
   table.before(filter, shown);
-  let pending;
+  filter.applyFilter = () => {  // a property, for the benchmark to time it
+    const words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    let count = 0;
+    rows.forEach((row, i) => {
+      const keep = words.every(word => texts[i].includes(word));
+      row.hidden = !keep;
+      count += keep;
+    });
+    shown.textContent = ` ${count} of ${rows.length} rows`;
+  };
+  let pending;  // filter once typing pauses, not at every key
   filter.addEventListener("input", () => {
     clearTimeout(pending);
-    pending = setTimeout(() => {
-      const words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
-      let count = 0;
-      rows.forEach((row, i) => {
-        const keep = words.every(word => texts[i].includes(word));
-        row.hidden = !keep;
-        count += keep;
-      });
-      shown.textContent = ` ${count} of ${rows.length} rows`;
-    }, 120);
+    pending = setTimeout(filter.applyFilter, 120);
   });
 });
 </script>"""
