@@ -26,6 +26,7 @@ from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted,
                     load_experiment, merge, out_of_memory, resumed_config, run_sweep,
                     run_sweep_ray)
 from .train.distributed import import_ray
+from .version import DISTRIBUTION, __version__
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -78,7 +79,7 @@ def _default_out() -> Path:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="landscape")
+@click.version_option(version=__version__, prog_name="landscape")
 def cli():
     """Measure how BatchNorm changes the optimization landscape (Santurkar et al., 2018)."""
 
@@ -177,7 +178,7 @@ def cli():
               help="plateau: epochs without improvement before a reduction.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
-                   "\"landscape[ray]\"); the driver writes the one --out file.")
+                   f"\"{DISTRIBUTION}[ray]\"); the driver writes the one --out file.")
 @click.option("--ray-address", default=None,
               help="Run on an existing Ray cluster: HOST:PORT of its head node, or auto "
                    "(implies --ray).")
