@@ -5,6 +5,7 @@ Every bad input ends in one ``error: ...`` line on stderr and exit code 2, never
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -73,6 +74,18 @@ def _name_list(option: str, text: str) -> tuple[str, ...]:
     return items
 
 
+def _json_object(option: str, text: str) -> dict:
+    """'{"depth": 18}' -> {"depth": 18}: a JSON object (its values checked by the sweep)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LandscapeError(f"{option}: not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise LandscapeError(f"{option} must be a JSON object ({{\"name\": value, ...}}), got "
+                             f"{text!r}")
+    return value
+
+
 def _default_out() -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"sweep-{stamp}.h5"
@@ -86,7 +99,11 @@ def cli():
 
 @cli.command()
 @click.option("--models", default="vgg_a,vgg_a_bn", show_default=True,
-              help="Comma-separated model names.")
+              help="Comma-separated model names, or import paths module:callable of functions "
+                   "returning a torch.nn.Module.")
+@click.option("--model-kwargs", default=None,
+              help="Keyword arguments of the models given as module:callable, as a JSON object: "
+                   "'{\"depth\": 18}'.")
 @click.option("--lrs", default="0.1", show_default=True, help="Comma-separated learning rates.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per run.")
 @click.option("--steps", type=int, default=None, help="Steps per run (overrides --epochs).")
@@ -204,7 +221,7 @@ def cli():
 @click.option("--variant", default=None,
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 @click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
-def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
+def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
         nesterov, activation, loss, label_smoothing,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
@@ -217,7 +234,9 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
     probing the landscape; write one HDF5 file."""
-    values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
+    values = dict(models=_name_list("--models", models),
+                  model_kwargs=model_kwargs and _json_object("--model-kwargs", model_kwargs),
+                  lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps,
                   batch_size=_axis("--batch-size", batch_size, int, "integer"),
                   momentum=_axis("--momentum", momentum, float, "number"),

@@ -41,6 +41,7 @@ import torch
 
 from ..errors import LandscapeError
 from ..models import MODELS, NORMS, ModelSpec, Norm
+from ..models.imported import adopt, is_import_path
 from ..models.registry import register_model, register_norm
 from ..store import STATUSES, RunLog, RunWriter, lock_is_free, lock_path, runs_dir
 from ..version import DISTRIBUTION
@@ -205,10 +206,13 @@ def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
     (their rows as flushed).
 
     The model's registry entry travels with the unit (``spec``, ``norm``), so that a model
-    registered by the driver's script exists on the worker too. Training runs on a thread of
+    registered by the driver's script exists on the worker too (one given by import path is
+    imported here when built: its module must be importable on the worker). Training runs on a thread of
     its own so that this generator can yield while it trains.
     """
-    if unit.group.model not in MODELS:
+    if is_import_path(unit.group.model):  # this sweep's arguments, whatever ran here before
+        adopt(unit.group.model, spec)
+    elif unit.group.model not in MODELS:
         register_model(unit.group.model, spec)
     if spec.norm not in NORMS:
         register_norm(spec.norm, norm)
