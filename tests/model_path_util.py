@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 from landscape.models import MODELS, is_import_path
 
 PACKAGE = "landscape_usernets"
@@ -69,13 +67,3 @@ def forget_imported_models() -> None:
         del MODELS[name]
     for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
         del sys.modules[name]
-
-
-@pytest.fixture
-def user_models(tmp_path, monkeypatch) -> Path:
-    """The package under ``tmp_path/pkg``, importable in this process (and in subprocesses
-    given it on PYTHONPATH); forgotten after the test."""
-    root = write_package(tmp_path / "pkg")
-    monkeypatch.syspath_prepend(str(root))
-    yield root
-    forget_imported_models()

@@ -21,7 +21,7 @@ from landscape.errors import LandscapeError
 from landscape.read import read_sweep
 from landscape.train import (SweepConfig, SweepInterrupted, load_experiment, plan_sweep,
                              run_sweep)
-from model_path_util import NETS, PACKAGE, user_models  # noqa: F401 (a fixture)
+from model_path_util import NETS, PACKAGE
 from resume_util import assert_same_sweep, write_tiny_npz
 from test_resume import interrupt_at
 
