@@ -149,17 +149,20 @@ BAD_KWARGS = [
 ]
 
 
-@pytest.mark.parametrize("models, kwargs, message",
-                         [(m, None, text) for m, text in BAD_MODELS]
-                         + [(PLAIN, k, text) for k, text in BAD_KWARGS]
-                         + [("mlp", '{"hidden": 1}', "arguments of models given as module:")])
+@pytest.mark.parametrize("extra, message",
+                         [(["--models", m], text) for m, text in BAD_MODELS]
+                         + [(["--models", PLAIN, "--model-kwargs", k], text)
+                            for k, text in BAD_KWARGS]
+                         + [(["--models", "mlp", "--model-kwargs", '{"hidden": 1}'],
+                             "arguments of models given as module:"),
+                            (["--models", PLAIN, "--dropout", "0.2"],
+                             "is given by import path (its own arguments: --model-kwargs)")])
 def test_a_bad_path_or_model_is_one_line_exit_2_and_nothing_written(user_models, tmp_path,
-                                                                   capsys, models, kwargs,
-                                                                   message):
+                                                                   capsys, extra, message):
     out = tmp_path / "runs" / "never.h5"
-    args = ["run", "--models", models, "--dataset", "cifar10-mini", "--steps", "2",
-            "--device", "cpu", "--out", str(out)]
-    assert main(args + (["--model-kwargs", kwargs] if kwargs else [])) == 2
+    args = ["run", "--dataset", "cifar10-mini", "--steps", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert main(args + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()

@@ -280,6 +280,13 @@ def _check_model_names(config) -> None:
                              "module:callable; --models lists none")
 
 
+def _lacks(model: str, what: str) -> str:
+    """Why an option of the registered models does not reach ``model``."""
+    if is_import_path(model):
+        return "is given by import path (its own arguments: --model-kwargs)"
+    return f"has no {what}"
+
+
 def _seed(value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
         raise LandscapeError(f"--seed must be an integer in [0, 2**32), got {value!r}")
@@ -440,13 +447,14 @@ def _validate_extras(config) -> None:
     rates = [p for p in config.axis_values("dropout") if p > 0]
     for model in config.models:
         if rates and not MODELS[model].dropout:
-            raise LandscapeError(f"model {model!r} takes no dropout rate: --dropout "
+            raise LandscapeError(f"model {model!r} {_lacks(model, 'dropout layers')}: --dropout "
                                  f"{rates[0]:g} applies to {', '.join(DROPOUT_MODELS)}")
     other = [a for a in config.axis_values("activation") if a != "relu"]
     for model in config.models:
         if other and not MODELS[model].activation:
-            raise LandscapeError(f"model {model!r} takes no nonlinearity: --activation {other[0]} "
-                                 "applies to the image models (VGG-A, ResNets, MLP, CNN)")
+            raise LandscapeError(f"model {model!r} {_lacks(model, 'nonlinearity')}: --activation "
+                                 f"{other[0]} applies to the image models (VGG-A, ResNets, MLP, "
+                                 "CNN)")
     if dln_data and config.augment:
         raise LandscapeError(f"--augment does not apply to --dataset {DLN_DATASET}")
     if dln_data and (config.axis_values("loss") != ("cross_entropy",)
