@@ -13,6 +13,7 @@ NETS = f"{PACKAGE}.nets"
 
 # Small MLPs on 3x32x32 images: plain, with BatchNorm, with dropout; and bad entries.
 NETS_SOURCE = '''
+import torch
 from torch import nn
 
 
@@ -39,6 +40,12 @@ class WithDropout(nn.Module):
 def Fixed(hidden=32):  # takes no num_classes: always 10 outputs
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.ReLU(),
                          nn.Linear(hidden, 10))
+
+
+def NeedsValues(num_classes, hidden=32):  # reads a tensor's value: not on the meta device
+    scale = float(torch.linspace(0, 1, hidden).max())
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.GroupNorm(4, hidden),
+                         nn.Linear(hidden, num_classes), nn.Identity() if scale else None)
 
 
 NOT_CALLABLE = 3

@@ -18,6 +18,7 @@ from conftest import one_cpu_thread
 from landscape.cli import main
 from landscape.data import load_dataset
 from landscape.errors import LandscapeError
+from landscape.models import MODELS
 from landscape.read import read_sweep
 from landscape.train import (SweepConfig, SweepInterrupted, load_experiment, plan_sweep,
                              run_sweep)
@@ -96,6 +97,12 @@ def test_built_for_the_data_classes_with_its_arguments(user_models, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(),
                                                  direct.state_dict().values()))
     assert built[1].out_features == 8
+
+
+def test_a_model_the_meta_device_cannot_build_is_inspected_on_the_cpu(user_models):
+    config = SweepConfig(models=(f"{NETS}:NeedsValues",), model_kwargs={"hidden": 8})
+    config.validate(on_gpu=False)
+    assert (MODELS[config.models[0]].norm, MODELS[config.models[0]].random) == ("group", False)
 
 
 def test_the_plan_trains_a_model_that_draws_run_by_run(user_models):
