@@ -1,7 +1,9 @@
 from setuptools import find_packages, setup
 
 setup(
-    name="landscape",
+    # The distribution's name on the package index; the import name and the command stay
+    # `landscape` (the index's `landscape` is an unrelated project: README, "Install").
+    name="batchnorm-landscape",
     version="0.1.0",
     description="Why BatchNorm helps optimization: landscape probes, sweeps, HDF5 and reports",
     long_description=open("README.md", encoding="utf-8").read(),

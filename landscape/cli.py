@@ -5,6 +5,7 @@ Every bad input ends in one ``error: ...`` line on stderr and exit code 2, never
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -29,6 +30,7 @@ from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted,
                     load_experiment, merge, out_of_memory, resumed_config, run_sweep,
                     run_sweep_ray)
 from .train.distributed import import_ray
+from .version import DISTRIBUTION, __version__
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -75,20 +77,36 @@ def _name_list(option: str, text: str) -> tuple[str, ...]:
     return items
 
 
+def _json_object(option: str, text: str) -> dict:
+    """'{"depth": 18}' -> {"depth": 18}: a JSON object (its values checked by the sweep)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LandscapeError(f"{option}: not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise LandscapeError(f"{option} must be a JSON object ({{\"name\": value, ...}}), got "
+                             f"{text!r}")
+    return value
+
+
 def _default_out() -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"sweep-{stamp}.h5"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="landscape")
+@click.version_option(version=__version__, prog_name="landscape")
 def cli():
     """Measure how BatchNorm changes the optimization landscape (Santurkar et al., 2018)."""
 
 
 @cli.command()
 @click.option("--models", default="vgg_a,vgg_a_bn", show_default=True,
-              help="Comma-separated model names.")
+              help="Comma-separated model names, or import paths module:callable of functions "
+                   "returning a torch.nn.Module.")
+@click.option("--model-kwargs", default=None,
+              help="Keyword arguments of the models given as module:callable, as a JSON object: "
+                   "'{\"depth\": 18}'.")
 @click.option("--lrs", default="0.1", show_default=True, help="Comma-separated learning rates.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per run.")
 @click.option("--steps", type=int, default=None, help="Steps per run (overrides --epochs).")
@@ -180,7 +198,7 @@ def cli():
               help="plateau: epochs without improvement before a reduction.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run the sweep's runs as Ray tasks on a local Ray instance (pip install "
-                   "\"landscape[ray]\"); the driver writes the one --out file.")
+                   f"\"{DISTRIBUTION}[ray]\"); the driver writes the one --out file.")
 @click.option("--ray-address", default=None,
               help="Run on an existing Ray cluster: HOST:PORT of its head node, or auto "
                    "(implies --ray).")
@@ -209,7 +227,7 @@ def cli():
 @click.option("--variant", default=None,
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 @click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
-def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
+def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
         nesterov, activation, loss, label_smoothing,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
         precision, grid, compile_, out, overwrite, ics_every, ics_layers, activations_every,
@@ -222,7 +240,9 @@ def run(models, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
     probing the landscape; write one HDF5 file."""
-    values = dict(models=_name_list("--models", models), lrs=_float_list("--lrs", lrs),
+    values = dict(models=_name_list("--models", models),
+                  model_kwargs=model_kwargs and _json_object("--model-kwargs", model_kwargs),
+                  lrs=_float_list("--lrs", lrs),
                   epochs=epochs, steps=steps,
                   batch_size=_axis("--batch-size", batch_size, int, "integer"),
                   momentum=_axis("--momentum", momentum, float, "number"),

@@ -1,4 +1,5 @@
-"""Shared fixtures: small sweep files, real (trained) and synthetic (hand-made values)."""
+"""Shared fixtures: small sweep files, real (trained) and synthetic (hand-made values); a
+package of the user's own models on disk (``user_models``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from landscape.store import SweepStore
+from model_path_util import forget_imported_models, write_package
 
 TINY_LRS = (0.05, 0.1)
 TINY_STEPS = 8
@@ -217,3 +219,14 @@ def assert_refused_in_one_line(args: list[str], named: str, tmp_path, capsys) ->
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert named in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch) -> Path:
+    """A package of the user's own models (``model_path_util``) under ``tmp_path/pkg``,
+    importable in this process (and in subprocesses given it on PYTHONPATH); forgotten after
+    the test."""
+    root = write_package(tmp_path / "pkg")
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    forget_imported_models()

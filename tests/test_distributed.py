@@ -32,6 +32,8 @@ from landscape.train.checkpoint import checkpoint_dir, checkpoint_header
 from landscape.train.distributed import DRIVER_WATCH_SECONDS, DriverWatch, _checkpoint_place
 
 from conftest import STORE_ATTRS, one_cpu_thread, sweep_datasets
+from model_path_util import NETS
+from resume_util import write_tiny_npz
 
 ray = pytest.importorskip("ray")
 
@@ -266,6 +268,32 @@ def test_resume_ray_completes_a_sweep_whose_driver_was_killed(ray_instance, tmp_
     (continued,) = [r["continued_from_step"] for r in resumed]
     assert continued.keys() <= running.keys(), (continued, running)
     assert all(running[name] <= step < 64 and step % 4 == 0 for name, step in continued.items())
+
+
+def test_models_by_import_path_train_on_the_workers_as_locally(ray_instance, user_models,
+                                                                tmp_path):
+    """``--models module:callable`` on Ray: a driver in a process of its own, started in the
+    folder that holds the package (Ray puts a driver's working directory on its workers'
+    path), ships each unit the path and arguments; the workers import the module and train
+    the local sweep's numbers, bit for bit."""
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    models = f"{NETS}:Plain,{NETS}:WithBN,{NETS}:WithDropout"
+    args = ["--models", models, "--model-kwargs", '{"hidden": 16}', "--lrs", "0.1",
+            "--steps", "16", "--batch-size", "16", "--probe-every", "8", "--dataset", str(npz),
+            "--device", "cpu"]
+    address = ray.get_runtime_context().gcs_address
+    done = subprocess.run([sys.executable, "-m", "landscape", "run", "--ray-address", address,
+                           "--out", str(tmp_path / "ray.h5")] + args, cwd=user_models,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with one_cpu_thread():
+        assert main(["run", "--out", str(tmp_path / "local.h5")] + args) == 0
+    assert_same_numbers(tmp_path / "local.h5", tmp_path / "ray.h5")
+    with h5py.File(tmp_path / "ray.h5", "r") as f:
+        assert {name: (run.attrs["norm"], bool(run.attrs["draws_random"]))
+                for name, run in f["runs"].items()} == {
+            "Plain-lr0.1-seed0": ("none", False), "WithBN-lr0.1-seed0": ("batch", False),
+            "WithDropout-lr0.1-seed0": ("none", True)}
 
 
 def test_a_worker_stops_when_its_driver_is_gone(tmp_path):

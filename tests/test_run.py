@@ -277,6 +277,6 @@ def test_without_ray_installed_ray_is_one_line_naming_the_extra(monkeypatch, tmp
     assert main(["run", "--ray", "--dataset", "cifar10-mini",
                  "--out", str(tmp_path / "never.h5")]) == 2
     err = capsys.readouterr().err
-    assert err == ('error: --ray needs the ray package: pip install "landscape[ray]" '
+    assert err == ('error: --ray needs the ray package: pip install "batchnorm-landscape[ray]" '
                    '(or pip install ray)\n')
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from importlib import metadata
 from typing import Sequence
 
 from ..store import RunData
+from ..version import __version__
 from .bands import last_finite
 from .phases import phase_median, stall_step
 
@@ -125,8 +126,10 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of what made the report (the sweep's own torch version is in its config)."""
-    versions = {"python": platform.python_version()}
-    for package in ("landscape", "numpy", "h5py", "plotly", "torch"):
+    # This package's own: the code that runs (whatever pip's metadata, under the distribution
+    # name, says of an install elsewhere on the path).
+    versions = {"python": platform.python_version(), "landscape": __version__}
+    for package in ("numpy", "h5py", "plotly", "torch"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -21,6 +21,7 @@ from ..data.datasets import ARRAY_FILE_SUFFIX, is_array_file
 from ..data.gaussian import DATASET as DLN_DATASET, N_TRAIN
 from ..errors import LandscapeError
 from ..models import DLN_MODELS, MODELS, build_model, draws_random
+from ..models.imported import check_model_kwargs, import_model, is_import_path, run_label
 from ..models.nonlinearities import NONLINEARITIES
 from ..probes import PROBE_DTYPES
 from .device import resolve_device
@@ -46,7 +47,10 @@ MAX_RUNS_UNASKED = 1000
 class SweepConfig:
     """Every setting of a sweep; stored as JSON in the file's ``config`` attribute."""
 
+    # Registered names (``models.MODELS``) or import paths ``module:callable`` of functions
+    # returning an ``nn.Module`` (``models.imported``), called with ``model_kwargs``.
     models: Sequence[str] = ("vgg_a", "vgg_a_bn")
+    model_kwargs: dict[str, Any] | None = None
     lrs: Sequence[float] = (0.1,)
     epochs: int | None = 20
     steps: int | None = None  # when set, overrides epochs: train exactly this many steps
@@ -155,11 +159,15 @@ class SweepConfig:
         ``on_gpu``: whether the runs train on a GPU; None: where ``device`` resolves here
         (a Ray sweep's workers, not the driver, say where its runs train)."""
         def known_model(name):
-            if name not in MODELS:
+            if is_import_path(name):  # imported, inspected and registered here
+                import_model(name, self.model_kwargs)
+            elif name not in MODELS:
                 raise LandscapeError(f"unknown model {name!r} in --models; choose from "
-                                     f"{', '.join(MODELS)}")
+                                     f"{', '.join(MODELS)}, or give module:callable")
 
+        check_model_kwargs(self.model_kwargs)
         _listed("--models", self.models, "model", known_model, unique=True)
+        _check_model_names(self)
         _listed("--lrs", self.lrs, "learning rate", lambda v: _positive("--lrs value", v), unique=True)
         _listed("--etas", self.etas, "multiple of the learning rate",
                 lambda v: _positive("--etas value", v))
@@ -256,6 +264,27 @@ class SweepConfig:
 
 DROPOUT_MODELS = [name for name, spec in MODELS.items() if spec.dropout]
 SEED_LIMIT = 2 ** 32  # as numpy's: seeds are torch generators' seeds and offsets of them
+
+
+def _check_model_names(config) -> None:
+    """Each model names its runs (``run_label``: an import path by its callable) differently
+    from every other; ``model_kwargs`` only where a model is given by import path."""
+    labels: dict[str, str] = {}
+    for model in config.models:
+        other = labels.setdefault(run_label(model), model)
+        if other != model:
+            raise LandscapeError(f"--models {other} and {model} would both name their runs "
+                                 f"{run_label(model)}-...: give one of them in another sweep")
+    if config.model_kwargs is not None and not any(map(is_import_path, config.models)):
+        raise LandscapeError("--model-kwargs are the arguments of models given as "
+                             "module:callable; --models lists none")
+
+
+def _lacks(model: str, what: str) -> str:
+    """Why an option of the registered models does not reach ``model``."""
+    if is_import_path(model):
+        return "is given by import path (its own arguments: --model-kwargs)"
+    return f"has no {what}"
 
 
 def _seed(value) -> None:
@@ -418,13 +447,14 @@ def _validate_extras(config) -> None:
     rates = [p for p in config.axis_values("dropout") if p > 0]
     for model in config.models:
         if rates and not MODELS[model].dropout:
-            raise LandscapeError(f"model {model!r} has no dropout layers: --dropout "
+            raise LandscapeError(f"model {model!r} {_lacks(model, 'dropout layers')}: --dropout "
                                  f"{rates[0]:g} applies to {', '.join(DROPOUT_MODELS)}")
     other = [a for a in config.axis_values("activation") if a != "relu"]
     for model in config.models:
         if other and not MODELS[model].activation:
-            raise LandscapeError(f"model {model!r} has no nonlinearity: --activation {other[0]} "
-                                 "applies to the image models (VGG-A, ResNets, MLP, CNN)")
+            raise LandscapeError(f"model {model!r} {_lacks(model, 'nonlinearity')}: --activation "
+                                 f"{other[0]} applies to the image models (VGG-A, ResNets, MLP, "
+                                 "CNN)")
     if dln_data and config.augment:
         raise LandscapeError(f"--augment does not apply to --dataset {DLN_DATASET}")
     if dln_data and (config.axis_values("loss") != ("cross_entropy",)

@@ -18,7 +18,7 @@ its runs are planned as a resumed sweep plans a file's (``plan.plan_resume``, th
 after it cut from their files) or start again, on another worker; up to ``max_retries`` times,
 then they are marked ``failed`` like the first. A driver that died: ``run_sweep_ray(resume=True)`` (``--resume FILE --ray``).
 
-``ray`` is an optional dependency (``pip install "landscape[ray]"``), imported only when a Ray
+``ray`` is an optional dependency (``pip install "batchnorm-landscape[ray]"``), imported only when a Ray
 sweep starts, so that the package imports, and runs locally, without it.
 """
 
@@ -41,8 +41,10 @@ import torch
 
 from ..errors import LandscapeError
 from ..models import MODELS, NORMS, ModelSpec, Norm
+from ..models.imported import adopt, is_import_path
 from ..models.registry import register_model, register_norm
 from ..store import STATUSES, RunLog, RunWriter, lock_is_free, lock_path, runs_dir
+from ..version import DISTRIBUTION
 from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints
 from .config import SweepConfig
 from .device import resolve_device, training_precision
@@ -53,7 +55,7 @@ from .protocol import TrainerContext
 from .signals import StopRequest
 from .sweep import GroupRunner, OpenSweep, Where, execute_sweep, sweep_options
 
-INSTALL = 'pip install "landscape[ray]" (or pip install ray)'
+INSTALL = f'pip install "{DISTRIBUTION}[ray]" (or pip install ray)'
 PROGRESS_SECONDS = 0.5  # a worker reports progress at most this often
 # The driver links the runs announced to it into the index at most this often (and when a unit
 # ends or is lost): each rewrites the index (kilobytes per 100 runs), whatever the workers.
@@ -210,10 +212,13 @@ def train_unit(unit: Unit, spec: ModelSpec, norm: Norm, data, threads: int,
     (their rows as flushed).
 
     The model's registry entry travels with the unit (``spec``, ``norm``), so that a model
-    registered by the driver's script exists on the worker too. Training runs on a thread of
+    registered by the driver's script exists on the worker too (one given by import path is
+    imported here when built: its module must be importable on the worker). Training runs on a thread of
     its own so that this generator can yield while it trains.
     """
-    if unit.group.model not in MODELS:
+    if is_import_path(unit.group.model):  # this sweep's arguments, whatever ran here before
+        adopt(unit.group.model, spec)
+    elif unit.group.model not in MODELS:
         register_model(unit.group.model, spec)
     if spec.norm not in NORMS:
         register_norm(spec.norm, norm)

@@ -5,7 +5,8 @@ A file (TOML, read with the standard library's ``tomllib``) has::
     description = "Fig. 1: ..."       # what the experiment is (optional)
     paper = "83% vs 80% ..."          # what the paper reports (optional)
     [run]                             # the paper's setting: SweepConfig fields, plus `out`
-    models = ["vgg_a", "vgg_a_bn"]
+    models = ["vgg_a", "vgg_a_bn"]    # or "mypackage.nets:ResNet18", called with
+    model_kwargs = {depth = 18}       # these keyword arguments (a table)
     lrs = [0.1, 0.5]
     steps = 15000
     [light]                           # overrides of [run] for a CPU, chosen with --light
@@ -50,7 +51,8 @@ def _describe(hint) -> str:
 
 
 def _convert(value, hint, where: str):
-    """``value`` as type ``hint`` (int, float, str, bool, X | None, Sequence[X]), or raise."""
+    """``value`` as type ``hint`` (int, float, str, bool, X | None, Sequence[X], a dict), or
+    raise."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -60,6 +62,10 @@ def _convert(value, hint, where: str):
             except LandscapeError:
                 pass
         raise LandscapeError(f"{where} must be {_describe(hint)}, got {value!r}")
+    if origin is dict:  # a table of keyword arguments (model_kwargs), taken as TOML gives it
+        if not isinstance(value, dict):
+            raise LandscapeError(f"{where} must be a table, got {value!r}")
+        return dict(value)
     if origin is not None and issubclass(origin, Sequence):
         if not isinstance(value, list):
             raise LandscapeError(f"{where} must be a list ({_describe(hint)}), got {value!r}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Collection, Iterator
 
 from ..errors import LandscapeError
+from ..models import run_label
 from .checkpoint import checkpoint_header
 from .config import SweepConfig
 
@@ -34,8 +35,9 @@ RUN_NAME_PARTS = {"batch_size": "bs{:d}", "momentum": "mom{:g}", "weight_decay":
 
 def run_name(model: str, lr: float, seed: int, **axes) -> str:
     """``vgg_a_bn-lr0.1-seed0``, then a part per axis given (those that vary in the sweep),
-    in ``RUN_NAME_PARTS`` order: ``mlp_bn-lr0.001-seed2-bs512-do0.2-adam``."""
-    parts = [model, f"lr{lr:g}", f"seed{seed}"]
+    in ``RUN_NAME_PARTS`` order: ``mlp_bn-lr0.001-seed2-bs512-do0.2-adam``. A model given by
+    import path is named by its callable (``run_label``)."""
+    parts = [run_label(model), f"lr{lr:g}", f"seed{seed}"]
     parts += [form.format(axes[axis]) for axis, form in RUN_NAME_PARTS.items() if axis in axes]
     return "-".join(parts)
 

@@ -28,6 +28,7 @@ import torch
 from ..data import ImageData, load_dataset
 from ..errors import LandscapeError
 from ..models import MODELS
+from ..models.imported import run_attributes as imported_attributes
 from ..models.registry import check_image_shape
 from ..store import RunLog, SweepLock, SweepStore, read_sweep, remove_stale_temporaries
 from .checkpoint import Checkpointing, checkpoint_dir, checkpoint_path, find_checkpoints, \
@@ -273,7 +274,8 @@ def run_attributes(run: RunSpec, group: Group, data, precision: str,
     """A run's attributes in the file: its model, normalization and every axis of its cell;
     ``grid``/``grid_size``: how it trained, with how many runs at once; ``precision``: the
     arithmetic it really trained in (fp32 on a CPU, whatever was asked); the data's name (an
-    array file's stem) and that file's path and sha256 (``dataset_file``); the learning-rate
+    array file's stem) and that file's path and sha256 (``dataset_file``); a model given by
+    import path, its arguments and whether it draws random numbers; the learning-rate
     schedule's arguments (``schedules.schedule_attributes``)."""
     cell = run.cell
     return dict(model=run.model, grid=group.mode, grid_size=len(group.runs),
@@ -282,7 +284,7 @@ def run_attributes(run: RunSpec, group: Group, data, precision: str,
                 width=cell.width,
                 dataset=data.name, augment=cell.augment, precision=precision,
                 steps_per_epoch=steps_per_epoch, probe_dtype=cell.probe_dtype_of(run.model),
-                **dataset_file(data),
+                **dataset_file(data), **imported_attributes(run.model),
                 **schedule_attributes(cell, cell.total_steps(steps_per_epoch)))
 
 
