@@ -33,7 +33,7 @@ from ..errors import LandscapeError
 from ..probes import probing
 from ..train import Recorder
 
-INSTALL = 'pip install "landscape[lightning]" (or: pip install lightning)'
+INSTALL = 'pip install "batchnorm-landscape[lightning]" (or: pip install lightning)'
 # Epoch fields filled from Lightning's logged metrics, by default: the validation's.
 DEFAULT_METRICS = {"test_loss": "val_loss", "test_acc": "val_acc"}
 

@@ -24,7 +24,7 @@ from ..store import RunLog
 from ..store.scalars import row_scalars
 from .events import LoopListener
 
-INSTALL = 'pip install "landscape[tensorboard]" (or: pip install tensorboard)'
+INSTALL = 'pip install "batchnorm-landscape[tensorboard]" (or: pip install tensorboard)'
 
 
 class LiveLog(Protocol):
