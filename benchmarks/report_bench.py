@@ -43,7 +43,7 @@ def settings(runs: int, seeds: int = 10) -> list[tuple[str, float, float, int]]:
 def run_attrs(model: str, lr: float, weight_decay: float, seed: int, steps: int,
               epochs: int) -> dict:
     """A finished run's attributes, as ``landscape run`` writes them."""
-    return dict(model=model, norm="bn" if model.endswith("_bn") else "none", lr=lr, seed=seed,
+    return dict(model=model, norm="batch" if model.endswith("_bn") else "none", lr=lr, seed=seed,
                 weight_decay=weight_decay, momentum=0.0, nesterov=False, optimizer="sgd",
                 activation="relu", batch_size=128, dataset="cifar10", width=1.0, dropout=0.0,
                 augment=False, precision="fp32", probe_dtype="float32", grid="sequential",

@@ -166,7 +166,7 @@ def thousand_runs(folder: Path, steps: int = 2500) -> Path:
             name = f"{model}-lr{lr:g}-wd{wd:g}-seed{seed}"
             if name not in runs:
                 f.copy(runs[sources[i % len(sources)]], runs, name=name)
-            runs[name].attrs.update(model=model, norm="bn" if model.endswith("_bn") else "none",
+            runs[name].attrs.update(model=model, norm="batch" if model.endswith("_bn") else "none",
                                     lr=lr, weight_decay=wd, seed=seed)
     return one
 
