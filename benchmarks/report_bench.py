@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from landscape.store import SweepStore
+from landscape.store import SweepStore, runs_dir
 
 ETAS_X = np.array([0.5, 1.0, 2.0, 4.0])  # the probe's step sizes, x LR
 LAYERS = tuple(f"features.{i}" for i in range(21))  # VGG-A+BN's modules owning parameters
@@ -225,7 +225,7 @@ def report_tables(run_counts=(60, 1000), steps: int = STEPS) -> list[str]:
         folder = Path(name)
         for runs in run_counts:
             sweep = write_big_sweep(folder / f"s{runs}.h5", runs=runs, steps=steps)
-            disk = sum(p.stat().st_size for p in folder.rglob(f"s{runs}.h5*") if p.is_file())
+            disk = sweep.stat().st_size + sum(p.stat().st_size for p in runs_dir(sweep).iterdir())
             page = folder / f"s{runs}.html"
             seconds = plot_seconds(sweep, page)
             load, table = report_load_seconds(page), table_milliseconds(page)
