@@ -176,12 +176,12 @@ def plot_seconds(sweep: Path, page: Path, *args: str) -> float:
 # its filter box keeps the rows of one setting, each timed in the page.
 TABLE_PROBE = """<script>
 window.addEventListener("load", () => {
-  const table = document.querySelector("table.sortable");
+  const table = document.querySelector("#runs table.sortable");
   const th = [...table.querySelectorAll("thead th")].find(h => h.textContent === "test loss");
   let started = performance.now();
   th.click();
   const sortMs = performance.now() - started;
-  const filter = document.querySelector("input.table-filter");
+  const filter = document.querySelector("#runs input.table-filter");
   filter.value = "vgg_a_bn-lr0.1-wd0-";
   started = performance.now();
   filter.applyFilter();

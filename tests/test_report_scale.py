@@ -175,21 +175,21 @@ LOAD_CHECK = """<script>
 window.addEventListener("load", () => setTimeout(() => {
   const figures = [...document.querySelectorAll(".plotly-graph-div")];
   const drawn = figures.filter(d => d.classList.contains("js-plotly-plot")).length;
-  const filter = document.querySelector("input.table-filter");
-  const rows = [...document.querySelector("table.sortable").tBodies[0].rows];
+  const filter = document.querySelector("#runs input.table-filter");
+  const rows = [...document.querySelector("#runs table.sortable").tBodies[0].rows];
   filter.value = "vgg_a_bn-lr0.1- seed3";
   filter.dispatchEvent(new Event("input"));
   setTimeout(() => {
     const shown = rows.filter(r => !r.hidden).map(r => r.cells[0].textContent);
-    const th = [...document.querySelectorAll("table.sortable thead th")]
+    const th = [...document.querySelectorAll("#runs table.sortable thead th")]
       .find(h => h.textContent === "test loss");
     th.click();
-    const order = [...document.querySelector("table.sortable").tBodies[0].rows]
+    const order = [...document.querySelector("#runs table.sortable").tBodies[0].rows]
       .map(r => [r.cells[0].textContent, r.cells[th.cellIndex].textContent]);
     const out = document.createElement("pre");
     out.id = "scale-check";
     out.textContent = JSON.stringify({figures: figures.length, drawn, rows: rows.length, shown,
-      count: document.querySelector("span.table-count").textContent, order});
+      count: document.querySelector("#runs span.table-count").textContent, order});
     document.body.appendChild(out);
   }, 400);
 }, 300));
@@ -204,6 +204,11 @@ def test_a_1000_run_page_is_pooled_under_25_mb_and_its_run_table_sorts_and_filte
     page = build_report(sweeps)
     assert len(page.encode()) <= 25 * 2**20
     assert f"1000 runs, more than {RUN_LINES}: one line per setting" in page
+    # 50 comparisons (BN vs not at 10 learning rates x 5 weight decays): one row per claim
+    # first, the 300 rows folded below
+    assert "every comparison (50 of them, 300 rows" in page
+    assert re.search(r"BN narrows the loss band along the gradient</td><td[^>]*>[a-z ]+ in \d+ "
+                     r"of 50", page)
     data = figures(page)
     for fig_id, (traces, _) in data.items():  # no trace beyond 5 points per pixel column
         for trace in traces:

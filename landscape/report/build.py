@@ -698,14 +698,42 @@ def activation_section(d: ReportData) -> Content | None:
 FINDING_CLASSES = {HOLDS: "holds", FAILS: "fails", TOO_SHORT: "short"}
 
 
+# More comparisons than this (a large grid: 50 settings x 6 claims is 300 rows), and the
+# Findings open on one row per claim, every comparison folded below it.
+FINDINGS_UNFOLDED = 12
+
+
 def findings_html(runs: Sequence[RunData]) -> str:
     found = findings(runs)
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
     classes = [FINDING_CLASSES.get(r[2], "unmeasured") for r in rows]
-    return table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
-                      text_columns=4)
+    many = len(found) > FINDINGS_UNFOLDED
+    table = table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
+                       text_columns=4, sortable=many)
+    if not many:
+        return table
+    return (findings_summary(rows) + f"<details><summary>every comparison ({len(found)} of "
+            f"them, {len(rows)} rows; sortable, and filtered by the words typed)</summary>"
+            f"{table}</details>")
+
+
+def findings_summary(rows: Sequence[tuple[str, str, str, str]]) -> str:
+    """One row per claim: in how many comparisons it holds, does not hold, ... (verdicts of
+    ``findings_html``'s rows: (runs compared, claim, verdict, numbers))."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for _, claim, verdict, _ in rows:
+        counts[claim][verdict] += 1
+    summary, classes = [], []
+    for claim, verdicts in counts.items():
+        total = sum(verdicts.values())
+        summary.append((claim, "; ".join(f"{verdict} in {n} of {total}"
+                                         for verdict, n in verdicts.items())))
+        judged = {v for v in verdicts if v in (HOLDS, FAILS)}  # one verdict everywhere: coloured
+        classes.append(f"{FINDING_CLASSES[judged.pop()]}-everywhere" if len(judged) == 1 else "")
+    return table_html(("claim", "verdicts over the comparisons"), summary, classes,
+                      text_columns=2)
 
 
 def sharpness_series(runs: Sequence[RunData], legend: Legend,

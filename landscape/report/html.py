@@ -29,6 +29,8 @@ th[data-order="down"]::after { content: " ▼"; } th.text, td.text { text-align:
 table.sortable td { white-space: nowrap; }
 tr.diverged td { background: #fde8e8; } tr.running td { background: #fff7e0; }
 tr.holds td:nth-child(3) { color: #17692c; font-weight: bold; } tr.fails td:nth-child(3) { color: #a11; font-weight: bold; }
+tr.holds-everywhere td:nth-child(2) { color: #17692c; font-weight: bold; }
+tr.fails-everywhere td:nth-child(2) { color: #a11; font-weight: bold; }
 tr.unmeasured td:nth-child(3), tr.short td:nth-child(3) { color: #777; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
 nav a { margin-right: 14px; }
