@@ -4,7 +4,9 @@ Each measurement is a function returning a typed record and leaving no trace (``
 ``along_gradient`` (``landscape``: loss, gradient predictiveness, effective beta along the
 gradient), ``internal_covariate_shift`` (``ics``), ``activation_stats`` (``activations``),
 ``sharpness`` (``curvature``: Hessian eigenvalues, trace, curvature along the gradient),
-``spectrum`` (``spectrum``: the Hessian's eigenvalue density by SLQ, its outliers).
+``spectrum`` (``spectrum``: the Hessian's eigenvalue density by SLQ, its outliers),
+``layer_curvature`` (each weight layer's diagonal Hessian block), ``layer_ranks`` (``ranks``:
+per-layer gradient norms, representation ranks); ``spectrum_hooks`` attaches these three.
 ``hooks`` attaches them to any training loop from outside (``StepInstrument``, the base its
 probes share as siblings: ``LandscapeProbe``, ``ICSProbe``, ``ActivationProbe``,
 ``SharpnessProbe``; ``StepLoss``, each step's loss and accuracy); ``gradients`` and
@@ -19,6 +21,9 @@ from .context import (Batch, Batches, LossFn, ModelInputs, buffer_clones, loss_a
 from .curvature import HessianOperator, SharpnessRecord, sharpness
 from .spectrum import (HESSIAN_BN_MODES, SpectrumRecord, SpectrumSettings, hessian_batches,
                        lanczos, slq, spectrum)
+from .layer_curvature import LayerCurvatureRecord, layer_curvature
+from .ranks import RankRecord, layer_ranks, representation_ranks
+from .spectrum_hooks import LayerCurvatureProbe, RankProbe, SpectrumProbe
 from .weights import WEIGHT_STAT_FIELDS, WeightStats, update_angle
 from .gradients import GRADIENT_STAT_FIELDS, GradientStats, gradient_step_stats
 from .hooks import (ActivationProbe, ICSProbe, LandscapeProbe, RecordingLoss, SharpnessProbe,
@@ -39,4 +44,6 @@ __all__ = ["along_gradient", "LandscapeRecord", "evaluate_points", "probe_tensor
            "HessianOperator", "WeightStats", "WEIGHT_STAT_FIELDS", "update_angle",
            "GRADIENT_STAT_FIELDS", "RecordingLoss", "probe_passes", "StepLoss",
            "StepLossRecord", "spectrum", "SpectrumRecord", "SpectrumSettings", "slq", "lanczos",
-           "hessian_batches", "HESSIAN_BN_MODES"]
+           "hessian_batches", "HESSIAN_BN_MODES", "layer_curvature", "LayerCurvatureRecord",
+           "layer_ranks", "RankRecord", "representation_ranks", "SpectrumProbe",
+           "LayerCurvatureProbe", "RankProbe"]

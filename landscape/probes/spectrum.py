@@ -101,19 +101,24 @@ class SpectrumRecord:
 
 @dataclass
 class LanczosRun:
-    """One Lanczos run: Ritz values ascending, their weights, and the top Ritz vectors."""
+    """One Lanczos run: Ritz values ascending, their weights, and a vector's coordinates on
+    the Ritz vectors."""
 
     values: np.ndarray
     weights: np.ndarray
-    top_vectors: torch.Tensor | None  # (top_k, P), descending order; None without the basis
+    # (m,) y_i . u for the Ritz vectors y_i (ascending as ``values``) of ``project``'s u; None
+    # without one or without the basis (bounded memory)
+    projection: np.ndarray | None = None
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
-            iterations: int, reorthogonalize: bool = True, keep: int = 0) -> LanczosRun:
+            iterations: int, reorthogonalize: bool = True,
+            project: torch.Tensor | None = None) -> LanczosRun:
     """``iterations`` Lanczos steps of the symmetric operator ``matvec`` from ``start``; the
     Ritz pairs of T by ``numpy.linalg.eigh`` in float64. Stops early when the Krylov space is
-    invariant (beta below 1000 eps of the spectrum's scale). ``keep``: Ritz vectors returned
-    (the largest), needs the full basis."""
+    invariant (beta below 1000 eps of the spectrum's scale). ``project``: a vector whose
+    coordinates on the Ritz vectors Q s_i are returned, as s_i^T (Q^T u): no Ritz vector is
+    formed (needs the full basis)."""
     size = start.numel()
     q = start / torch.linalg.vector_norm(start)
     basis = (torch.empty(min(iterations, size), size, dtype=q.dtype, device=q.device)
@@ -138,12 +143,11 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
         previous, q = q, w / beta
     values, vectors = np.linalg.eigh(_tridiagonal(alphas, betas))
     weights = vectors[0] ** 2
-    top = None
-    if keep and basis is not None:
-        chosen = vectors[:, ::-1][:, :keep]
-        top = torch.from_numpy(np.ascontiguousarray(chosen.T)).to(q.device, q.dtype) \
-            @ basis[:len(alphas)]
-    return LanczosRun(values, weights, top)
+    projection = None
+    if project is not None and basis is not None:
+        coordinates = (basis[:len(alphas)] @ project.to(q.dtype)).cpu().double().numpy()
+        projection = vectors.T @ coordinates
+    return LanczosRun(values, weights, projection)
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
@@ -205,17 +209,14 @@ def _merge_ghosts(theta: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.asarray(keep), np.asarray(mass)
 
 
-def gradient_fraction(top_vectors: torch.Tensor | None, gradient: torch.Tensor,
-                      top_k: int) -> np.ndarray:
-    """||P_k g||^2 / ||g||^2 for the span of the top 1..k Ritz vectors (orthonormal);
-    NaN where there is no basis, or g = 0."""
-    out = np.full(top_k, math.nan)
-    norm2 = float(gradient @ gradient)
-    if top_vectors is None or norm2 == 0:
-        return out
-    shares = ((top_vectors @ gradient) ** 2).cpu().double().numpy() / norm2
-    out[:len(shares)] = np.cumsum(shares)
-    return out
+def gradient_fraction(run: LanczosRun, gradient: torch.Tensor | None) -> np.ndarray:
+    """||P_k g||^2 / ||g||^2 for the span of the top k = 1..m Ritz vectors (orthonormal);
+    NaN where there is no basis, no gradient, or g = 0."""
+    norm2 = float(gradient @ gradient) if gradient is not None else 0.0
+    if run.projection is None or norm2 == 0:
+        return np.full(len(run.values), math.nan)
+    order = np.argsort(run.values)[::-1]
+    return np.cumsum(run.projection[order] ** 2) / norm2
 
 
 def rademacher(size: int, generator: torch.Generator, dtype: torch.dtype,
@@ -233,7 +234,7 @@ def slq(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, settings: Spe
     settings.check()
     runs = [lanczos(matvec, rademacher(size, generator, dtype, torch.device(device)),
                     settings.iterations, settings.reorthogonalize,
-                    keep=settings.top_k if i == 0 else 0) for i in range(settings.vectors)]
+                    project=gradient if i == 0 else None) for i in range(settings.vectors)]
     values = np.full((settings.vectors, settings.iterations), math.nan)
     weights = np.full_like(values, math.nan)
     for i, run in enumerate(runs):
@@ -247,8 +248,9 @@ def slq(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, settings: Spe
     counts = [count_outliers(theta, tau, settings.outlier_gap, settings.bulk_mass)
               for theta, tau in distinct]
     estimates = np.asarray([size * float(r.weights @ r.values) for r in runs])
-    fraction = (gradient_fraction(runs[0].top_vectors, gradient, settings.top_k)
-                if gradient is not None else np.full(settings.top_k, math.nan))
+    shares = gradient_fraction(runs[0], gradient)
+    fraction = np.full(settings.top_k, math.nan)
+    fraction[:min(settings.top_k, len(shares))] = shares[:settings.top_k]
     outliers = counts[0][0]
     top = np.full(settings.top_k, math.nan)
     first = distinct[0][0][:settings.top_k]
@@ -261,7 +263,7 @@ def slq(matvec: Callable[[torch.Tensor], torch.Tensor], size: int, settings: Spe
                       if len(estimates) > 1 else math.nan),
         outliers=outliers, outlier_counts=np.asarray([c for c, _ in counts], np.int64),
         bulk_edge=counts[0][1], grad_fraction=fraction,
-        grad_in_outliers=float(fraction[outliers - 1]) if outliers else 0.0,
+        grad_in_outliers=float(shares[outliers - 1]) if outliers else 0.0,
         grad_norm=math.nan if gradient is None else float(torch.linalg.vector_norm(gradient)),
         loss=math.nan, hvps=sum(len(r.values) for r in runs), parameters=size,
         basis_bytes=(min(settings.iterations, size) if settings.reorthogonalize else 3)
