@@ -33,7 +33,7 @@ from torch import nn
 from ..data import ImageData
 from ..data.gaussian import DATASET as DLN_DATASET
 from ..errors import LandscapeError
-from ..models import normalized_layers, weight_layers
+from ..models import MODELS, normalized_layers, weight_layers
 from ..probes import (HESSIAN_BN_MODES, LayerCurvatureProbe, RankProbe, SpectrumProbe,
                       SpectrumSettings, StepInstrument)
 
@@ -87,7 +87,12 @@ def validate_hessian_options(config) -> None:
                              "is off: add --layer-curvature-every N")
     if config.spectrum_every is not None and config.dataset == DLN_DATASET:
         raise LandscapeError("--spectrum-every draws its Hessian sets from an image data set's "
-                             "training images; --dataset gaussian_linear has none")
+                             f"training images; --dataset {DLN_DATASET} has none")
+    deep = [m for m, spec in MODELS.items() if spec.depth]
+    for model in config.models if config.depth is not None else ():
+        if model not in deep:
+            raise LandscapeError(f"model {model!r} has no --depth: it applies to "
+                                 f"{', '.join(deep)}")
 
 
 def hessian_sets(data: ImageData, samples: int, repeats: int,
