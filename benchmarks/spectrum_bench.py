@@ -70,11 +70,11 @@ def import_pyhessian():
         import pyhessian
     except ImportError:
         return None
-    if not hasattr(torch, "eig"):  # PyHessian 0.1's torch.eig (see the module docstring)
-        def eig(matrix, eigenvectors=True):
-            values, vectors = torch.linalg.eigh(matrix)
-            return torch.stack([values, torch.zeros_like(values)], 1), vectors
-        torch.eig = eig
+    def eig(matrix, eigenvectors=True):  # PyHessian 0.1's torch.eig (see the module docstring)
+        values, vectors = torch.linalg.eigh(matrix)
+        return torch.stack([values, torch.zeros_like(values)], 1), vectors
+
+    torch.eig = eig  # torch 2 keeps a stub that raises
     return pyhessian
 
 

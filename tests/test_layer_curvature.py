@@ -12,6 +12,7 @@ from landscape.models import build_model
 from landscape.probes import layer_curvature, layer_ranks, representation_ranks
 from test_curvature import dense_hessian, small_problem
 from test_probes import assert_same_state, snapshot
+from test_spectrum import trained_small_problem
 
 
 @pytest.mark.parametrize("bn", [False, True])
@@ -88,14 +89,7 @@ def test_collapsed_representations_without_bn_at_depth():
 
 
 def test_layer_probes_leave_no_trace():
-    model, x, y = small_problem(bn=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(2):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    before = snapshot(model, opt)
+    model, x, y, opt, before = trained_small_problem()
     layer_curvature(model, F.cross_entropy, x, y, trace_samples=2)
     layer_ranks(model, F.cross_entropy, x, y)
     assert_same_state(before, snapshot(model, opt))

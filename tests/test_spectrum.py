@@ -145,7 +145,9 @@ def test_running_statistics_change_the_hessian_with_bn_only():
         assert (tops[0] == pytest.approx(tops[1], rel=1e-9)) == (not bn)
 
 
-def test_spectrum_leaves_no_trace():
+def trained_small_problem():
+    """The BN network after two momentum steps (non-trivial momentum buffers and running
+    statistics), in eval mode, and its snapshot: what a probe must leave as it was."""
     model, x, y = small_problem(bn=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(2):
@@ -153,7 +155,11 @@ def test_spectrum_leaves_no_trace():
         F.cross_entropy(model(x), y).backward()
         opt.step()
     model.eval()
-    before = snapshot(model, opt)
+    return model, x, y, opt, snapshot(model, opt)
+
+
+def test_spectrum_leaves_no_trace():
+    model, x, y, opt, before = trained_small_problem()
     rec = spectrum(model, F.cross_entropy, hessian_batches(model, x, y, 10, "running"), None,
                    SpectrumSettings(iterations=20))
     assert np.isfinite(rec.top).all() and math.isfinite(rec.loss)

@@ -21,11 +21,14 @@ mode: the three-term recurrence with three vectors; its quadrature stays correct
 copies of a converged Ritz value share its weight) but ghosts are merged, and Ritz values of
 weight below 1e-6 / n left out, before outliers are counted; no gradient fraction (NaN).
 
-Outliers, the rule: in each run's Ritz values sorted descending, theta_1 >= theta_2 >= ..., only
-the values above the bulk -- the smallest set from the top holding ``bulk_mass`` of the
-quadrature weight -- are candidates; the outliers are theta_1 .. theta_j for the largest such j
-with theta_j > (1 + outlier_gap) theta_{j+1} and theta_{j+1} > 0: separated from the next value
-below (the bulk's edge when j is the last one) by more than ``outlier_gap`` times that edge.
+Outliers, the rule: in each run's distinct Ritz values sorted descending, theta_1 >= theta_2 >=
+... >= theta_m, only the values above the bulk -- the smallest set from the top holding
+``bulk_mass`` of the quadrature weight -- are candidates; the outliers are theta_1 .. theta_j
+for the largest such j with theta_{j+1} > 0 and theta_j - theta_{j+1} > outlier_gap x
+(theta_{j+1} - theta_m): separated from the next value below (the bulk's edge, for the last
+outlier) by more than ``outlier_gap`` times the width of the spectrum under it. A gap measured
+against that width, not against the edge alone: at initialization a network's bulk edge sits
+near 0, where any ratio to it is large, and the Ritz nodes of a continuous tail would all count.
 """
 
 from __future__ import annotations
@@ -187,9 +190,9 @@ def count_outliers(theta: np.ndarray, tau: np.ndarray, gap: float,
                    bulk_mass: float) -> tuple[int, float]:
     """(outliers, bulk edge) of one run's ``distinct_ritz`` by the module's rule."""
     above = int(np.searchsorted(np.cumsum(tau), bulk_mass))  # theta[:above+1] hold bulk_mass
-    count = 0
+    count, bottom = 0, theta[-1]
     for j in range(min(above, len(theta) - 1)):
-        if theta[j + 1] > 0 and theta[j] > (1 + gap) * theta[j + 1]:
+        if theta[j + 1] > 0 and theta[j] - theta[j + 1] > gap * (theta[j + 1] - bottom):
             count = j + 1
     edge = float(theta[count]) if count < len(theta) else math.nan
     return count, edge

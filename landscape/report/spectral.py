@@ -91,9 +91,10 @@ def outlier_parts(runs: Sequence[RunData], color: Color, name: Name):
     fig.update_layout(title="Hessian outliers over training<br><sup>median over Hessian sets, "
                             "bars: min to max (--hessian-repeats)</sup>")
     return (
-        "Outliers: the Ritz values separated from the bulk, the top j values above the last "
-        "relative gap θ<sub>j</sub> > 2 θ<sub>j+1</sub> among the values above 95 % of the "
-        "spectral mass (probes.spectrum). Middle: the fraction of the set's gradient ‖g‖² in "
+        "Outliers: the Ritz values separated from the bulk: among the values above 95 % of the "
+        "spectral mass, the top j for the largest j with θ<sub>j+1</sub> > 0 and "
+        "θ<sub>j</sub> − θ<sub>j+1</sub> > θ<sub>j+1</sub> − θ<sub>min</sub>, a gap wider than "
+        "the spectrum under it (probes.spectrum). Middle: the fraction of the set's gradient ‖g‖² in "
         "the span of their Ritz vectors (Ghorbani et al.: without BN the gradient concentrates "
         "there). Right: the largest Ritz value, the sharpness on the Hessian set.", fig)
 

@@ -29,30 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from ..store import RunData
-from .findings import FAILS, HOLDS, UNMEASURED, Comparison, Finding, model_family
-from .pools import setting_key, setting_text
+from .findings import FAILS, HOLDS, UNMEASURED, Comparison, Finding, comparisons
 
 SPECTRAL_CLAIMS = ("BN removes the Hessian's outliers",
                    "with population statistics the outliers return",
                    "BN's gradients grow with depth at init",
                    "BN keeps the rank")
 IGNORED = ("model", "norm", "lr", "depth")  # what a comparison's runs may differ in, and seed
-
-
-def _groups(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
-    keys = {id(r): setting_key(r, IGNORED) for r in runs}
-    values: dict[str, set] = defaultdict(set)
-    for key in keys.values():
-        for name, value in key:
-            values[name].add(value)
-    varying = sorted(name for name, seen in values.items() if len(seen) > 1 and name != "seed")
-    groups: dict[Comparison, list[RunData]] = {}
-    for run in runs:
-        shared = dict(keys[id(run)])
-        where = Comparison(run.lr, model_family(run.model),
-                           tuple(setting_text(n, shared.get(n)) for n in varying))
-        groups.setdefault(where, []).append(run)
-    return groups
 
 
 def _outlier_counts(runs: Sequence[RunData], mode: str) -> np.ndarray:
@@ -142,8 +125,7 @@ def spectral_findings(runs: Sequence[RunData]) -> list[tuple[Comparison, list[Fi
     """The four claims for every group of runs that measured any of their instruments."""
     measured = [r for r in runs if r.spectrum is not None or r.ranks is not None]
     out = []
-    for where, at in sorted(_groups(measured).items(),
-                            key=lambda item: (item[0].family, item[0].lr, item[0].settings)):
+    for where, at in comparisons(measured, IGNORED).items():
         without = [r for r in at if r.norm == "none"]
         with_bn = [r for r in at if r.norm == "batch"]
         out.append((where, [_outliers_claim(without, with_bn), _population_claim(with_bn),

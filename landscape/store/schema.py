@@ -245,8 +245,8 @@ FIELDS.update({
         "trace_stderr": Field(DIMENSIONLESS, "its standard error over start vectors (NaN for "
                                              "one)", _ROW),
         "outliers": Field(DIMENSIONLESS, "eigenvalues separated from the bulk: the top j Ritz "
-                                         "values above the last relative gap > 1 (probes."
-                                         "spectrum's rule)", _ROW),
+                                         "values above the last gap wider than the spectrum "
+                                         "under it (probes.spectrum's rule)", _ROW),
         "bulk_edge": Field(DIMENSIONLESS, "the largest Ritz value below the outliers", _ROW),
         "grad_in_outliers": Field(DIMENSIONLESS, "grad_fraction at k = outliers (0 with none)",
                                   _ROW),
