@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from landscape.probes import (SpectrumSettings, hessian_batches, lanczos, slq, spectrum)
-from test_curvature import small_problem
+from test_curvature import flat_parameters, small_problem
 from test_probes import assert_same_state, snapshot
 
 OUTLIERS = (10.0, 25.0, 60.0)
@@ -97,13 +97,10 @@ def test_lanczos_stops_when_the_krylov_space_closes():
 def dense_set_hessian(model, batches):
     """The dense Hessian of the mean of the set's batch losses, each batch in its modes."""
     model = copy.deepcopy(model)
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    flat, unflat = flat_parameters(model)
 
     def loss(theta):
-        params = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
+        params = unflat(theta)
         total = 0
         for b in batches.parts:
             modules = list(model.modules())
