@@ -8,6 +8,8 @@
                                                     # on the CPU, graphed sweeps against eager ones
     python benchmarks/bench.py --suite curvature    # lambda_max against PyHessian (when installed),
                                                     # weight statistics, sharpness sweep overhead
+    python benchmarks/bench.py --suite spectrum     # one Hessian density (SLQ) against its floor of
+                                                    # Hessian-vector products and PyHessian's density()
     python benchmarks/bench.py --suite experiments  # each experiment file's runs, N steps, projected
     python benchmarks/bench.py --suite ray          # 2 Ray workers against 1, and the driver's
                                                     # cost per row block and per flush (needs ray)
@@ -56,6 +58,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature_bench  # noqa: E402
+import spectrum_bench  # noqa: E402
 import ray_bench  # noqa: E402
 import report_bench  # noqa: E402
 import store_bench  # noqa: E402
@@ -446,6 +449,14 @@ def curvature_suite(args, device: torch.device) -> None:
         print("\n".join(table) + "\n")
 
 
+def spectrum_suite(args, device: torch.device) -> None:
+    """One spectral density (issue 26): against its floor of Hessian-vector products alone,
+    and against PyHessian's density() when installed."""
+    print(f"\ntorch {torch.__version__}, {device}\n")
+    for table in spectrum_bench.spectrum_tables(device.type, args.iterations, args.repeat):
+        print("\n".join(table) + "\n", flush=True)
+
+
 def ray_suite(args, device: torch.device) -> None:
     """A Ray sweep's scale (issue 18): 2 workers against 1, the driver's cost and capacity."""
     for table in ray_bench.ray_tables(quick=args.quick):
@@ -477,6 +488,7 @@ SUITES = {
     "gpucheck": (gpucheck_suite, "cuda", {"device": "cuda"}),
     "curvature": (curvature_suite, None, {"repeat": 3, "steps": 200, "quick": False,
                                           "device": "auto"}),
+    "spectrum": (spectrum_suite, None, {"repeat": 3, "iterations": 90, "device": "auto"}),
     "ray": (ray_suite, "cpu", {"quick": False}),
     "report": (report_suite, "cpu", {"quick": False}),
     "store": (store_suite, "cpu", {"quick": False}),
@@ -514,6 +526,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-probe", action="store_true", default=None,
                         help="fig4: the grid without probes")
     parser.add_argument("--steps", type=int, help="experiments: steps per run (default 1000)")
+    parser.add_argument("--iterations", type=int,
+                        help="spectrum: Lanczos steps of the density (default 90)")
     parser.add_argument("--out-dir", help="experiments: where the HDF5 files go "
                         "(default /tmp/landscape-experiments)")
     parser.add_argument("files", nargs="*", default=None,
@@ -529,7 +543,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) in (None, []):
             setattr(args, name, QUICK.get(name, default) if args.quick else default)
     smallest_epochs = 2 if args.suite in ("cpu", "gpu") else 1  # the projection needs two lengths
-    for name, smallest in (("epochs", smallest_epochs), ("repeat", 1), ("steps", 1)):
+    for name, smallest in (("epochs", smallest_epochs), ("repeat", 1), ("steps", 1),
+                           ("iterations", 2)):
         if name in defaults and getattr(args, name) < smallest:
             parser.error(f"--{name} must be at least {smallest} for --suite {args.suite}")
     if "width" in defaults and not args.width > 0:

@@ -100,6 +100,50 @@ def cli():
     """Measure how BatchNorm changes the optimization landscape (Santurkar et al., 2018)."""
 
 
+# The Hessian's spectrum, per-layer curvature, ranks and depth (train/hessian_instruments.py).
+HESSIAN_OPTIONS = (
+    click.option("--spectrum-every", type=int, default=None,
+                 help="Steps between Hessian spectral-density probes (SLQ on fixed Hessian sets) "
+                      "[default: off]."),
+    click.option("--spectrum-iterations", type=int, default=100, show_default=True,
+                 help="Lanczos steps per spectral density (PyHessian's 100)."),
+    click.option("--hessian-samples", type=int, default=4096, show_default=True,
+                 help="Training images in each fixed Hessian set of the spectrum probe."),
+    click.option("--hessian-repeats", type=int, default=1, show_default=True,
+                 help="Independent Hessian sets per spectrum probe (the spread of lambda_max, "
+                      "trace and outliers)."),
+    click.option("--hessian-bn", type=click.Choice(["batch", "running", "both"]),
+                 default="batch", show_default=True,
+                 help="BN in the spectrum's Hessian: each batch's statistics (train mode), the "
+                      "running ones (eval mode), or both."),
+    click.option("--layer-curvature-every", type=int, default=None,
+                 help="Steps between per-layer Hessian-block probes (top eigenvalue, trace) "
+                      "[default: off]."),
+    click.option("--layer-trace-samples", type=int, default=10, show_default=True,
+                 help="Hutchinson vectors per layer block."),
+    click.option("--rank-every", type=int, default=None,
+                 help="Steps between per-layer gradient-norm and representation-rank probes "
+                      "(step 0 included) [default: off]."),
+    click.option("--depth", default=None,
+                 help="Hidden layers of the course models (mlp, mlp_bn, cnn, cnn_bn); a list "
+                      "sweeps [default: each model's own, 2]."),
+)
+
+
+def hessian_options(command):
+    for option in reversed(HESSIAN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def hessian_values(given: dict) -> dict:
+    """``SweepConfig`` fields of the options in ``HESSIAN_OPTIONS``."""
+    values = dict(given)
+    values["depth"] = None if given["depth"] is None else _axis("--depth", given["depth"], int,
+                                                                "integer")
+    return values
+
+
 @cli.command()
 @click.option("--models", default="vgg_a,vgg_a_bn", show_default=True,
               help="Comma-separated model names, or import paths module:callable of functions "
@@ -227,6 +271,7 @@ def cli():
 @click.option("--variant", default=None,
               help="With --config: apply the file's [variant.NAME] section (e.g. curvature).")
 @click.option("--yes", is_flag=True, help=f"Run a sweep of more than {MAX_RUNS_UNASKED:,} runs.")
+@hessian_options
 def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_decay, dropout, optimizer,
         nesterov, activation, loss, label_smoothing,
         probe_every, probe_dtype, etas, dataset, data_root, augment, width, seed, device,
@@ -235,7 +280,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
         ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries, lr_schedule,
         lr_step_size, lr_step_gamma, lr_exp_gamma, lr_eta_min, lr_end_factor, lr_plateau_factor,
-        lr_patience, tensorboard):
+        lr_patience, tensorboard, **hessian):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
@@ -267,7 +312,8 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
                   lr_schedule=_axis("--lr-schedule", lr_schedule, str, "name"),
                   lr_step_size=lr_step_size, lr_step_gamma=lr_step_gamma,
                   lr_exp_gamma=lr_exp_gamma, lr_eta_min=lr_eta_min, lr_end_factor=lr_end_factor,
-                  lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience)
+                  lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience,
+                  **hessian_values(hessian))
     ctx = click.get_current_context()
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}

@@ -79,16 +79,24 @@ def small_problem(bn, seed=0):
     return model, x, y
 
 
-def dense_hessian(model, x, y):
-    """The full Hessian, by torch.autograd.functional.hessian on a deep copy (train mode)."""
-    model = copy.deepcopy(model).train()
+def flat_parameters(model):
+    """The parameters as one flat vector, and ``unflat(theta)``: a vector back to a dict of
+    named parameters for ``functional_call``."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     sizes = [p.numel() for p in model.parameters()]
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return flat, lambda theta: {n: t.view(s) for n, t, s in zip(names, theta.split(sizes),
+                                                                 shapes)}
+
+
+def dense_hessian(model, x, y):
+    """The full Hessian, by torch.autograd.functional.hessian on a deep copy (train mode)."""
+    model = copy.deepcopy(model).train()
+    flat, unflat = flat_parameters(model)
 
     def loss(theta):
-        params = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
+        params = unflat(theta)
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
 

@@ -58,9 +58,12 @@ def test_light_variant_runs_a_few_steps_end_to_end(path, tmp_path, small_images)
     values = load_experiment(path, light=True)
     values.pop("out")
     values.update(steps=2, probe_every=1, lrs=values["lrs"][:1], device="cpu")
-    for key in ("ics_every", "activations_every"):
+    for key in ("ics_every", "activations_every", "spectrum_every", "layer_curvature_every",
+                "rank_every"):
         if values.get(key):
             values[key] = 1
+    if values.get("spectrum_every"):  # small_images: 128 training images
+        values.update(hessian_samples=16, spectrum_iterations=4)
     data = None
     if values["dataset"] != "gaussian-linear":
         values.update(width=0.0625, batch_size=16)

@@ -7,6 +7,11 @@
 | ``cnn``    | [Conv 3×3 (pad 1) → ReLU → Dropout2d → MaxPool 2] with 32, 64 channels → Flatten (4096) → Linear 10 | 60,362 |
 | ``cnn_bn`` | the same with BatchNorm2d after each Conv                                           | 60,554 |
 
+``depth=D`` (``--depth``): D hidden layers (the MLP: D Linear 512 layers; the CNN: D
+convolutions, the first ceil(D/2) of 32 channels and the rest of 64, a max-pool after each
+group), each followed by its norm, ReLU and dropout, then the classifier; D = 2 is the table's
+network (the default, None, builds it as always).
+
 Order within a block: weight layer → [BN] → ReLU → [dropout] (→ pool), as in the course.
 ``dropout=p``: the rate of every dropout layer (``nn.Dropout`` in the MLP, ``nn.Dropout2d``,
 whole channels, in the CNN); p = 0 puts ``nn.Identity`` in its place, as the model without BN
@@ -39,11 +44,12 @@ class MLP(nn.Module):
     """Flattened image → hidden layers (Linear → norm → ReLU → dropout) → classes."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, hidden=MLP_HIDDEN, activation: str = "relu",
+                 dropout: float = 0.0, depth: int | None = None, activation: str = "relu",
                  image_shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(image_shape)
+        hidden = MLP_HIDDEN if depth is None else (MLP_HIDDEN[0],) * depth
         for h in hidden:
             out = scaled(h, width)
             layers += [nn.Linear(features, out), norm.linear(out), nonlinearity(activation),
@@ -57,21 +63,32 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def cnn_groups(depth: int | None) -> list[list[int]]:
+    """Channels of the CNN's convolutions, one list per max-pooled group: [[32], [64]] by
+    default; ``depth`` D: ceil(D/2) convolutions of 32 channels, then floor(D/2) of 64."""
+    if depth is None:
+        return [[c] for c in CNN_CHANNELS]
+    first, second = (depth + 1) // 2, depth // 2
+    return [g for g in ([CNN_CHANNELS[0]] * first, [CNN_CHANNELS[1]] * second) if g]
+
+
 class CNN(nn.Module):
-    """Two blocks Conv → norm → ReLU → Dropout2d → MaxPool, then one Linear layer."""
+    """Groups of [Conv → norm → ReLU → Dropout2d] each ending in a MaxPool, then one Linear
+    layer (two groups of one conv by default: ``cnn_groups``)."""
 
     def __init__(self, norm: Norm, width: float = 1.0, num_classes: int = 10,
-                 dropout: float = 0.0, channels=CNN_CHANNELS, activation: str = "relu",
+                 dropout: float = 0.0, depth: int | None = None, activation: str = "relu",
                  image_shape: tuple[int, int, int] = IMAGE_SHAPE):
         super().__init__()
         layers: list[nn.Module] = []
         c_in, height, width_px = image_shape
-        for c in channels:
-            c_out = scaled(c, width)
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), norm.conv(c_out),
-                       nonlinearity(activation), _dropout(dropout, nn.Dropout2d),
-                       nn.MaxPool2d(2)]
-            c_in = c_out
+        for group in cnn_groups(depth):
+            for c in group:
+                c_out = scaled(c, width)
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), norm.conv(c_out),
+                           nonlinearity(activation), _dropout(dropout, nn.Dropout2d)]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
             height, width_px = height // 2, width_px // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Flatten(),
@@ -88,12 +105,14 @@ COURSE_MODELS = {"mlp": (MLP, "none"), "mlp_bn": (MLP, "batch"),
 
 def _builder(network: type[nn.Module], norm: str):
     def build(width: float = 1.0, num_classes: int = 10, dropout: float = 0.0,
-              activation: str = "relu", image_shape=IMAGE_SHAPE) -> nn.Module:
+              activation: str = "relu", image_shape=IMAGE_SHAPE,
+              depth: int | None = None) -> nn.Module:
         return network(norm_named(norm), width=width, num_classes=num_classes, dropout=dropout,
-                       activation=activation, image_shape=image_shape)
+                       depth=depth, activation=activation, image_shape=image_shape)
     return build
 
 
 for _name, (_network, _norm) in COURSE_MODELS.items():
     register_model(_name, ModelSpec(_builder(_network, _norm), _norm, dropout=True,
-                                    random=False, activation=True, image_shape=True))
+                                    random=False, activation=True, image_shape=True,
+                                    depth=True))

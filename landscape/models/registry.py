@@ -49,6 +49,8 @@ class ModelSpec:
     # not declared (a model registered by a script); then a model is built on the meta
     # device to look. Every model registered here declares it.
     random: bool | None = None
+    # Whether the builder takes a depth (``depth=D``, hidden weight layers): the course models.
+    depth: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -79,11 +81,13 @@ def norm_named(name: str) -> Norm:
 
 def build_model(name: str, width: float = 1.0, num_classes: int = 10,
                 dropout: float = 0.0, activation: str = "relu",
-                image_shape: tuple[int, int, int] | None = None) -> nn.Module:
+                image_shape: tuple[int, int, int] | None = None,
+                depth: int | None = None) -> nn.Module:
     """Build a registered model by name (see ``MODELS``); ``dropout``: the rate of its dropout
     layers, for the models that have them (``ModelSpec.dropout``; 0 = none); ``activation``:
     its nonlinearity, for the models that take one (``ModelSpec.activation``); ``image_shape``:
-    (C, H, W) of its input images (None: CIFAR's), for the models that take it."""
+    (C, H, W) of its input images (None: CIFAR's), for the models that take it; ``depth``: its
+    hidden weight layers, for the models that take one (``ModelSpec.depth``; None: its own)."""
     if name not in MODELS:
         raise LandscapeError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     spec = MODELS[name]
@@ -101,6 +105,11 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10,
     elif activation != "relu":
         raise LandscapeError(f"model {name!r} has no nonlinearity: --activation must be relu "
                              f"(the default), got {activation!r}")
+    if depth is not None:
+        if not spec.depth:
+            raise LandscapeError(f"model {name!r} has no --depth: it applies to "
+                                 f"{', '.join(n for n, m in MODELS.items() if m.depth)}")
+        kwargs["depth"] = depth
     return spec.build(**kwargs)
 
 

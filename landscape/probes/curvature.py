@@ -127,6 +127,14 @@ def _dense_eigenpairs(op: HessianOperator, k: int) -> tuple[np.ndarray, np.ndarr
     return values.flip(0)[:k].numpy(), vectors.flip(1)[:, :k].numpy()
 
 
+def top_eigenpairs(op: HessianOperator, k: int, tol: float,
+                   start: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenpairs of ``op``: Lanczos (ARPACK), or dense for P <= k + 1."""
+    if k + 1 >= op.size:
+        return _dense_eigenpairs(op, k)
+    return _top_eigenpairs(op, k, tol, start)
+
+
 def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor,
               k: int = 1, trace_samples: int = 0, tol: float = 1e-3, seed: int = 0,
               v0: np.ndarray | torch.Tensor | None = None,
@@ -174,10 +182,7 @@ def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
         if start.numel() != op.size:
             raise ValueError(f"sharpness: v0 has {start.numel()} entries, the model "
                              f"{op.size} parameters")
-        if k + 1 >= op.size:
-            values, vectors = _dense_eigenpairs(op, k)
-        else:
-            values, vectors = _top_eigenpairs(op, k, tol, start)
+        values, vectors = top_eigenpairs(op, k, tol, start)
         iterations = op.products
         residual = _residuals(op, values, vectors)
         g = op.gradient()
@@ -186,7 +191,7 @@ def sharpness(model: nn.Module, loss_fn: LossFn, inputs: torch.Tensor, targets: 
         if g_norm > 0:
             unit = g / g_norm
             gHg = float(unit @ op.matvec(unit))
-        trace, trace_stderr = _hutchinson(op, trace_samples, generator)
+        trace, trace_stderr = hutchinson(op, trace_samples, generator)
         loss = float(op.loss.detach())
     return SharpnessRecord(lambda_max=values.astype(np.float64), trace=trace,
                            trace_stderr=trace_stderr, gHg=gHg, iterations=iterations,
@@ -204,7 +209,7 @@ def _residuals(op: HessianOperator, values: np.ndarray, vectors: np.ndarray) -> 
     return np.asarray(out, np.float64)
 
 
-def _hutchinson(op: HessianOperator, samples: int, generator: torch.Generator
+def hutchinson(op: HessianOperator, samples: int, generator: torch.Generator
                 ) -> tuple[float, float]:
     """mean_j v_j^T H v_j over Rademacher v_j, and its standard error (NaN for 1 sample)."""
     if samples == 0:

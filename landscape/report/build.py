@@ -30,6 +30,8 @@ from .html import Section, render_page, table_html
 from .layerstats import (bin_centres, hist_quantiles, layer_column, layer_indices, mean_std_band,
                          occupied_bins, steps_per_map, subsample)
 from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
+from . import spectral
+from .spectral_findings import spectral_findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, grid_axes, grid_cells,
                    ranked_cells, setting_key, varying_axes)
 from .select import Selection
@@ -704,7 +706,7 @@ FINDINGS_UNFOLDED = 12
 
 
 def findings_html(runs: Sequence[RunData]) -> str:
-    found = findings(runs)
+    found = findings(runs) + spectral_findings(runs)
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
@@ -1125,6 +1127,12 @@ def runs_section(d: ReportData) -> Content:
         "as infinite).", body=run_table_html(d.runs, d.legend) + provenance_html(d.sweeps))
 
 
+def spectral_section(parts, d: ReportData) -> Content | None:
+    """A section of ``report.spectral``: its (definition, figure), or None."""
+    drawn = parts(d.runs, d.legend.color, d.legend.name)
+    return None if drawn is None else Content(*drawn)
+
+
 # The page, in order: anchor, title, builder, place in the numbering (``section_labels``).
 # Adding a figure: a builder (ReportData -> Content, or None when there is nothing to draw),
 # a row here, and its row in docs/report.md's table of figures.
@@ -1151,4 +1159,13 @@ SECTIONS = (
     SectionSpec("activations", "Activation distributions (Fig. 1c/2)", activation_section),
     SectionSpec("sharpness", "Sharpness and the edge of stability", sharpness_section),
     SectionSpec("weights", "Weight norms and effective learning rate", weights_section),
+    # Beyond the paper (report/spectral.py): only when some run recorded them.
+    SectionSpec("spectrum", "The Hessian's eigenvalue density (Ghorbani et al. 2019)",
+                lambda d: spectral_section(spectral.density_parts, d)),
+    SectionSpec("outliers", "Hessian outliers and the gradient in their eigenspace",
+                lambda d: spectral_section(spectral.outlier_parts, d), LETTER),
+    SectionSpec("layer-curvature", "Curvature by layer (diagonal Hessian blocks)",
+                lambda d: spectral_section(spectral.layer_curvature_parts, d)),
+    SectionSpec("depth", "Gradients and ranks by layer at initialization (Yang et al. 2019, "
+                "Daneshmand et al. 2020)", lambda d: spectral_section(spectral.rank_parts, d)),
 )

@@ -292,9 +292,10 @@ def _trains_like_bn(claim: str, others: list[RunData], with_bn: list[RunData], n
                    if without else None)
 
 
-def comparisons(runs: Sequence[RunData]) -> dict[Comparison, list[RunData]]:
-    """The runs grouped so that within a group only the normalization and the seed differ."""
-    ignore = ("model", "norm", "lr")
+def comparisons(runs: Sequence[RunData], ignore: Sequence[str] = ("model", "norm", "lr")
+                ) -> dict[Comparison, list[RunData]]:
+    """The runs grouped so that within a group only the normalization and the seed differ
+    (and the settings in ``ignore`` beyond the model, its norm and learning rate)."""
     keys = {id(r): setting_key(r, ignore) for r in runs}
     values: dict[str, set] = defaultdict(set)  # a setting's values; None: some run lacks it
     for key in keys.values():

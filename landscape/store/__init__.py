@@ -11,6 +11,7 @@ through it, the report reads through it.
 
 from .read import (ActivationSeries, CurvatureSeries, EpochSeries, ICSSeries, ProbeSeries, RunData,
                    StepSeries, SweepFile, WeightSeries, read_sweep)
+from .read import LayerCurvatureSeries, RankSeries, SpectrumSeries
 from .schema import CURVATURE_FIELDS, STATUSES, WEIGHT_FIELDS
 from .files import (WRITE_PAUSE_ENV, SweepLock, lock_is_free, lock_path,
                     remove_stale_temporaries, replace_atomically, temporaries, write_pause)
@@ -23,4 +24,5 @@ __all__ = ["SweepStore", "RunWriter", "RunLog", "read_sweep", "SweepFile", "RunD
            "ProbeSeries", "EpochSeries", "ICSSeries", "ActivationSeries", "STATUSES",
            "CurvatureSeries", "WeightSeries", "CURVATURE_FIELDS", "WEIGHT_FIELDS", "SweepLock",
            "replace_atomically", "remove_stale_temporaries", "write_pause", "WRITE_PAUSE_ENV",
-           "lock_is_free", "lock_path", "temporaries", "runs_dir", "run_file", "pack"]
+           "lock_is_free", "lock_path", "temporaries", "runs_dir", "run_file", "pack",
+           "SpectrumSeries", "LayerCurvatureSeries", "RankSeries"]

@@ -17,6 +17,13 @@ run attribute as columns, so a pandas user can filter, group and plot without kn
                           ``activations/``): ``mean``, ``std``
 ``activation_histograms`` one row per run x probed step x layer x bin: ``bin_low``,
                           ``bin_high``, ``fraction``
+``spectrum``              one row per run x spectrum row (step, Hessian set ``repeat``,
+                          ``bn`` mode) x top-eigenvalue rank: ``top``, ``grad_fraction``
+                          (the row's scalars repeat over the rank)
+``spectrum_density``      one row per run x spectrum row x grid point: ``eigenvalue``,
+                          ``density``
+``layer_curvature``       one row per run x probed step x layer (``layer_curvature/``)
+``ranks``                 one row per run x probed step x layer (``ranks/``)
 ========================  ==================================================================
 
 A run attribute whose name is also a column of a table (``seconds``) is named
@@ -131,6 +138,34 @@ def _run_tables(run: RunData) -> dict[str, dict[str, np.ndarray]]:
         tables["activation_histograms"] = _long(
             [{"step": a.step}, _layers(a), bins],
             {"fraction": a.hist})
+    tables.update(_hessian_tables(run))
+    return tables
+
+
+def _hessian_tables(run: RunData) -> dict[str, dict[str, np.ndarray]]:
+    """The spectrum's, per-layer curvature's and ranks' tables of a run that has them."""
+    tables = {}
+    if run.spectrum is not None:
+        s = run.spectrum
+        rows = {"step": s.step, "repeat": s.repeat,
+                "bn": np.asarray([s.bn_mode[i] for i in s.bn], dtype=object)}
+        scalars = {f: getattr(s, f) for f in ("lambda_min", "trace", "outliers", "bulk_edge",
+                                              "grad_in_outliers", "grad_norm", "loss", "hvps")}
+        tables["spectrum"] = _long([rows, {"rank": np.arange(1, s.top.shape[1] + 1)}],
+                                   {**scalars, "top": s.top, "grad_fraction": s.grad_fraction})
+        tables["spectrum_density"] = _long([rows, {"point": np.arange(s.grid.shape[1])}],
+                                           {"eigenvalue": s.grid, "density": s.density})
+    if run.layer_curvature is not None:
+        c = run.layer_curvature
+        tables["layer_curvature"] = _long(
+            [{"step": c.step}, {**_layers(c), "scale_invariant": c.scale_invariant}],
+            {f: getattr(c, f) for f in ("lambda_max", "trace", "weight_norm_sq",
+                                        "scaled_lambda")})
+    if run.ranks is not None:
+        r = run.ranks
+        tables["ranks"] = _long([{"step": r.step}, _layers(r)],
+                                {f: getattr(r, f) for f in ("grad_norm", "rank",
+                                                            "effective_rank", "size")})
     return tables
 
 

@@ -140,6 +140,66 @@ class WeightSeries:
 
 
 @dataclass(frozen=True)
+class SpectrumSeries:
+    """The Hessian's spectral density (``/runs/<name>/spectrum``): n rows, each a probed step x
+    Hessian set (``repeat``) x BN mode (``bn``, an index into ``bn_mode``); k top values, V
+    start vectors, m Lanczos nodes, G grid points."""
+
+    step: np.ndarray  # (n,)
+    repeat: np.ndarray  # (n,)
+    bn: np.ndarray  # (n,) index into bn_mode
+    bn_mode: tuple[str, ...]  # ("batch", "running")
+    samples: int  # images per Hessian set
+    top: np.ndarray  # (n, k) descending
+    grad_fraction: np.ndarray  # (n, k) share of ||g||^2 in the top 1..k Ritz vectors' span
+    lambda_min: np.ndarray  # (n,)
+    trace: np.ndarray  # (n,)
+    outliers: np.ndarray  # (n,) int
+    bulk_edge: np.ndarray  # (n,)
+    grad_in_outliers: np.ndarray  # (n,)
+    grad_norm: np.ndarray  # (n,)
+    loss: np.ndarray  # (n,)
+    hvps: np.ndarray  # (n,)
+    ritz_values: np.ndarray  # (n, V, m)
+    ritz_weights: np.ndarray  # (n, V, m)
+    grid: np.ndarray  # (n, G)
+    density: np.ndarray  # (n, G)
+
+    def rows(self, mode: str) -> np.ndarray:
+        """Indices of the rows in BN mode ``mode`` (batch | running)."""
+        if mode not in self.bn_mode:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.bn == self.bn_mode.index(mode))
+
+
+@dataclass(frozen=True)
+class LayerCurvatureSeries:
+    """Each weight layer's diagonal Hessian block (``/runs/<name>/layer_curvature``)."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,)
+    layer_index: np.ndarray  # (L,)
+    scale_invariant: np.ndarray  # (L,) bool
+    lambda_max: np.ndarray  # (n, L)
+    trace: np.ndarray  # (n, L)
+    weight_norm_sq: np.ndarray  # (n, L)
+    scaled_lambda: np.ndarray  # (n, L): lambda_max x ||w||^2
+
+
+@dataclass(frozen=True)
+class RankSeries:
+    """Gradient norms and representation ranks per weight layer (``/runs/<name>/ranks``)."""
+
+    step: np.ndarray  # (n,)
+    layer: tuple[str, ...]  # (L,)
+    layer_index: np.ndarray  # (L,)
+    grad_norm: np.ndarray  # (n, L)
+    rank: np.ndarray  # (n, L)
+    effective_rank: np.ndarray  # (n, L)
+    size: np.ndarray  # (n, L): min(batch, features)
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run (model, learning rate, seed) of a sweep file."""
 
@@ -163,6 +223,9 @@ class RunData:
     weights: WeightSeries | None = None  # None when it recorded no weight statistics
     # Status "running" but no process writes it: its writer was killed (``--resume`` continues)
     stale: bool = False
+    spectrum: SpectrumSeries | None = None  # None when it had no spectrum probe
+    layer_curvature: LayerCurvatureSeries | None = None  # None: no per-layer curvature probe
+    ranks: RankSeries | None = None  # None when it had no rank probe
 
 
 @dataclass(frozen=True)
@@ -253,7 +316,8 @@ def _read_run(path: Path, name: str, group: h5py.Group) -> RunData:
         steps=StepSeries(**steps), probe=ProbeSeries(eta=eta, **probe, **_probe_layers(group)),
         epochs=EpochSeries(**epochs, partial=_partial(epochs["steps"], attrs)), attrs=attrs, ics=_read_ics(group),
         activations=_read_activations(group), curvature=_read_curvature(group),
-        weights=_read_weights(group))
+        weights=_read_weights(group), spectrum=_read_spectrum(group),
+        layer_curvature=_read_layer_curvature(group), ranks=_read_ranks(group))
 
 
 def _layered(run: h5py.Group, group_name: str, row_fields: dict[str, tuple[int, ...]]) -> dict | None:
@@ -384,3 +448,43 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+SPECTRUM_ROW_FIELDS = {"step": 1, "repeat": 1, "bn": 1, "top": 2, "grad_fraction": 2,
+                       "lambda_min": 1, "trace": 1, "outliers": 1, "bulk_edge": 1,
+                       "grad_in_outliers": 1, "grad_norm": 1, "loss": 1, "hvps": 1,
+                       "ritz_values": 3, "ritz_weights": 3, "grid": 2, "density": 2}
+
+
+def _read_spectrum(run: h5py.Group) -> SpectrumSeries | None:
+    group = run.get("spectrum")
+    if not isinstance(group, h5py.Group):
+        return None
+    columns = {f: _dataset(run, "spectrum", f, ndim=ndim)
+               for f, ndim in SPECTRUM_ROW_FIELDS.items()}
+    n = min(len(v) for v in columns.values())  # a flush may be half-way
+    columns = {f: v[:n] for f, v in columns.items()}
+    for f in ("step", "repeat", "bn", "outliers", "hvps"):
+        columns[f] = columns[f].astype(np.int64)
+    node = group.get("bn_mode")
+    modes = tuple(_text(v) for v in node[()]) if isinstance(node, h5py.Dataset) else ()
+    samples = group.get("samples")
+    return SpectrumSeries(bn_mode=modes, samples=int(samples[()]) if samples is not None else 0,
+                          **columns)
+
+
+def _read_layer_curvature(run: h5py.Group) -> LayerCurvatureSeries | None:
+    columns = _layered(run, "layer_curvature", {f: () for f in (
+        "lambda_max", "trace", "weight_norm_sq", "scaled_lambda")})
+    if columns is None:
+        return None
+    invariant = _dataset(run, "layer_curvature", "scale_invariant", ndim=1).astype(bool)
+    if len(invariant) != len(columns["layer"]):
+        invariant = np.zeros(len(columns["layer"]), dtype=bool)
+    return LayerCurvatureSeries(scale_invariant=invariant, **columns)
+
+
+def _read_ranks(run: h5py.Group) -> RankSeries | None:
+    columns = _layered(run, "ranks", {f: () for f in (
+        "grad_norm", "rank", "effective_rank", "size")})
+    return None if columns is None else RankSeries(**columns)

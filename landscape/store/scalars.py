@@ -18,6 +18,8 @@ import numpy as np
 from .schema import FIELDS
 
 INDEX_FIELDS = ("step", "epoch")  # the rows' own position, not a measurement
+# Axes along which a row is a curve, not a few scalars: left to the file (a spectrum's density)
+CURVE_DIMS = ("grid_point",)
 
 
 def _labels(log, group: str, dim: str, width: int) -> list[str]:
@@ -43,7 +45,7 @@ def row_scalars(log, group: str, rows: dict[str, Any]) -> Iterator[tuple[int, di
             continue
         if values.ndim == 1:
             columns[f"{group}/{name}"] = values
-        elif values.ndim == 2:
+        elif values.ndim == 2 and fields[name].dims[1] not in CURVE_DIMS:
             labels = _labels(log, group, fields[name].dims[1], values.shape[1])
             columns.update({f"{group}/{name}/{label}": values[:, i]
                             for i, label in enumerate(labels)})

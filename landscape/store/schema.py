@@ -201,6 +201,102 @@ FIELDS: dict[str, dict[str, Field]] = {
     },
 }
 
+# The Hessian's spectrum, per-layer curvature and ranks (train/hessian_instruments.py).
+GROUPS.update({
+    "spectrum": "the Hessian's eigenvalue density by stochastic Lanczos quadrature on fixed "
+                "Hessian sets of training images, its outliers and the gradient's share of "
+                "the top eigenspaces (--spectrum-every; Ghorbani et al. 2019)",
+    "layer_curvature": "each weight layer's diagonal Hessian block on the step's minibatch: top "
+                       "eigenvalue, Hutchinson trace, lambda x ||w||^2 (--layer-curvature-every)",
+    "ranks": "per weight layer on the step's minibatch: the weight's gradient norm and the rank "
+             "of the layer's output representation (--rank-every; Yang et al. 2019, Daneshmand "
+             "et al. 2020)",
+})
+_ROW = ("step",)  # a spectrum row: one probed step, one Hessian set, one BN mode
+_SPECTRUM_STEP = Field(DIMENSIONLESS, "0-based training step probed, at theta before its update; "
+                                      "a step has a row per Hessian set and BN mode", _ROW)
+FIELDS.update({
+    "spectrum": {
+        "step": _SPECTRUM_STEP,
+        "repeat": Field(DIMENSIONLESS, "0-based index of the Hessian set (--hessian-repeats "
+                                       "disjoint sets of training images)", _ROW),
+        "bn": Field(DIMENSIONLESS, "BN mode of the Hessian: index into bn_mode (0 batch: each "
+                                   "batch's statistics, train mode; 1 running: eval mode)", _ROW),
+        "bn_mode": Field(NO_UNITS, "names of the bn values", ("bn_mode",)),
+        "samples": Field(DIMENSIONLESS, "training images in each Hessian set", ()),
+        "iterations": Field(DIMENSIONLESS, "Lanczos steps per start vector", ()),
+        "vectors": Field(DIMENSIONLESS, "Rademacher start vectors per density", ()),
+        "eigenvalue": Field(DIMENSIONLESS, "1-based rank of a top Ritz value (1: the largest)",
+                            ("eigenvalue",)),
+        "vector": Field(DIMENSIONLESS, "0-based index of the start vector", ("vector",)),
+        "node": Field(DIMENSIONLESS, "1-based index of a Ritz value (quadrature node)",
+                      ("node",)),
+        "grid_point": Field(DIMENSIONLESS, "0-based index of a point of the density's grid",
+                            ("grid_point",)),
+        "top": Field(DIMENSIONLESS, "the largest distinct Ritz values of the first start vector, "
+                                    "descending (the top Hessian eigenvalues once converged)",
+                     _ROW + ("eigenvalue",)),
+        "grad_fraction": Field(DIMENSIONLESS, "||P_k g||^2 / ||g||^2: share of the set's "
+                                              "gradient in the span of the top k Ritz vectors",
+                               _ROW + ("eigenvalue",)),
+        "lambda_min": Field(DIMENSIONLESS, "the smallest Ritz value", _ROW),
+        "trace": Field(DIMENSIONLESS, "n sum_i tau_i theta_i averaged over start vectors: "
+                                      "Hutchinson's estimate of tr H", _ROW),
+        "trace_stderr": Field(DIMENSIONLESS, "its standard error over start vectors (NaN for "
+                                             "one)", _ROW),
+        "outliers": Field(DIMENSIONLESS, "eigenvalues separated from the bulk: the top j Ritz "
+                                         "values above the last gap wider than the spectrum "
+                                         "under it (probes.spectrum's rule)", _ROW),
+        "bulk_edge": Field(DIMENSIONLESS, "the largest Ritz value below the outliers", _ROW),
+        "grad_in_outliers": Field(DIMENSIONLESS, "grad_fraction at k = outliers (0 with none)",
+                                  _ROW),
+        "grad_norm": Field(DIMENSIONLESS, "||g||, the gradient of the set's mean batch loss",
+                           _ROW),
+        "loss": Field(DIMENSIONLESS, "the set's mean batch loss", _ROW),
+        "hvps": Field(DIMENSIONLESS, "Hessian-vector products made", _ROW),
+        "ritz_values": Field(DIMENSIONLESS, "Ritz values of each start vector, ascending; NaN "
+                                            "past an early stop", _ROW + ("vector", "node")),
+        "ritz_weights": Field(DIMENSIONLESS, "their quadrature weights (each vector's sum to 1)",
+                              _ROW + ("vector", "node")),
+        "grid": Field(DIMENSIONLESS, "eigenvalues at which the density is drawn",
+                      _ROW + ("grid_point",)),
+        "density": Field(DIMENSIONLESS, "the Gaussian-smoothed spectral density (PyHessian's "
+                                        "sigma), integrating to 1 over the grid",
+                         _ROW + ("grid_point",)),
+    },
+    "layer_curvature": {
+        "step": Field(DIMENSIONLESS, "0-based training step probed, at theta before its update, "
+                                     "on its minibatch", ("step",)),
+        "layer": _LAYER,
+        "layer_index": _LAYER_INDEX,
+        "scale_invariant": Field(DIMENSIONLESS, "1 where the weight feeds a normalization layer",
+                                 ("layer",)),
+        "lambda_max": Field(DIMENSIONLESS, "top eigenvalue of the layer's diagonal Hessian block "
+                                           "(its weight and bias)", ("step", "layer")),
+        "trace": Field(DIMENSIONLESS, "Hutchinson estimate of the block's trace",
+                       ("step", "layer")),
+        "weight_norm_sq": Field(DIMENSIONLESS, "||w||^2 of the layer's weight",
+                                ("step", "layer")),
+        "scaled_lambda": Field(DIMENSIONLESS, "lambda_max x ||w||^2: comparable across "
+                                              "scale-invariant layers", ("step", "layer")),
+    },
+    "ranks": {
+        "step": Field(DIMENSIONLESS, "0-based training step probed, at theta before its update, "
+                                     "on its minibatch", ("step",)),
+        "layer": _LAYER,
+        "layer_index": _LAYER_INDEX,
+        "grad_norm": Field(DIMENSIONLESS, "||grad_W L|| of the layer's weight",
+                           ("step", "layer")),
+        "rank": Field(DIMENSIONLESS, "numerical rank of the layer's output representation "
+                                     "(batch x features; torch.linalg.matrix_rank's tolerance)",
+                      ("step", "layer")),
+        "effective_rank": Field(DIMENSIONLESS, "exp of the entropy of its normalized singular "
+                                               "values", ("step", "layer")),
+        "size": Field(DIMENSIONLESS, "min(batch, features): the largest rank possible",
+                      ("step", "layer")),
+    },
+})
+
 STEP_FIELDS = ("step", "epoch", "loss", "grad_norm", "grad_diff", "beta_consecutive",
                "learning_rate")
 # The train-mode vs eval-mode statistics of a fixed training subset, per epoch.

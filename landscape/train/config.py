@@ -25,6 +25,7 @@ from ..models.imported import check_model_kwargs, import_model, is_import_path, 
 from ..models.nonlinearities import NONLINEARITIES
 from ..probes import PROBE_DTYPES
 from .device import resolve_device
+from .hessian_instruments import check_depth, uses_hessian_hooks, validate_hessian_options
 from .instruments import chosen_layers
 from .losses import LOSSES
 from .schedules import SCHEDULES
@@ -38,7 +39,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adadelta", "adamax", "rmsprop"
 # and the sweep is the product of every list (``SweepConfig.cells``). In this order they
 # nest (the last varies fastest) and name runs (``RUN_NAME_PARTS``).
 AXES = ("seed", "batch_size", "momentum", "weight_decay", "dropout", "optimizer", "activation",
-        "loss", "label_smoothing", "lr_schedule")
+        "loss", "label_smoothing", "lr_schedule", "depth")
 # A sweep of more runs than this asks for confirmation (``--yes``; ``run_sweep(allow_large=True)``).
 MAX_RUNS_UNASKED = 1000
 
@@ -106,12 +107,23 @@ class SweepConfig:
     lr_end_factor: float = 0.0  # linear: from 1 x the learning rate to this x over the run
     lr_plateau_factor: float = 0.1  # plateau: the factor of each reduction
     lr_patience: int = 10  # plateau: epochs without improvement before a reduction
+    # The Hessian's spectrum, per-layer curvature, ranks (train/hessian_instruments.py; None =
+    # off) and the course models' depth (an axis; None: the model's own).
+    spectrum_every: int | None = None  # steps between spectral-density (SLQ) probes
+    spectrum_iterations: int = 100  # Lanczos steps per start vector (PyHessian's default)
+    hessian_samples: int = 4096  # training images in each fixed Hessian set
+    hessian_repeats: int = 1  # independent Hessian sets: each probe measures each
+    hessian_bn: str = "batch"  # BN on each batch's statistics, on running ones, or both
+    layer_curvature_every: int | None = None  # steps between per-layer Hessian-block probes
+    layer_trace_samples: int = 10  # Hutchinson vectors per layer block
+    rank_every: int | None = None  # steps between gradient-norm and rank probes per layer
+    depth: int | Sequence[int] | None = None  # hidden layers of mlp*/cnn* (MODELS' depth)
 
     def uses_hooks(self) -> bool:
         """Whether an instrument hooks one eager module and ``torch.optim`` optimizer: such
         runs train sequentially (not as a batched grid or CUDA graphs)."""
         return bool(self.ics_every or self.activations_every or self.sharpness_every
-                    or self.records_weights())
+                    or self.records_weights() or uses_hessian_hooks(self))
 
     def training_mode(self, model: str, on_gpu: bool, runs: int) -> str:
         """How ``runs`` learning rates of ``model`` in this cell (one value per axis) train
@@ -225,7 +237,10 @@ class SweepConfig:
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
 
     def axis_values(self, axis: str) -> tuple:
-        """The values of one axis (``AXES``): a list as given, a single value as a 1-tuple."""
+        """The values of one axis (``AXES``): a list as given, a single value as a 1-tuple;
+        ``depth`` None (the models' own) as (None,)."""
+        if axis == "depth" and self.depth is None:
+            return (None,)
         return _values(getattr(self, axis))
 
     def varying_axes(self) -> tuple[str, ...]:
@@ -251,7 +266,7 @@ class SweepConfig:
         nonlinearity (a config of one cell: ``cells``), for ``data``'s classes and image shape
         (None: CIFAR-10's)."""
         return build_model(name, width=self.width, dropout=self.dropout,
-                           activation=self.activation,
+                           activation=self.activation, depth=self.depth,
                            num_classes=data.num_classes if data is not None else 10,
                            image_shape=data.image_shape if data is not None else None)
 
@@ -400,6 +415,7 @@ AXIS_CHECKS = {
     "label_smoothing": ("--label-smoothing", "label smoothing", lambda v: _in_range(
         "--label-smoothing", v, 0.0, 1.0, "the weight of the uniform targets")),
     "lr_schedule": ("--lr-schedule", "learning-rate schedule", _lr_schedule),
+    "depth": ("--depth", "depth", check_depth),
 }
 
 
@@ -414,6 +430,7 @@ def _validate_extras(config) -> None:
     _optional_positive_int("--ics-every", config.ics_every)
     _optional_positive_int("--activations-every", config.activations_every)
     _optional_positive_int("--sharpness-every", config.sharpness_every)
+    validate_hessian_options(config)
     _positive("--sharpness-k", config.sharpness_k, int)
     if isinstance(config.trace_samples, bool) or not isinstance(config.trace_samples, int) \
             or config.trace_samples < 0:

@@ -30,7 +30,7 @@ from .config import SweepConfig
 # How an axis that varies in a sweep shows in its run names (model, lr and seed always do).
 RUN_NAME_PARTS = {"batch_size": "bs{:d}", "momentum": "mom{:g}", "weight_decay": "wd{:g}",
                   "dropout": "do{:g}", "optimizer": "{}", "activation": "{}", "loss": "{}",
-                  "label_smoothing": "ls{:g}", "lr_schedule": "{}"}
+                  "label_smoothing": "ls{:g}", "lr_schedule": "{}", "depth": "d{}"}
 
 
 def run_name(model: str, lr: float, seed: int, **axes) -> str:

@@ -10,6 +10,7 @@ import torch
 from ..probes import PROBE_DTYPES, GradientStats, LandscapeProbe
 from . import tasks
 from .config import SweepConfig
+from .hessian_instruments import build_hessian_instruments
 from .instruments import WeightRecorder, build_instruments
 from .plan import Group, RunSpec
 from .protocol import TrainerContext
@@ -93,6 +94,7 @@ class SequentialRun:
         self.forward = torch.compile(self.model) if config.compile else self.model
         log = context.logs[0] if context.logs else None
         self.instruments = build_instruments(config, self.model, log)  # ICS, activations, ...
+        self.instruments += build_hessian_instruments(config, self.model, log, data)
         self.weights = (WeightRecorder(self.model, self.optimizer, log) if config.records_weights()
                         else None)
         for instrument in self.instruments:
