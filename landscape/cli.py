@@ -29,7 +29,9 @@ from .store.frames import FORMATS, export_tables
 from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted, check_size,
                     load_experiment, merge, out_of_memory, resumed_config, run_sweep,
                     run_sweep_ray)
+from .data import load_dataset
 from .train.distributed import import_ray
+from .train.snapshots import WeightSchedule, describe_plan
 from .version import DISTRIBUTION, __version__
 
 EXIT_USAGE = 2
@@ -221,6 +223,12 @@ def cli():
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
               help="Also write every recorded scalar as TensorBoard events, one run directory "
                    "per run under DIR, as the sweep goes (needs the tensorboard extra).")
+@click.option("--save-weights-every", type=int, default=None,
+              help="Keep each run's parameters and buffers every N steps, as safetensors files "
+                   "in OUT.runs/<run>.weights/ (the first and last step always) [default: off].")
+@click.option("--save-weights-at", default=None,
+              help="Keep each run's weights at these steps, e.g. 0,100,1000 (with or without "
+                   "--save-weights-every) [default: off].")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
@@ -235,7 +243,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
         ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries, lr_schedule,
         lr_step_size, lr_step_gamma, lr_exp_gamma, lr_eta_min, lr_end_factor, lr_plateau_factor,
-        lr_patience, tensorboard):
+        lr_patience, tensorboard, save_weights_every, save_weights_at):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
@@ -267,7 +275,10 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
                   lr_schedule=_axis("--lr-schedule", lr_schedule, str, "name"),
                   lr_step_size=lr_step_size, lr_step_gamma=lr_step_gamma,
                   lr_exp_gamma=lr_exp_gamma, lr_eta_min=lr_eta_min, lr_end_factor=lr_end_factor,
-                  lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience)
+                  lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience,
+                  save_weights_every=save_weights_every,
+                  save_weights_at=save_weights_at and _steps_list("--save-weights-at",
+                                                                  save_weights_at))
     ctx = click.get_current_context()
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE}
@@ -300,7 +311,8 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         raise LandscapeError(f"--out {out_path} is a directory")
 
     _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
-           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard)
+           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
+           **_announce_weights(config, out_path, ray))
 
 
 def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
@@ -353,6 +365,25 @@ def _train(config, out_path: Path, ray: RayOptions | None, **options) -> None:
         click.echo(f"failed: {s.name}: {s.error}", err=True)
     if failed:  # the sweep went on past them (Ray); the exit status still says so
         raise click.exceptions.Exit(EXIT_RUNS_FAILED)
+
+
+def _steps_list(option: str, text: str) -> tuple[int, ...]:
+    """'0,100,1000' -> (0, 100, 1000): whole numbers >= 0."""
+    steps = _axis(option, text, int, "integer")
+    steps = steps if isinstance(steps, tuple) else (steps,)
+    if any(s < 0 for s in steps):
+        raise LandscapeError(f"{option}: steps are counted from 0, got {text!r}")
+    return steps
+
+
+def _announce_weights(config, out_path: Path, ray) -> dict:
+    """With --save-weights-*: the snapshots' size printed before the sweep starts (the data
+    loaded for it, then handed to the sweep); the sweep's extra options."""
+    if WeightSchedule.of(config) is None or ray is not None:  # Ray refuses them itself
+        return {}
+    data = load_dataset(config.dataset, config.data_root)
+    click.echo(describe_plan(config, data, str(out_path)))
+    return {"data": data}
 
 
 def _ray_options(use_ray: bool, address, gpus, cpus, max_retries) -> RayOptions | None:
