@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import LandscapeError, os_reason
 from .report.build import Resolution, default_report_path, write_report
@@ -31,6 +32,7 @@ from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted,
                     run_sweep_ray)
 from .data import load_dataset
 from .train.distributed import import_ray
+from .train.slicing import SliceSettings, slice_run
 from .train.snapshots import WeightSchedule, describe_plan
 from .version import DISTRIBUTION, __version__
 
@@ -553,6 +555,87 @@ def pack(sweep, out, overwrite):
     landscape command, plain h5py and xarray (group="runs/<name>/probe")."""
     read_sweep(sweep)  # one line if it is not a sweep
     click.echo(f"wrote {pack_sweep(sweep, out, overwrite)}")
+
+
+def _grid_shape(text: str) -> tuple[int, ...]:
+    """'51' -> (51,), '41x41' -> (41, 41)."""
+    try:
+        return tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise LandscapeError(f"--grid takes N or NxM, got {text!r}") from None
+
+
+def _range(text: str) -> tuple[float, float]:
+    """'-1:1' -> (-1.0, 1.0)."""
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise LandscapeError(f"--range takes LOW:HIGH, got {text!r}") from None
+    return low, high
+
+
+@cli.command(name="slice")
+@click.argument("sweep", type=click.Path(dir_okay=False))
+@click.option("--run", "run_name", required=True, help="The run whose saved weights to slice.")
+@click.option("--direction", default="random", show_default=True,
+              help="random (Gaussian, seeded), pca (the first two principal components of the "
+                   "run's saved trajectory), hessian (the top Hessian eigenvectors at --at, "
+                   "on the first evaluation batch), interpolate (a line to --to).")
+@click.option("--at", type=int, default=None,
+              help="The saved step at the centre [default: the last saved].")
+@click.option("--to", default=None,
+              help="interpolate: the far end, a saved STEP of this run, another RUN (its last "
+                   "saved step) or RUN@STEP (same model: two seeds, two learning rates).")
+@click.option("--normalization", default=None,
+              help="filter (Li et al.: each output filter of a direction scaled to that "
+                   "filter's norm in the weights), layer (each tensor), none "
+                   "[default: filter for random and hessian; pca and interpolate: none].")
+@click.option("--bn-params", default="zero", show_default=True,
+              help="The direction on biases and BatchNorm's gamma, beta (parameters with one "
+                   "axis): zero (they stay put), filter (scaled to their norm), copy (the "
+                   "direction equals the weights there: Li's CLI default, unless --xignore "
+                   "biasbn).")
+@click.option("--bn-mode", default="batch", show_default=True,
+              help="batch: train mode, each evaluation batch's own statistics (the function "
+                   "the optimizer sees); running: eval mode, running statistics re-estimated "
+                   "at every point on the evaluation set.")
+@click.option("--samples", type=int, default=4096, show_default=True,
+              help="Training images in the fixed evaluation set (the first N).")
+@click.option("--test", is_flag=True, help="Also the test loss at every point.")
+@click.option("--grid", "grid_text", default="21x21", show_default=True,
+              help="Points: N (a line) or NxM (a plane); interpolate: N.")
+@click.option("--range", "range_text", default=None,
+              help="Coordinates LOW:HIGH along each direction [default: -1:1; interpolate "
+                   "-0.5:1.5; pca: 1.25 x the trajectory's reach].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random directions (d1: SEED, d2: SEED+1) and of Lanczos.")
+@click.option("--batch-size", type=int, default=None,
+              help="Evaluation batch size [default: the run's training batch size].")
+@click.option("--points", default="auto", show_default=True,
+              help="sequential, vmap (stacked weights, chunks of points), auto (vmap on a GPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--id", "slice_id", default=None, help="The slice's name [default: slice-N].")
+@click.option("-o", "--out", default=None,
+              help="Write into this HDF5 file instead of the run's file [default: the run's "
+                   "file; SWEEP.slices.h5 when the sweep is read-only].")
+def slice_(sweep, run_name, direction, at, to, normalization, bn_params, bn_mode, samples, test,
+           grid_text, range_text, seed, batch_size, points, device, slice_id, out):
+    """A 1D or 2D slice of the loss around one run's saved weights (Li et al. 2018), written
+    under /runs/<run>/slices/<id> with every setting as attributes."""
+    grid = _grid_shape(grid_text)
+    if direction == "interpolate" and grid_text == "21x21":
+        grid = (21,)
+    settings = SliceSettings(direction=direction, at=at, to=to, normalization=normalization,
+                             bn_params=bn_params, bn_mode=bn_mode, samples=samples, test=test,
+                             grid=grid, range=range_text and _range(range_text), seed=seed,
+                             batch_size=batch_size, points=points, device=device)
+    path, name, result = slice_run(sweep, run_name, settings, slice_id, out)
+    loss = result.arrays["loss"]
+    click.echo(f"{name}: {result.attrs['direction']} slice of {run_name} at step "
+               f"{result.attrs['center_step']}, grid {'x'.join(map(str, loss.shape))}, "
+               f"bn-mode {bn_mode} ({result.attrs['bn_mode_means']}); loss "
+               f"{np.nanmin(loss):.4g} to {np.nanmax(loss):.4g}")
+    click.echo(f"wrote {path}")
 
 
 def main(argv=None) -> int:

@@ -107,9 +107,12 @@ def normalize_direction(direction: Direction, weights: Direction, normalization:
     return out
 
 
-def flatten(direction: Direction, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The tensors of a direction as one vector, in its order (on the CPU)."""
-    return torch.cat([t.detach().reshape(-1).to("cpu", dtype) for t in direction.values()])
+def flatten(direction: Direction, names: Sequence[str] | None = None,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The tensors of a direction as one vector (on the CPU), in the order of ``names``
+    (default: its own; a loaded state dict's may differ: safetensors sorts by name)."""
+    names = list(direction) if names is None else names
+    return torch.cat([direction[n].detach().reshape(-1).to("cpu", dtype) for n in names])
 
 
 def unflatten(vector: torch.Tensor, like: Direction) -> Direction:
@@ -136,7 +139,7 @@ def pca_directions(trajectory: Sequence[Direction], end: Direction) -> PCAPlane:
     ratios and the coordinates of every theta_t - theta_end on the plane."""
     if len(trajectory) < 3:
         raise ValueError(f"pca needs at least 3 saved steps, got {len(trajectory)}")
-    rows = torch.stack([flatten(t) - flatten(end) for t in trajectory])  # (T, P)
+    rows = torch.stack([flatten(t, list(end)) - flatten(end) for t in trajectory])  # (T, P)
     centred = rows - rows.mean(0)
     values, vectors = torch.linalg.eigh(centred @ centred.T)
     values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
@@ -151,8 +154,9 @@ def pca_directions(trajectory: Sequence[Direction], end: Direction) -> PCAPlane:
 def project(points: Sequence[Direction], centre: Direction,
             directions: Sequence[Direction]) -> np.ndarray:
     """Least-squares coordinates (T, k) of each point - centre on the directions' span."""
-    basis = torch.stack([flatten(d) for d in directions], 1)  # (P, k)
-    offsets = torch.stack([flatten(p) - flatten(centre) for p in points], 1)  # (P, T)
+    names = list(centre)
+    basis = torch.stack([flatten(d, names) for d in directions], 1)  # (P, k)
+    offsets = torch.stack([flatten(p, names) - flatten(centre) for p in points], 1)  # (P, T)
     return torch.linalg.lstsq(basis, offsets).solution.T.numpy()
 
 
