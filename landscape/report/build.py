@@ -33,6 +33,8 @@ from .findings import FAILS, HOLDS, MIN_PROBES, MIN_STEPS, TOO_SHORT, findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, grid_axes, grid_cells,
                    ranked_cells, setting_key, varying_axes)
 from .select import Selection
+from .slicefigs import (basin_rows, contour_figure, line_figure, report_slices, surface_figure,
+                        trajectory_text)
 from .pooled import RUN_LINES, RunSeries, pool_series, seed_groups, setting_map
 from .pools import (Pooling, distinct_runs, losses_text, optimizer, scheduled, settings,
                     value_text)
@@ -703,6 +705,7 @@ def findings_html(runs: Sequence[RunData]) -> str:
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
+    rows += basin_rows(report_slices(runs))  # from `landscape slice`, when there are any
     classes = [FINDING_CLASSES.get(r[2], "unmeasured") for r in rows]
     return table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
                       text_columns=4)
@@ -1097,6 +1100,36 @@ def runs_section(d: ReportData) -> Content:
         "as infinite).", body=run_table_html(d.runs, d.legend) + provenance_html(d.sweeps))
 
 
+SLICE_TEXT = ("From <code>landscape slice</code> (Li et al., NeurIPS 2018): the loss of a fixed "
+              "evaluation set at θ + a d<sub>1</sub> + b d<sub>2</sub> around a run's saved "
+              "weights, each panel titled by its run, slice, direction, normalization and "
+              "BatchNorm mode (batch: each evaluation batch's own statistics; running: "
+              "re-estimated at every point). ")
+
+
+def contour_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 2]
+    if not slices:
+        return None
+    return Content(SLICE_TEXT + "Every panel on one colour scale (VGG-A and VGG-A+BN at the "
+                   "same step and learning rate compare by colour); red: a PCA slice's "
+                   "trajectory projected on its plane." + trajectory_text(slices),
+                   contour_figure(slices))
+
+
+def surface_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 2]
+    return Content(SLICE_TEXT + "The same planes as 3D surfaces (the menu picks one).",
+                   surface_figure(slices)) if slices else None
+
+
+def interpolation_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 1]
+    return Content(SLICE_TEXT + "1D slices: interpolations from one saved point (a = 0) to "
+                   "another (a = 1), and lines along one direction.",
+                   line_figure(slices)) if slices else None
+
+
 # The page, in order: anchor, title, builder, place in the numbering (``section_labels``).
 # Adding a figure: a builder (ReportData -> Content, or None when there is nothing to draw),
 # a row here, and its row in docs/report.md's table of figures.
@@ -1123,4 +1156,9 @@ SECTIONS = (
     SectionSpec("activations", "Activation distributions (Fig. 1c/2)", activation_section),
     SectionSpec("sharpness", "Sharpness and the edge of stability", sharpness_section),
     SectionSpec("weights", "Weight norms and effective learning rate", weights_section),
+    # The landscape's shape: only when some run has slices (`landscape slice`).
+    SectionSpec("slices", "The landscape's shape: loss on planes through the weights",
+                contour_section),
+    SectionSpec("surfaces", "The planes as surfaces", surface_section, LETTER),
+    SectionSpec("interpolations", "Interpolations and lines", interpolation_section, LETTER),
 )
