@@ -20,7 +20,7 @@ from landscape.train.snapshots import load_snapshot
 from landscape.train.slicing import evaluation_batches, run_weights
 from resume_util import tiny_data
 
-CONFIG = SweepConfig(models=("mlp_bn",), lrs=(0.1, 0.2), steps=12, batch_size=32,
+CONFIG = SweepConfig(models=("mlp", "mlp_bn"), lrs=(0.1, 0.2), steps=12, batch_size=32,
                      probe_every=6, dataset="cifar10-mini", width=0.125, device="cpu",
                      save_weights_every=3)
 RUN = "mlp_bn-lr0.1-seed0"
@@ -128,3 +128,28 @@ def test_slices_keep_the_run_readable(sweep):
     runs = {r.name: r for r in read_sweep(sweep).runs}
     assert len(runs[RUN].steps.loss) == 12
     assert copy.copy(runs[RUN].attrs)["weights_dir"].endswith(f"{RUN}.weights")
+
+
+def test_loss_doubling_distance_on_a_parabola():
+    from landscape.report.slicefigs import loss_doubling_distance
+    alpha = np.linspace(-2, 2, 9)
+    assert loss_doubling_distance(alpha, 1 + alpha ** 2) == pytest.approx(1.0)
+    assert loss_doubling_distance(alpha, 1 + 0.1 * alpha ** 2) == float("inf")
+
+
+def test_report_draws_the_slices_and_the_basin_finding(sweep, tmp_path):
+    from landscape.report.build import findings_html, write_report
+    from landscape.report.slicefigs import basin_widths, report_slices
+    for run in ("mlp-lr0.1-seed0", RUN):
+        args = ["slice", str(sweep), "--run", run, "--samples", "64", "--device", "cpu",
+                "--grid", "5x5", "--range=-2:2", "--id", "basin"]
+        assert main(args) == 0
+    page = write_report([str(sweep)], tmp_path / "r.html")
+    text = page.read_text()
+    assert 'id="slices"' in text and 'id="surfaces"' in text and 'id="interpolations"' in text
+    from landscape.store import read_sweep
+    runs = read_sweep(sweep).runs
+    basins = {s.run: min(basin_widths(s)) for s in report_slices(runs) if s.id == "basin"}
+    rows = findings_html(runs)
+    assert "BatchNorm widens the basin" in rows
+    assert f"{basins['mlp-lr0.1-seed0']:.3g} without BN, {basins[RUN]:.3g} with BN" in rows
