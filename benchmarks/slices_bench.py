@@ -1,10 +1,19 @@
 """``bench.py --suite slices``: a 2D slice of VGG-A+BN against its floor and loss-landscapes.
 
-Side by side in one run (contention hits all alike): the floor (n*n forward passes over the
-evaluation set, timed alone, train mode, no grad), ``probes.slices.evaluate_points`` on the
-same plane, and marcellodebernardi's ``loss-landscapes`` (``planar_interpolation``, installed
-for the benchmark only: ``pip install loss-landscapes``) on that plane, whose values must equal
-ours to float rounding (it walks the grid by in-place additions).
+Side by side in one run, interleaved row by row of the grid so that another process's load
+hits all three alike: the floor (n forward passes over the evaluation set a row, timed alone,
+train mode, no grad, on a copy of the model), ``probes.slices.evaluate_points`` on that row of
+the plane, and marcellodebernardi's ``loss-landscapes`` (``planar_interpolation``, installed for
+the benchmark only: ``pip install loss-landscapes``) walking the same plane; the floor's and our
+row run inside its metric at the start of each of its rows and are subtracted from its time.
+Our sequential points run channels-last on the CPU (``probes.slices``), so the floor is timed
+twice: the model as it is, and model and images channels-last (the floor of that layout).
+
+loss-landscapes' grid is not a product grid: its walk adds a step along d2 *before* each
+evaluation in even rows and subtracts one before each evaluation in odd rows (``main.py:
+planar_interpolation``), so with start s and steps u1, u2 its value [i, j] is the loss at
+s + i u1 + (j + 1) u2 for even i and s + i u1 + j u2 for odd i. Its values are compared with ours
+at those very points (the last column of its even rows lies outside our grid).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ def _batches(samples: int, batch_size: int = 128):
 
 
 def _floor(model, batches, passes: int) -> float:
+    """Seconds of ``passes`` forward passes and losses over ``batches`` (train mode, no grad)."""
     model.train()
     start = time.perf_counter()
     with torch.no_grad():
@@ -39,22 +49,55 @@ def _floor(model, batches, passes: int) -> float:
     return time.perf_counter() - start
 
 
-def _theirs(model, batches, theta, d1, d2, n: int):
-    """loss-landscapes' planar_interpolation on our plane: None when it is not installed."""
+class _Rows:
+    """The floor and our slice, one row of the grid at a time, each timed."""
+
+    def __init__(self, model, batches, theta, d1, d2, axis):
+        self.model, self.batches, self.theta, self.dirs, self.axis = model, batches, theta, \
+            [d1, d2], axis
+        self.floor_model = copy.deepcopy(model)  # its running statistics may move
+        self.last_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.last_batches = [(x.contiguous(memory_format=torch.channels_last), y)
+                             for x, y in batches]
+        self.ours = np.empty((len(axis), len(axis)))
+        self.seconds = {"floor": 0.0, "channels-last floor": 0.0, "ours": 0.0}
+
+    def __call__(self, i: int) -> None:
+        self.seconds["floor"] += _floor(self.floor_model, self.batches, len(self.axis))
+        self.seconds["channels-last floor"] += _floor(self.last_model, self.last_batches,
+                                                      len(self.axis))
+        start = time.perf_counter()
+        self.ours[i] = evaluate_points(self.model, F.cross_entropy, self.batches, self.theta,
+                                       self.dirs, grid_coords([self.axis[i:i + 1], self.axis]),
+                                       points="sequential").loss
+        self.seconds["ours"] += time.perf_counter() - start
+
+
+def _theirs(model, batches, theta, d1, d2, rows: _Rows):
+    """loss-landscapes' planar_interpolation on our plane, starting at its corner with our
+    step, ``rows`` run at the start of each of its rows: (seconds, values), or None, None when
+    it is not installed."""
     try:
         import loss_landscapes
         from loss_landscapes.metrics import Metric
     except ImportError:
         return None, None
+    n, step = len(rows.axis), float(rows.axis[1] - rows.axis[0])
 
     class EvaluationSetLoss(Metric):
+        calls, outside = 0, 0.0  # outside: seconds spent in ``rows``
+
         def __call__(self, wrapper):
+            if self.calls % n == 0:
+                start = time.perf_counter()
+                rows(self.calls // n)
+                self.outside += time.perf_counter() - start
+            self.calls += 1
             with torch.no_grad():
                 return sum(float(F.cross_entropy(wrapper.forward(x), y)) * len(y)
                            for x, y in batches) / sum(len(y) for _, y in batches)
 
-    step = 2 / (n - 1)
-    corner = {k: theta[k] - d1[k] - (1 + step) * d2[k] for k in theta}
+    corner = {k: theta[k] - d1[k] - d2[k] for k in theta}
     ends = [copy.deepcopy(model) for _ in range(3)]
     with torch.no_grad():
         for end, scale in zip(ends, ((0, 0), (n * step, 0), (0, n * step))):
@@ -62,10 +105,17 @@ def _theirs(model, batches, theta, d1, d2, n: int):
                 p.copy_(corner[k] + scale[0] * d1[k] + scale[1] * d2[k])
     for end in ends:
         end.train()
+    metric = EvaluationSetLoss()
     start = time.perf_counter()
-    values = loss_landscapes.planar_interpolation(*ends, EvaluationSetLoss(), steps=n,
-                                                  deepcopy_model=True)
-    return time.perf_counter() - start, np.asarray(values)
+    values = loss_landscapes.planar_interpolation(*ends, metric, steps=n, deepcopy_model=True)
+    return time.perf_counter() - start - metric.outside, np.asarray(values)
+
+
+def _largest_gap(theirs: np.ndarray, ours: np.ndarray) -> float:
+    """The largest relative difference at the points both evaluated (see the module docstring)."""
+    gaps = [np.abs(theirs[i, :-1] - ours[i, 1:]) / np.abs(ours[i, 1:]) if i % 2 == 0 else
+            np.abs(theirs[i] - ours[i]) / np.abs(ours[i]) for i in range(len(ours))]
+    return float(max(g.max() for g in gaps))
 
 
 def slices_table(n: int = 21, samples: int = 4096, width: float = 0.25) -> list[str]:
@@ -74,24 +124,21 @@ def slices_table(n: int = 21, samples: int = 4096, width: float = 0.25) -> list[
     batches = _batches(samples)
     theta = trainable_parameters(model)
     d1, d2 = (normalize_direction(random_direction(theta, s), theta) for s in (0, 1))
-    axis = np.linspace(-1, 1, n)
-    floor = _floor(model, batches, n * n)
-    start = time.perf_counter()
-    ours = evaluate_points(model, F.cross_entropy, batches, theta, [d1, d2],
-                           grid_coords([axis, axis]), points="sequential").loss.reshape(n, n)
-    slice_seconds = time.perf_counter() - start
-    seconds, theirs = _theirs(model, batches, theta, d1, d2, n)
-    rows = [f"VGG-A+BN width {width:g}, {n}x{n} slice on {samples:,} images "
-            f"(torch threads {torch.get_num_threads()})", "",
-            "| what | seconds | / floor |", "|---|---|---|",
-            f"| floor: {n * n} forward passes timed alone | {floor:.1f} | 1.00 |",
-            f"| landscape slice (sequential points) | {slice_seconds:.1f} | "
-            f"{slice_seconds / floor:.2f} |"]
+    rows = _Rows(model, batches, theta, d1, d2, np.linspace(-1, 1, n))
+    seconds, theirs = _theirs(model, batches, theta, d1, d2, rows)
     if theirs is None:
-        rows.append("| loss-landscapes planar_interpolation | not installed | - |")
-    else:
-        gap = float(np.max(np.abs(theirs - ours) / np.abs(ours)))
-        rows.append(f"| loss-landscapes planar_interpolation | {seconds:.1f} | "
-                    f"{seconds / floor:.2f} |")
-        rows += ["", f"largest relative difference of the values: {gap:.2g}"]
-    return rows
+        for i in range(n):
+            rows(i)
+    floor, last, ours = (rows.seconds[k] for k in ("floor", "channels-last floor", "ours"))
+    table = [f"VGG-A+BN width {width:g}, {n}x{n} slice on {samples:,} images "
+             f"(torch threads {torch.get_num_threads()}, interleaved row by row)", "",
+             "| what | seconds | / floor |", "|---|---|---|",
+             f"| floor: {n * n} forward passes timed alone | {floor:.1f} | 1.00 |",
+             f"| the same, model and images channels-last | {last:.1f} | {last / floor:.2f} |",
+             f"| landscape slice (sequential points) | {ours:.1f} | {ours / floor:.2f} |"]
+    if theirs is None:
+        return table + ["| loss-landscapes planar_interpolation | not installed | - |"]
+    return table + [f"| loss-landscapes planar_interpolation | {seconds:.1f} | "
+                    f"{seconds / floor:.2f} |", "",
+                    "largest relative difference of the values (at the points both evaluate): "
+                    f"{_largest_gap(theirs, rows.ours):.2g}"]

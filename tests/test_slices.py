@@ -12,6 +12,7 @@ from landscape.probes.slices import (evaluate_points, evaluate_weights, grid_coo
                                      hessian_directions, interpolation_direction,
                                      normalize_direction, pca_directions, project,
                                      random_direction)
+from landscape.probes import slices
 from landscape.probes.context import trainable_parameters
 
 
@@ -99,6 +100,37 @@ def test_grid_points_equal_deep_copy(points, mode):
         assert acc == want_acc
     centre = values.loss[(coords == 0).all(1)][0]  # (0, 0): the model's own loss
     assert centre == pytest.approx(direct_loss(model, theta, data, mode)[0], abs=1e-10)
+
+
+class ViewsActivations(nn.Module):
+    """A conv net flattening with ``view``, which a channels-last activation refuses."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(h.view(len(h), -1))
+
+
+@pytest.mark.parametrize("make, channels_last", [(small_model, True),
+                                                 (lambda: ViewsActivations().double(), False)])
+def test_sequential_points_layout(make, channels_last):
+    """On the CPU an image model runs channels-last when it accepts that layout, else as
+    given; either way every point equals the deep copy's loss in the default layout."""
+    model, data = make(), batches()
+    theta, d1, d2 = plane(model)
+    assert slices._channels_last_runs(model, data, theta, torch.device("cpu")) is channels_last
+    coords = grid_coords([np.array([-0.4, 0.6]), np.array([0.0, 0.5])])
+    before = state_of(model)
+    values = evaluate_points(model, F.cross_entropy, data, theta, [d1, d2], coords,
+                             points="sequential")
+    assert_same_state(model, before)
+    for (a, b), loss in zip(coords, values.loss):
+        at = {n: theta[n] + a * d1[n] + b * d2[n] for n in theta}
+        assert loss == pytest.approx(direct_loss(model, at, data)[0], abs=1e-10, rel=1e-10)
 
 
 def test_running_mode_differs_from_the_centres_statistics():

@@ -38,7 +38,8 @@ The slice leaves no trace (``context.no_trace``): parameters are never written (
 the same random numbers and torch's generators are as they were after it.
 
 Points are evaluated one after another (``points="sequential"``, the CPU's choice: vmap turns
-the convolutions into grouped ones, slower there) or in chunks of stacked weights by one
+the convolutions into grouped ones, slower there; image models then run channels-last, about
+twice as fast on the CPU as the default layout) or in chunks of stacked weights by one
 ``torch.func.vmap`` pass per evaluation batch (``"vmap"``, the GPU's); ``"auto"`` picks.
 """
 
@@ -283,10 +284,40 @@ def evaluate_points(model: nn.Module, loss_fn: LossFn, batches: Sequence[tuple],
     if points == "vmap" or (points == "auto" and device.type == "cuda"):
         return _evaluate_vmap(model, loss_fn, batches, centre, directions, coords, bn_mode, chunk)
 
+    if _channels_last_runs(model, batches, centre, device):
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+        centre, directions = _channels_last(centre), [_channels_last(d) for d in directions]
+
     def params_at(i: int) -> Direction:
         return {n: _moved(c, [d[n] for d in directions], coords[i]) for n, c in centre.items()}
 
     return _evaluate(model, loss_fn, batches, params_at, len(coords), bn_mode)
+
+
+def _channels_last(params: Direction) -> Direction:
+    return {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+            for n, t in params.items()}
+
+
+def _channels_last_runs(model: nn.Module, batches: Sequence[tuple], centre: Direction,
+                        device: torch.device) -> bool:
+    """Whether the sequential points run in channels-last layout: on the CPU, for a model with
+    2D convolutions fed image batches, about twice as fast there (oneDNN's convolutions and a
+    vectorized max-pooling; the same function, rounded differently), and only if the model
+    accepts it (a ``view`` of a channels-last activation fails): tried on two images."""
+    images = all(isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point()
+                 for x, _ in batches)
+    if device.type != "cpu" or not images or not any(
+            isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    x = batches[0][0][:2].contiguous(memory_format=torch.channels_last)
+    with no_trace(model, device), torch.no_grad():
+        try:
+            replay_random_draws()
+            functional_call(model, (_channels_last(centre), buffer_clones(model)), (x,))
+        except RuntimeError:
+            return False
+    return True
 
 
 def _moved(c: torch.Tensor, ds: Sequence[torch.Tensor], at: Sequence[float]) -> torch.Tensor:
