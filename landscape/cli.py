@@ -32,6 +32,7 @@ from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted,
                     run_sweep_ray)
 from .data import load_dataset
 from .train.distributed import import_ray
+from .train.experiment import check_slices_have_weights, load_slices, run_slices
 from .train.slicing import SliceSettings, slice_run
 from .train.snapshots import WeightSchedule, describe_plan
 from .version import DISTRIBUTION, __version__
@@ -294,10 +295,12 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         return _resume(Path(resume_file), values, given, ray, yes,
                        dict(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                             tensorboard=tensorboard))
+    slices = []
     if config_file is not None:
         values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
         out = values.pop("out")
+        slices = load_slices(config_file, light)
     elif light:
         raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
     elif variant is not None:
@@ -305,6 +308,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
     config = SweepConfig(**values)
     if ray is None:  # on Ray, where the runs train is the cluster's to say: run_sweep_ray
         config.validate()  # validates the settings once it knows
+    check_slices_have_weights(slices, config)
     check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
@@ -315,6 +319,8 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
     _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
            keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
            **_announce_weights(config, out_path, ray))
+    for run_name, path, slice_id, result in run_slices(out_path, slices):
+        _echo_slice(run_name, slice_id, result, path)
 
 
 def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
@@ -630,10 +636,14 @@ def slice_(sweep, run_name, direction, at, to, normalization, bn_params, bn_mode
                              grid=grid, range=range_text and _range(range_text), seed=seed,
                              batch_size=batch_size, points=points, device=device)
     path, name, result = slice_run(sweep, run_name, settings, slice_id, out)
+    _echo_slice(run_name, name, result, path)
+
+
+def _echo_slice(run_name: str, slice_id: str, result, path: Path) -> None:
     loss = result.arrays["loss"]
-    click.echo(f"{name}: {result.attrs['direction']} slice of {run_name} at step "
+    click.echo(f"{slice_id}: {result.attrs['direction']} slice of {run_name} at step "
                f"{result.attrs['center_step']}, grid {'x'.join(map(str, loss.shape))}, "
-               f"bn-mode {bn_mode} ({result.attrs['bn_mode_means']}); loss "
+               f"bn-mode {result.attrs['bn_mode']} ({result.attrs['bn_mode_means']}); loss "
                f"{np.nanmin(loss):.4g} to {np.nanmax(loss):.4g}")
     click.echo(f"wrote {path}")
 
