@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -153,3 +154,61 @@ def test_report_draws_the_slices_and_the_basin_finding(sweep, tmp_path):
     rows = findings_html(runs)
     assert "BatchNorm widens the basin" in rows
     assert f"{basins['mlp-lr0.1-seed0']:.3g} without BN, {basins[RUN]:.3g} with BN" in rows
+
+
+AS_NOBODY = r"""
+import os, sys
+from landscape.cli import main
+warm, ro_file, ro_dir, cwd = sys.argv[1:5]
+slice_args = ["--run", "mlp_bn-lr0.1-seed0", "--samples", "64", "--device", "cpu", "--grid", "3x3"]
+# As root first, on a writable copy: everything a slice imports is imported (the
+# interpreter's own folder is root's alone).
+assert main(["slice", warm, *slice_args, "--id", "warm"]) == 0
+os.setgid(65534)
+os.setuid(65534)  # nobody, really and effectively: os.access answers for it
+os.chdir(cwd)
+assert not os.access(ro_file, os.W_OK) and not os.access(os.path.dirname(ro_dir), os.W_OK)
+for sweep in (ro_file, ro_dir):
+    assert main(["slice", sweep, *slice_args, "--id", "ro"]) == 0
+"""
+
+
+def test_read_only_sweeps_slices_are_reported_as_nobody(sweep, monkeypatch):
+    """Sliced as the user nobody (a subprocess of root's that drops to it): a sweep whose
+    files are read-only gets SWEEP.slices.h5 beside it, one whose folder is read-only too
+    gets it in the working folder, and the sweeps' files are untouched; `landscape plot`
+    (here, as root: plotly's script is in root's folder) draws the slices from either."""
+    import subprocess
+    import sys
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to drop to the user nobody")
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        top = Path(top)
+        os.chmod(top, 0o755)
+        for name in ("warm", "ro_file", "ro_dir"):
+            shutil.copytree(sweep.parent, top / name / "sweep")
+        (top / "cwd").mkdir(mode=0o777)
+        os.chmod(top / "cwd", 0o777)
+        before = {}
+        for name in ("ro_file", "ro_dir"):
+            for path in (top / name).rglob("*"):
+                os.chmod(path, 0o555 if path.is_dir() else 0o444)
+                before[path] = None if path.is_dir() else path.read_bytes()
+        os.chmod(top / "ro_file" / "sweep", 0o777)  # its folder writable, its files not
+        args = [str(top / n / "sweep" / sweep.name) for n in ("warm", "ro_file", "ro_dir")]
+        done = subprocess.run([sys.executable, "-c", AS_NOBODY, *args, str(top / "cwd")],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        beside = top / "ro_file" / "sweep" / "sweep.slices.h5"
+        in_cwd = top / "cwd" / "sweep.slices.h5"
+        assert [s.id for s in read_slices(beside)] == ["ro"] == [s.id for s in read_slices(in_cwd)]
+        monkeypatch.chdir(top / "cwd")
+        for sweep_path, report in zip(args[1:], ("file.html", "dir.html")):
+            assert main(["plot", sweep_path, "-o", str(top / "cwd" / report)]) == 0
+            page = (top / "cwd" / report).read_text()
+            assert 'id="slices"' in page and "mlp_bn-lr0.1-seed0 · ro: random" in page
+        assert all(p.read_bytes() == b for p, b in before.items() if b is not None)
+        for path in top.rglob("*"):  # so that the folder can be removed
+            os.chmod(path, 0o777)

@@ -19,16 +19,18 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..store import RunData
-from ..store.slices import SliceData, read_slices
+from ..store.slices import SliceData, fallback_files, read_slices
 from .findings import FAILS, HOLDS
 
 
 def report_slices(runs: Sequence[RunData]) -> list[SliceData]:
-    """The stored slices of the report's runs (read from each run's file)."""
+    """The stored slices of the report's runs: in each run's file, and in the sweep's own
+    slices file when it was read-only (``store.slices.fallback_files``)."""
     wanted = {(str(r.source), r.name) for r in runs}
     found = []
     for source in dict.fromkeys(str(r.source) for r in runs):
-        found += [s for s in read_slices(source) if (source, s.run) in wanted]
+        for path in [source, *fallback_files(source)]:
+            found += [s for s in read_slices(path) if (source, s.run) in wanted]
     return found
 
 

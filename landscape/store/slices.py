@@ -72,6 +72,29 @@ def writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
+def fallback_path(sweep: str | os.PathLike) -> Path:
+    """Where the slices of a read-only sweep go: ``SWEEP.slices.h5`` beside it, or in the
+    working folder when the sweep's folder is read-only too."""
+    beside = Path(sweep).with_suffix(".slices.h5")
+    return beside if os.access(beside.parent, os.W_OK) else Path.cwd() / beside.name
+
+
+def fallback_files(sweep: str | os.PathLike) -> list[Path]:
+    """The slices files of ``sweep`` in either place ``fallback_path`` picks (whose
+    ``slices_of`` names it): where a report finds the slices of a read-only sweep."""
+    beside = Path(sweep).with_suffix(".slices.h5")
+    found = []
+    for path in dict.fromkeys((beside, Path.cwd() / beside.name)):
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                of = f.attrs.get("slices_of")
+        except OSError:  # absent, unreadable or not HDF5: not the sweep's
+            continue
+        if of == str(Path(sweep).resolve()):
+            found.append(path)
+    return found
+
+
 def write_slice(sweep: str | os.PathLike, run: str, slice_id: str, arrays: dict, attrs: dict,
                 out: str | os.PathLike | None = None) -> Path:
     """The slice into the run's file (``out`` None), or into the file ``out`` (created or

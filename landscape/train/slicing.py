@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from ..probes.slices import (BN_MODES, BN_PARAMS, DIRECTIONS, NORMALIZATIONS, PO
                              interpolation_direction, normalize_direction, pca_directions,
                              random_direction)
 from ..store.runfile import RunView
-from ..store.slices import next_id, run_path, writable, write_slice
+from ..store.slices import fallback_path, next_id, run_path, writable, write_slice
 from .config import SweepConfig
 from .device import resolve_device
 from .snapshots import ATTRIBUTE, load_snapshot, saved_steps, snapshot_path
@@ -275,8 +274,7 @@ def slice_run(sweep: str, run: str, settings: SliceSettings, slice_id: str | Non
     ``out`` (given, or ``SWEEP.slices.h5`` beside the sweep when that is read-only)."""
     path = run_path(sweep, run) or Path(sweep)
     if out is None and not writable(path):
-        beside = Path(sweep).with_suffix(".slices.h5")
-        out = str(beside if os.access(beside.parent, os.W_OK) else Path.cwd() / beside.name)
+        out = str(fallback_path(sweep))
     slice_id = slice_id or next_id(sweep, run, out)
     result = compute_slice(sweep, run, settings)
     written = write_slice(sweep, run, slice_id, result.arrays, result.attrs, out)
