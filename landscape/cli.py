@@ -295,12 +295,10 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         return _resume(Path(resume_file), values, given, ray, yes,
                        dict(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                             tensorboard=tensorboard))
-    slices = []
     if config_file is not None:
         values = merge(load_experiment(config_file, light, variant),
                                   {**values, "out": out}, given)
         out = values.pop("out")
-        slices = load_slices(config_file, light)
     elif light:
         raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
     elif variant is not None:
@@ -308,7 +306,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
     config = SweepConfig(**values)
     if ray is None:  # on Ray, where the runs train is the cluster's to say: run_sweep_ray
         config.validate()  # validates the settings once it knows
-    check_slices_have_weights(slices, config)
+    slices = _experiment_slices(config_file, light, config)
     check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
@@ -319,8 +317,19 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
     _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
            keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
            **_announce_weights(config, out_path, ray))
+    _slice_runs(out_path, slices)
+
+
+def _slice_runs(out_path: Path, slices: list) -> None:
     for run_name, path, slice_id, result in run_slices(out_path, slices):
         _echo_slice(run_name, slice_id, result, path)
+
+
+def _experiment_slices(config_file: str | None, light: bool, config: SweepConfig) -> list:
+    """The experiment file's ``[[slice]]`` tables, checked before anything trains."""
+    slices = load_slices(config_file, light) if config_file is not None else []
+    check_slices_have_weights(slices, config)
+    return slices
 
 
 def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
