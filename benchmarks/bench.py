@@ -15,6 +15,8 @@
                                                     # steps, and the bytes a sweep writes
     python benchmarks/bench.py --suite report       # `landscape plot` of 60 and 1,000 runs of
                                                     # 15,000 steps: seconds, page, Chromium load
+    python benchmarks/bench.py --suite slices       # a 21x21 slice of VGG-A+BN on 4,096 images vs
+                                                    # its floor and loss-landscapes (issue 25)
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
 ``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
