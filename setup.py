@@ -21,6 +21,8 @@ setup(
         "h5py>=3.5",
         "click>=8.0",
         "pandas",  # landscape.read.to_frames and `landscape export`: tidy tables
+        # --save-weights-*: snapshots as safetensors (no pickle; one small wheel, no deps)
+        "safetensors",
     ],
     extras_require={
         "parquet": ["pyarrow"],  # `landscape export --format parquet`

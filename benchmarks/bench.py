@@ -17,6 +17,8 @@
                                                     # steps, and the bytes a sweep writes
     python benchmarks/bench.py --suite report       # `landscape plot` of 60 and 1,000 runs of
                                                     # 15,000 steps: seconds, page, Chromium load
+    python benchmarks/bench.py --suite slices       # a 21x21 slice of VGG-A+BN on 4,096 images vs
+                                                    # its floor and loss-landscapes (issue 25)
 
 cpu, gpu: every ratio is measured side by side in one run. Each configuration runs
 ``run_sweep`` (the code path of ``landscape run``) on cifar10-mini into a temporary HDF5 file;
@@ -59,6 +61,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature_bench  # noqa: E402
 import spectrum_bench  # noqa: E402
+import slices_bench  # noqa: E402
 import ray_bench  # noqa: E402
 import report_bench  # noqa: E402
 import store_bench  # noqa: E402
@@ -475,6 +478,13 @@ def report_suite(args, device: torch.device) -> None:
                                                report_bench.STEPS)))
 
 
+def slices_suite(args, device: torch.device) -> None:
+    """A 21x21 slice of width-0.25 VGG-A+BN on 4,096 images vs its floor and loss-landscapes
+    (issue 25; --quick: 5x5 on 512 images, a smoke run)."""
+    n, samples = (5, 512) if args.quick else (21, 4096)
+    print("\n".join(slices_bench.slices_table(n, samples)))
+
+
 # --------------------------------------------------------------------------- command line
 
 # suite: (what it runs, device it needs (None: any), the options it reads, their defaults)
@@ -492,6 +502,7 @@ SUITES = {
     "ray": (ray_suite, "cpu", {"quick": False}),
     "report": (report_suite, "cpu", {"quick": False}),
     "store": (store_suite, "cpu", {"quick": False}),
+    "slices": (slices_suite, "cpu", {"quick": False}),
     "experiments": (experiments_suite, None, {"steps": 1000, "out_dir": "/tmp/landscape-experiments",
                                               "device": "auto", "files": []}),
 }

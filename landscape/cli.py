@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import LandscapeError, os_reason
 from .report.build import Resolution, default_report_path, write_report
@@ -29,7 +30,11 @@ from .store.frames import FORMATS, export_tables
 from .train import (MAX_RUNS_UNASKED, RayOptions, SweepConfig, SweepInterrupted, check_size,
                     load_experiment, merge, out_of_memory, resumed_config, run_sweep,
                     run_sweep_ray)
+from .data import load_dataset
 from .train.distributed import import_ray
+from .train.experiment import check_slices_have_weights, load_slices, run_slices
+from .train.slicing import SliceSettings, slice_run
+from .train.snapshots import WeightSchedule, describe_plan
 from .version import DISTRIBUTION, __version__
 
 EXIT_USAGE = 2
@@ -265,6 +270,12 @@ def hessian_values(given: dict) -> dict:
 @click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
               help="Also write every recorded scalar as TensorBoard events, one run directory "
                    "per run under DIR, as the sweep goes (needs the tensorboard extra).")
+@click.option("--save-weights-every", type=int, default=None,
+              help="Keep each run's parameters and buffers every N steps, as safetensors files "
+                   "in OUT.runs/<run>.weights/ (the first and last step always) [default: off].")
+@click.option("--save-weights-at", default=None,
+              help="Keep each run's weights at these steps, e.g. 0,100,1000 (with or without "
+                   "--save-weights-every) [default: off].")
 @click.option("--config", "config_file", default=None,
               help="Experiment file (experiments/*.toml); options given here override it.")
 @click.option("--light", is_flag=True, help="With --config: the file's light (CPU) variant.")
@@ -280,7 +291,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         resume_file, checkpoint_every, keep_checkpoints, light, variant, yes, use_ray,
         ray_address, ray_gpus_per_task, ray_cpus_per_task, max_retries, lr_schedule,
         lr_step_size, lr_step_gamma, lr_exp_gamma, lr_eta_min, lr_end_factor, lr_plateau_factor,
-        lr_patience, tensorboard, **hessian):
+        lr_patience, tensorboard, save_weights_every, save_weights_at, **hessian):
     """Train every model at every learning rate and every value of the listed axes (seed,
     batch size, momentum, weight decay, dropout, optimizer, activation, loss, label smoothing,
     learning-rate schedule),
@@ -313,6 +324,9 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
                   lr_step_size=lr_step_size, lr_step_gamma=lr_step_gamma,
                   lr_exp_gamma=lr_exp_gamma, lr_eta_min=lr_eta_min, lr_end_factor=lr_end_factor,
                   lr_plateau_factor=lr_plateau_factor, lr_patience=lr_patience,
+                  save_weights_every=save_weights_every,
+                  save_weights_at=save_weights_at and _steps_list("--save-weights-at",
+                                                                  save_weights_at),
                   **hessian_values(hessian))
     ctx = click.get_current_context()
     given = {name for name in ctx.params
@@ -338,6 +352,7 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
     config = SweepConfig(**values)
     if ray is None:  # on Ray, where the runs train is the cluster's to say: run_sweep_ray
         config.validate()  # validates the settings once it knows
+    slices = _experiment_slices(config_file, light, config)
     check_size(config, yes)
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
@@ -346,7 +361,21 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         raise LandscapeError(f"--out {out_path} is a directory")
 
     _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
-           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard)
+           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
+           **_announce_weights(config, out_path, ray))
+    _slice_runs(out_path, slices)
+
+
+def _slice_runs(out_path: Path, slices: list) -> None:
+    for run_name, path, slice_id, result in run_slices(out_path, slices):
+        _echo_slice(run_name, slice_id, result, path)
+
+
+def _experiment_slices(config_file: str | None, light: bool, config: SweepConfig) -> list:
+    """The experiment file's ``[[slice]]`` tables, checked before anything trains."""
+    slices = load_slices(config_file, light) if config_file is not None else []
+    check_slices_have_weights(slices, config)
+    return slices
 
 
 def _resume(path: Path, values: dict, given: set[str], ray: RayOptions | None,
@@ -399,6 +428,25 @@ def _train(config, out_path: Path, ray: RayOptions | None, **options) -> None:
         click.echo(f"failed: {s.name}: {s.error}", err=True)
     if failed:  # the sweep went on past them (Ray); the exit status still says so
         raise click.exceptions.Exit(EXIT_RUNS_FAILED)
+
+
+def _steps_list(option: str, text: str) -> tuple[int, ...]:
+    """'0,100,1000' -> (0, 100, 1000): whole numbers >= 0."""
+    steps = _axis(option, text, int, "integer")
+    steps = steps if isinstance(steps, tuple) else (steps,)
+    if any(s < 0 for s in steps):
+        raise LandscapeError(f"{option}: steps are counted from 0, got {text!r}")
+    return steps
+
+
+def _announce_weights(config, out_path: Path, ray) -> dict:
+    """With --save-weights-*: the snapshots' size printed before the sweep starts (the data
+    loaded for it, then handed to the sweep); the sweep's extra options."""
+    if WeightSchedule.of(config) is None or ray is not None:  # Ray refuses them itself
+        return {}
+    data = load_dataset(config.dataset, config.data_root)
+    click.echo(describe_plan(config, data, str(out_path)))
+    return {"data": data}
 
 
 def _ray_options(use_ray: bool, address, gpus, cpus, max_retries) -> RayOptions | None:
@@ -568,6 +616,91 @@ def pack(sweep, out, overwrite):
     landscape command, plain h5py and xarray (group="runs/<name>/probe")."""
     read_sweep(sweep)  # one line if it is not a sweep
     click.echo(f"wrote {pack_sweep(sweep, out, overwrite)}")
+
+
+def _grid_shape(text: str) -> tuple[int, ...]:
+    """'51' -> (51,), '41x41' -> (41, 41)."""
+    try:
+        return tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise LandscapeError(f"--grid takes N or NxM, got {text!r}") from None
+
+
+def _range(text: str) -> tuple[float, float]:
+    """'-1:1' -> (-1.0, 1.0)."""
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise LandscapeError(f"--range takes LOW:HIGH, got {text!r}") from None
+    return low, high
+
+
+@cli.command(name="slice")
+@click.argument("sweep", type=click.Path(dir_okay=False))
+@click.option("--run", "run_name", required=True, help="The run whose saved weights to slice.")
+@click.option("--direction", default="random", show_default=True,
+              help="random (Gaussian, seeded), pca (the first two principal components of the "
+                   "run's saved trajectory), hessian (the top Hessian eigenvectors at --at, "
+                   "on the first evaluation batch), interpolate (a line to --to).")
+@click.option("--at", type=int, default=None,
+              help="The saved step at the centre [default: the last saved].")
+@click.option("--to", default=None,
+              help="interpolate: the far end, a saved STEP of this run, another RUN (its last "
+                   "saved step) or RUN@STEP (same model: two seeds, two learning rates).")
+@click.option("--normalization", default=None,
+              help="filter (Li et al.: each output filter of a direction scaled to that "
+                   "filter's norm in the weights), layer (each tensor), none "
+                   "[default: filter for random and hessian; pca and interpolate: none].")
+@click.option("--bn-params", default="zero", show_default=True,
+              help="The direction on biases and BatchNorm's gamma, beta (parameters with one "
+                   "axis): zero (they stay put), filter (scaled to their norm), copy (the "
+                   "direction equals the weights there: Li's CLI default, unless --xignore "
+                   "biasbn).")
+@click.option("--bn-mode", default="batch", show_default=True,
+              help="batch: train mode, each evaluation batch's own statistics (the function "
+                   "the optimizer sees); running: eval mode, running statistics re-estimated "
+                   "at every point on the evaluation set.")
+@click.option("--samples", type=int, default=4096, show_default=True,
+              help="Training images in the fixed evaluation set (the first N).")
+@click.option("--test", is_flag=True, help="Also the test loss at every point.")
+@click.option("--grid", "grid_text", default="21x21", show_default=True,
+              help="Points: N (a line) or NxM (a plane); interpolate: N.")
+@click.option("--range", "range_text", default=None,
+              help="Coordinates LOW:HIGH along each direction [default: -1:1; interpolate "
+                   "-0.5:1.5; pca: 1.25 x the trajectory's reach].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random directions (d1: SEED, d2: SEED+1) and of Lanczos.")
+@click.option("--batch-size", type=int, default=None,
+              help="Evaluation batch size [default: the run's training batch size].")
+@click.option("--points", default="auto", show_default=True,
+              help="sequential, vmap (stacked weights, chunks of points), auto (vmap on a GPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--id", "slice_id", default=None, help="The slice's name [default: slice-N].")
+@click.option("-o", "--out", default=None,
+              help="Write into this HDF5 file instead of the run's file [default: the run's "
+                   "file; SWEEP.slices.h5 when the sweep is read-only].")
+def slice_(sweep, run_name, direction, at, to, normalization, bn_params, bn_mode, samples, test,
+           grid_text, range_text, seed, batch_size, points, device, slice_id, out):
+    """A 1D or 2D slice of the loss around one run's saved weights (Li et al. 2018), written
+    under /runs/<run>/slices/<id> with every setting as attributes."""
+    grid = _grid_shape(grid_text)
+    if direction == "interpolate" and grid_text == "21x21":
+        grid = (21,)
+    settings = SliceSettings(direction=direction, at=at, to=to, normalization=normalization,
+                             bn_params=bn_params, bn_mode=bn_mode, samples=samples, test=test,
+                             grid=grid, range=range_text and _range(range_text), seed=seed,
+                             batch_size=batch_size, points=points, device=device)
+    path, name, result = slice_run(sweep, run_name, settings, slice_id, out)
+    _echo_slice(run_name, name, result, path)
+
+
+def _echo_slice(run_name: str, slice_id: str, result, path: Path) -> None:
+    loss = result.arrays["loss"]
+    click.echo(f"{slice_id}: {result.attrs['direction']} slice of {run_name} at step "
+               f"{result.attrs['center_step']}, grid {'x'.join(map(str, loss.shape))}, "
+               f"bn-mode {result.attrs['bn_mode']} ({result.attrs['bn_mode_means']}); loss "
+               f"{np.nanmin(loss):.4g} to {np.nanmax(loss):.4g}")
+    click.echo(f"wrote {path}")
 
 
 def main(argv=None) -> int:

@@ -138,3 +138,56 @@ def test_command_line_overrides_the_file_which_overrides_defaults(tmp_path):
             config["width"], config["momentum"]) == (2, [0.05], 2, 64, 0.0625, 0.0)
     # --epochs on the command line wins over the file's steps.
     assert merge({"steps": 50}, {"epochs": 3, "steps": None}, {"epochs"})["steps"] is None
+
+
+SLICED = ('[run]\nmodels = ["mlp", "mlp_bn"]\nlrs = [0.1]\nsteps = 6\nbatch_size = 32\n'
+          'width = 0.125\ndataset = "cifar10-mini"\nprobe_every = 3\nsave_weights_every = 2\n'
+          '[light]\nsteps = 4\n'
+          '[[slice]]\nid = "plane"\ngrid = [3, 3]\nsamples = 64\n'
+          '[[slice]]\nid = "pca"\ndirection = "pca"\nruns = ["mlp_bn-lr0.1-seed0"]\n'
+          'grid = [3, 4]\nsamples = 64\n'
+          '[slice_light]\ngrid = [2, 3]\n')
+
+
+def test_slice_tables_run_after_training(tmp_path, capsys):
+    """`landscape run --config` trains, then runs each [[slice]] on its runs (every run, or
+    those named), [slice_light] applied with --light: real slices in the runs' files."""
+    from landscape.store import read_sweep
+    from landscape.store.slices import read_slices
+    out = tmp_path / "sliced.h5"
+    assert main(["run", "--config", str(write(tmp_path, SLICED)), "--light", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert "plane: random slice of mlp-lr0.1-seed0 at step 4, grid 2x3" in capsys.readouterr().out
+    found = {(s.run, s.id): s for s in read_slices(out)}
+    assert set(found) == {("mlp-lr0.1-seed0", "plane"), ("mlp_bn-lr0.1-seed0", "plane"),
+                          ("mlp_bn-lr0.1-seed0", "pca")}
+    assert all(s.arrays["loss"].shape == (2, 3) and s.attrs["samples"] == 64
+               for s in found.values())
+    assert found["mlp_bn-lr0.1-seed0", "pca"].arrays["trajectory_coords"].shape == (3, 2)
+    assert [len(r.steps.loss) for r in read_sweep(out).runs] == [4, 4]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[slice]]\ndirection = "up"\n', "[[slice]] 1: --direction must be one of"),
+    ('[[slice]]\ngrid = [3, "x"]\n', "[[slice]] 1.grid[1] must be int"),
+    ('[[slice]]\nrange = [1]\n', "[[slice]] 1.range must be"),
+    ('[[slice]]\ncolour = 1\n', "[[slice]] 1: unknown key 'colour'"),
+    ('slice = 3\n', "slice must be a list of tables"),
+    ('[slice_light]\nsamples = "x"\n', "[slice_light].samples must be int"),
+])
+def test_bad_slice_tables_are_clear_errors(tmp_path, text, message):
+    from landscape.train.experiment import load_slices
+    path = write(tmp_path, text + '[run]\nsteps = 2\n')
+    with pytest.raises(LandscapeError) as info:
+        load_experiment(path)
+        load_slices(path, light=True)
+    assert message in str(info.value)
+
+
+def test_slices_without_saved_weights_are_refused_before_training(tmp_path, capsys):
+    path = write(tmp_path, SLICED.replace("save_weights_every = 2\n", ""))
+    out = tmp_path / "x.h5"
+    assert main(["run", "--config", str(path), "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "set save_weights_every or save_weights_at" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -35,6 +35,8 @@ from .spectral_findings import spectral_findings
 from .grid import (Cell, Facets, axis_value_text, best_cells, cell_label, grid_axes, grid_cells,
                    ranked_cells, setting_key, varying_axes)
 from .select import Selection
+from .slicefigs import (basin_rows, contour_figure, line_figure, report_slices, surface_figure,
+                        trajectory_text)
 from .pooled import RUN_LINES, RunSeries, pool_series, seed_groups, setting_map
 from .pools import (Pooling, distinct_runs, losses_text, optimizer, scheduled, settings,
                     value_text)
@@ -710,6 +712,7 @@ def findings_html(runs: Sequence[RunData]) -> str:
     families = len({where.family for where, _ in found})
     rows = [(where.text(families), f.claim, f.verdict, f.numbers) for where, found_here in found
             for f in found_here]
+    rows += basin_rows(report_slices(runs))  # from `landscape slice`, when there are any
     classes = [FINDING_CLASSES.get(r[2], "unmeasured") for r in rows]
     many = len(found) > FINDINGS_UNFOLDED
     table = table_html(("runs compared", "claim", "verdict", "numbers"), rows, classes,
@@ -1131,6 +1134,34 @@ def spectral_section(parts, d: ReportData) -> Content | None:
     """A section of ``report.spectral``: its (definition, figure), or None."""
     drawn = parts(d.runs, d.legend.color, d.legend.name)
     return None if drawn is None else Content(*drawn)
+SLICE_TEXT = ("From <code>landscape slice</code> (Li et al., NeurIPS 2018): the loss of a fixed "
+              "evaluation set at θ + a d<sub>1</sub> + b d<sub>2</sub> around a run's saved "
+              "weights, each panel titled by its run, slice, direction, normalization and "
+              "BatchNorm mode (batch: each evaluation batch's own statistics; running: "
+              "re-estimated at every point). ")
+
+
+def contour_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 2]
+    if not slices:
+        return None
+    return Content(SLICE_TEXT + "Every panel on one colour scale (VGG-A and VGG-A+BN at the "
+                   "same step and learning rate compare by colour); red: a PCA slice's "
+                   "trajectory projected on its plane." + trajectory_text(slices),
+                   contour_figure(slices))
+
+
+def surface_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 2]
+    return Content(SLICE_TEXT + "The same planes as 3D surfaces (the menu picks one).",
+                   surface_figure(slices)) if slices else None
+
+
+def interpolation_section(d: ReportData) -> Content | None:
+    slices = [s for s in report_slices(d.runs) if s.arrays["loss"].ndim == 1]
+    return Content(SLICE_TEXT + "1D slices: interpolations from one saved point (a = 0) to "
+                   "another (a = 1), and lines along one direction.",
+                   line_figure(slices)) if slices else None
 
 
 # The page, in order: anchor, title, builder, place in the numbering (``section_labels``).
@@ -1168,4 +1199,9 @@ SECTIONS = (
                 lambda d: spectral_section(spectral.layer_curvature_parts, d)),
     SectionSpec("depth", "Gradients and ranks by layer at initialization (Yang et al. 2019, "
                 "Daneshmand et al. 2020)", lambda d: spectral_section(spectral.rank_parts, d)),
+    # The landscape's shape: only when some run has slices (`landscape slice`).
+    SectionSpec("slices", "The landscape's shape: loss on planes through the weights",
+                contour_section),
+    SectionSpec("surfaces", "The planes as surfaces", surface_section, LETTER),
+    SectionSpec("interpolations", "Interpolations and lines", interpolation_section, LETTER),
 )

@@ -322,3 +322,13 @@ CURVATURE_FIELDS = ("step", "lambda_max", "trace", "gHg", "iterations")  # lambd
 WEIGHT_FIELDS = ("norm", "effective_lr", "effective_grad_norm", "angular_update")  # (n, L)
 INT_FIELDS = {"step", "epoch", "steps"}
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+
+# The weights a run saved (train/snapshots.py: --save-weights-every, --save-weights-at): one
+# row per safetensors file in the folder its attribute ``weights_dir`` names.
+GROUPS["snapshots"] = ("the steps whose parameters and buffers the run saved, one safetensors "
+                       "file each (step-XXXXXXXX.safetensors in the folder of the run attribute "
+                       "weights_dir)")
+FIELDS["snapshots"] = {
+    "step": Field(DIMENSIONLESS, "optimizer steps taken when the weights were saved (0: the "
+                                 "initial weights)", ("step",)),
+}

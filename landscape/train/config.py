@@ -29,6 +29,7 @@ from .hessian_instruments import check_depth, uses_hessian_hooks, validate_hessi
 from .instruments import chosen_layers
 from .losses import LOSSES
 from .schedules import SCHEDULES
+from .snapshots import check_weight_schedule
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 GRID_MODES = ("auto", "streams", "batched", "sequential")
@@ -85,6 +86,10 @@ class SweepConfig:
     # model allows, else sequential.
     grid: str = "auto"
     compile: bool = False  # torch.compile the training forward pass (CPU only; probes stay eager)
+    # Weights kept at chosen steps (train/snapshots.py; the first and last step always when
+    # either is set). None: off, nothing written.
+    save_weights_every: int | None = None
+    save_weights_at: Sequence[int] | None = None
     # Instruments (train/instruments.py); None = off. Layers: names or 1-based indices.
     ics_every: int | None = None  # steps between internal-covariate-shift probes
     ics_layers: Sequence[str | int] | None = None  # default: one early, one late layer
@@ -235,6 +240,7 @@ class SweepConfig:
                                  "from eager ones by 4% (benchmarks/RESULTS.md); --grid streams "
                                  "is the fast path there")
         _validate_extras(self)  # instruments' settings, DLN model/dataset pairing
+        check_weight_schedule(self.save_weights_every, self.save_weights_at)
 
     def axis_values(self, axis: str) -> tuple:
         """The values of one axis (``AXES``): a list as given, a single value as a 1-tuple;

@@ -53,6 +53,7 @@ from .loop import Progress, RunSummary
 from .plan import Group, plan_resume, plan_sweep
 from .protocol import TrainerContext
 from .signals import StopRequest
+from .snapshots import WeightSchedule
 from .sweep import GroupRunner, OpenSweep, Where, execute_sweep, sweep_options
 
 INSTALL = f'pip install "{DISTRIBUTION}[ray]" (or pip install ray)'
@@ -322,6 +323,9 @@ class RayExecutor:
         """Every check that does not need the cluster, before Ray starts (seconds): where the
         GPUs per task are not given, assume the workers can do what the settings ask (--grid
         streams: a GPU), and check that once the cluster says (``session``)."""
+        if WeightSchedule.of(config) is not None:  # workers would write beside the driver
+            raise LandscapeError("--save-weights-every / --save-weights-at do not go with --ray "
+                                 "yet: run the sweep without --ray to keep weights")
         self.ray = import_ray()
         self.options.validate()
         known = _known_gpus(config, self.options)

@@ -17,6 +17,13 @@ A file (TOML, read with the standard library's ``tomllib``) has::
     sharpness_every = 50              # applied after [run] (and [light] with --light)
     weight_stats = true
 
+    [[slice]]                         # after training, `landscape slice OUT --run RUN` for
+    id = "random"                     # every run (or those in `runs`): keys are the fields of
+    direction = "random"              # train.slicing.SliceSettings (grid = [21, 21],
+    grid = [21, 21]                   # range = [-1, 1], ...), `runs` and `id`; needs the
+    [slice_light]                     # runs' weights (save_weights_every / _at); overrides of
+    grid = [11, 11]                   # every [[slice]] with --light
+
 Keys of ``[run]`` and ``[light]`` are the fields of ``train.config.SweepConfig`` (``batch_size``,
 ``probe_every``, ``ics_layers``, ...) and ``out``; values are checked against the field's
 type (an integer is accepted where a float is expected). A variant without its own ``out``
@@ -30,15 +37,21 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
+
 from ..errors import LandscapeError
 from .config import SweepConfig
+from .slicing import Slice, SliceSettings, slice_run
 
-TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict, "variant": dict}
+TOP_LEVEL = {"description": str, "paper": str, "run": dict, "light": dict, "variant": dict,
+             "slice": list, "slice_light": dict}
 EXTRA_KEYS = {"out": str}  # run keys that are not SweepConfig fields
+SLICE_EXTRA_KEYS = {"runs": Sequence[str], "id": str}  # slice keys that are not settings
 
 
 def _field_types() -> dict[str, Any]:
@@ -66,10 +79,15 @@ def _convert(value, hint, where: str):
         if not isinstance(value, dict):
             raise LandscapeError(f"{where} must be a table, got {value!r}")
         return dict(value)
+    if origin is tuple and typing.get_args(hint)[-1] is not Ellipsis:  # fixed length
+        items = typing.get_args(hint)
+        if not isinstance(value, list) or len(value) != len(items):
+            raise LandscapeError(f"{where} must be a list of {len(items)}, got {value!r}")
+        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
     if origin is not None and issubclass(origin, Sequence):
         if not isinstance(value, list):
             raise LandscapeError(f"{where} must be a list ({_describe(hint)}), got {value!r}")
-        (item,) = typing.get_args(hint)
+        item = typing.get_args(hint)[0]  # Sequence[X], tuple[X, ...]
         return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -105,7 +123,7 @@ def load_experiment(path: str | Path, light: bool = False,
         if key not in TOP_LEVEL:
             raise LandscapeError(f"{path}: unknown key {key!r}; known keys: {', '.join(TOP_LEVEL)}")
         if not isinstance(value, TOP_LEVEL[key]):
-            kind = "a table" if TOP_LEVEL[key] is dict else "a string"
+            kind = {dict: "a table", list: "a list of tables"}.get(TOP_LEVEL[key], "a string")
             raise LandscapeError(f"{path}: {key} must be {kind}, got {value!r}")
     field_types = _field_types()
     values = _section(doc.get("run", {}), f"{path} [run]", field_types)
@@ -143,3 +161,57 @@ def merge(file_values: dict[str, Any], cli_values: dict[str, Any], given: set[st
     if "epochs" in given and "steps" not in given:
         merged["steps"] = None
     return merged
+
+
+@dataclass(frozen=True)
+class ExperimentSlice:
+    """One ``[[slice]]`` of an experiment file: its settings, the runs it slices (None:
+    every run of the sweep) and its id (None: the next free ``slice-N``)."""
+
+    settings: SliceSettings
+    runs: tuple[str, ...] | None = None
+    id: str | None = None
+
+
+def load_slices(path: str | Path, light: bool = False) -> list[ExperimentSlice]:
+    """The ``[[slice]]`` tables of an experiment file (updated by ``[slice_light]`` when
+    ``light``), each checked; [] when it has none."""
+    path = Path(path)
+    with path.open("rb") as f:  # load_experiment has read it: its errors are said there
+        doc = tomllib.load(f)
+    hints = typing.get_type_hints(SliceSettings)
+    types_ = {f.name: hints[f.name] for f in dataclasses.fields(SliceSettings)}
+    override = _section(doc.get("slice_light", {}), f"{path} [slice_light]", types_)
+    found = []
+    for i, table in enumerate(doc.get("slice", [])):
+        where = f"{path} [[slice]] {i + 1}"
+        if not isinstance(table, dict):
+            raise LandscapeError(f"{where} must be a table, got {table!r}")
+        values = _section(table, where, types_ | SLICE_EXTRA_KEYS)
+        runs, slice_id = values.pop("runs", None), values.pop("id", None)
+        settings = SliceSettings(**(values | override if light else values))
+        try:
+            settings.check()
+        except LandscapeError as error:
+            raise LandscapeError(f"{where}: {error}") from None
+        found.append(ExperimentSlice(settings, runs, slice_id))
+    return found
+
+
+def check_slices_have_weights(slices: Sequence[ExperimentSlice], config: SweepConfig) -> None:
+    """Before training: slices need the runs' saved weights."""
+    if slices and config.save_weights_every is None and not config.save_weights_at:
+        raise LandscapeError("the experiment's [[slice]] tables slice the runs' saved weights: "
+                             "set save_weights_every or save_weights_at in it")
+
+
+def run_slices(sweep: str | Path, slices: Sequence[ExperimentSlice]
+               ) -> Iterator[tuple[str, Path, str, Slice]]:
+    """Each ``[[slice]]`` of a trained sweep, run by run (``train.slicing.slice_run``): yields
+    (run, the file written, the slice's id, the slice) as each is written."""
+    with h5py.File(sweep, "r", locking=False) as f:
+        every_run = list(f["runs"])
+    for spec in slices:
+        for run in spec.runs or every_run:
+            path, slice_id, result = slice_run(str(sweep), run, spec.settings, spec.id)
+            yield run, path, slice_id, result

@@ -40,6 +40,8 @@ from .livelog import LiveLog, LiveRows, live_log, watch
 from .loop import Progress, ReportProgress, RunState, RunSummary, WriteRows, train_runs
 from .plan import Group, ResumePlan, RunSpec, plan_resume, plan_sweep, sweep_runs
 from .schedules import schedule_attributes
+from .snapshots import ATTRIBUTE as WEIGHTS_ATTRIBUTE, SavingWeights, WeightSchedule, \
+    weights_attribute, weights_folder
 from .protocol import TrainerContext
 from .signals import StopRequest, stop_on_signals
 from .tasks import task_for
@@ -237,7 +239,8 @@ class GroupRunner:
 
         context = TrainerContext(device, self.context.autocast, on_probe, [r.log for r in runs])
         trainer = build_trainer(group, self.data, context)
-        listeners = [WriteRows(self.writer), *self.checkpointing(group)]
+        listeners = [*self.saving_weights(group), WriteRows(self.writer),
+                     *self.checkpointing(group)]
         if self.live is not None:
             listeners.insert(1, LiveRows(self.live))
         if self.on_progress is not None:
@@ -248,6 +251,13 @@ class GroupRunner:
         seconds = train_runs(trainer, runs, group.cell, self.data, device, listeners=listeners,
                              start=start, stop=self.stop)
         return [_summary(group.model, r, seconds) for r in runs if not r.done]
+
+    def saving_weights(self, group: Group) -> list[LoopListener]:
+        """``snapshots.SavingWeights`` when the sweep keeps weights: files beside the runs'."""
+        schedule = WeightSchedule.of(group.cell)
+        if schedule is None:
+            return []
+        return [SavingWeights(schedule, lambda run: weights_folder(self.writer.folder, run))]
 
     def open_runs(self, group: Group) -> list[RunState]:
         """The runs' logs: opened in the writer (attributes set, status running), or, for runs
@@ -263,6 +273,8 @@ class GroupRunner:
                 runs.append(RunState(RunLog(run.name, eta), run.lr, done=True))
                 continue
             attrs = run_attributes(run, group, self.data, precision, steps_per_epoch)
+            if WeightSchedule.of(cell) is not None:
+                attrs[WEIGHTS_ATTRIBUTE] = weights_attribute(self.writer.folder, run.name)
             runs.append(RunState(self.writer.run(run.name, eta=eta, **attrs), run.lr))
             if self.live is not None:
                 watch(runs[-1].log, self.live)
