@@ -342,8 +342,8 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
                        dict(checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                             tensorboard=tensorboard))
     if config_file is not None:
-        values = merge(load_experiment(config_file, light, variant),
-                                  {**values, "out": out}, given)
+        values = merge(load_experiment(config_file, light, variant), {**values, "out": out},
+                       given)
         out = values.pop("out")
     elif light:
         raise LandscapeError("--light selects the light variant of an experiment: give --config FILE")
@@ -354,16 +354,22 @@ def run(models, model_kwargs, lrs, epochs, steps, batch_size, momentum, weight_d
         config.validate()  # validates the settings once it knows
     slices = _experiment_slices(config_file, light, config)
     check_size(config, yes)
+    out_path = _out_path(out, overwrite)
+    _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
+           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
+           **_announce_weights(config, out_path, ray))
+    _slice_runs(out_path, slices)
+
+
+def _out_path(out: str | None, overwrite: bool) -> Path:
+    """The sweep file to write: ``--out`` or the default, refused when it is there already
+    (without ``--overwrite``) or a directory."""
     out_path = Path(out) if out else _default_out()
     if out_path.exists() and not overwrite:
         raise LandscapeError(f"{out_path} exists; pass --overwrite to replace it or choose another --out")
     if out_path.is_dir():
         raise LandscapeError(f"--out {out_path} is a directory")
-
-    _train(config, out_path, ray, overwrite=overwrite, checkpoint_every=checkpoint_every,
-           keep_checkpoints=keep_checkpoints, allow_large=yes, tensorboard=tensorboard,
-           **_announce_weights(config, out_path, ray))
-    _slice_runs(out_path, slices)
+    return out_path
 
 
 def _slice_runs(out_path: Path, slices: list) -> None:
