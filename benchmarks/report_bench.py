@@ -15,6 +15,11 @@ figure drawn (``report_load_seconds``); for the 60-run page too, as a reference.
 from __future__ import annotations
 
 import itertools
+import json
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,13 +113,6 @@ def write_big_sweep(path: Path, runs: int = 1000, steps: int = STEPS, probe_ever
     return path
 
 
-if __name__ == "__main__":
-    import sys
-    started = time.perf_counter()
-    write_big_sweep(Path(sys.argv[1]), runs=int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
-    print(f"{time.perf_counter() - started:.1f} s")
-
-
 # Injected at the end of <body>: at the load event, how long the page took (from navigation
 # start) and whether every figure is drawn (plotly has made its SVG and traces), written into
 # a <pre> that --dump-dom prints.
@@ -137,26 +135,29 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 
 
-def report_load_seconds(page: Path, chromium: str = "chromium") -> dict:
-    """Headless Chromium opening ``page`` from disk: seconds to its load event (every figure
-    drawn by then, or the dict says how many were), and the whole process's wall seconds."""
-    import json
-    import re
-    import subprocess
-    import tempfile
+def probe_page(page: Path, script: str, pre_id: str, chromium: str = "chromium"
+               ) -> tuple[dict, float]:
+    """Open ``page`` from disk in headless Chromium with ``script`` injected at the end of its
+    <body>; the JSON the script writes into ``<pre id=pre_id>``, and the process's seconds."""
     with tempfile.TemporaryDirectory() as folder:
         probed = Path(folder) / page.name
         probed.write_text(page.read_text(encoding="utf-8").replace(
-            "</body>", LOAD_PROBE + "</body>", 1), encoding="utf-8")
+            "</body>", script + "</body>", 1), encoding="utf-8")
         started = time.perf_counter()
         done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={folder}/profile",
                                "--dump-dom", probed.as_uri()],
                               capture_output=True, text=True, timeout=300)
         wall = time.perf_counter() - started
-    found = re.search(r'<pre id="load-check">(.*?)</pre>', done.stdout)
+    found = re.search(f'<pre id="{pre_id}">(.*?)</pre>', done.stdout)
     if not found:
-        raise RuntimeError(f"no load event seen in {page}: {done.stderr[-500:]}")
-    check = json.loads(found.group(1).replace("&quot;", '"'))
+        raise RuntimeError(f"the page's probe did not run in {page}: {done.stderr[-500:]}")
+    return json.loads(found.group(1).replace("&quot;", '"')), wall
+
+
+def report_load_seconds(page: Path, chromium: str = "chromium") -> dict:
+    """Headless Chromium opening ``page`` from disk: seconds to its load event (every figure
+    drawn by then, or the dict says how many were), and the whole process's wall seconds."""
+    check, wall = probe_page(page, LOAD_PROBE, "load-check", chromium)
     return {"load_seconds": check["loaded"] / 1e3, "figures": check["figures"],
             "drawn": check["drawn"], "process_seconds": wall}
 
@@ -164,8 +165,6 @@ def report_load_seconds(page: Path, chromium: str = "chromium") -> dict:
 def plot_seconds(sweep: Path, page: Path, *args: str) -> float:
     """Wall seconds of ``landscape plot`` in a fresh process (imports included: what a user
     waits for)."""
-    import subprocess
-    import sys
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "landscape", "plot", str(sweep), "-o", str(page),
                     "--overwrite", *args], check=True, capture_output=True)
@@ -197,27 +196,12 @@ window.addEventListener("load", () => {
 
 def table_milliseconds(page: Path, chromium: str = "chromium") -> dict:
     """Milliseconds a click takes to sort the page's run table, and a filter to apply."""
-    import json
-    import re
-    import subprocess
-    import tempfile
-    with tempfile.TemporaryDirectory() as folder:
-        probed = Path(folder) / page.name
-        probed.write_text(page.read_text(encoding="utf-8").replace(
-            "</body>", TABLE_PROBE + "</body>", 1), encoding="utf-8")
-        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={folder}/profile",
-                               "--dump-dom", probed.as_uri()],
-                              capture_output=True, text=True, timeout=300)
-    found = re.search(r'<pre id="table-check">(.*?)</pre>', done.stdout)
-    if not found:
-        raise RuntimeError(f"the table probe did not run in {page}: {done.stderr[-500:]}")
-    return json.loads(found.group(1).replace("&quot;", '"'))
+    return probe_page(page, TABLE_PROBE, "table-check", chromium)[0]
 
 
 def report_tables(run_counts=(60, 1000), steps: int = STEPS) -> list[str]:
     """Per sweep size: plot seconds, page size, Chromium's load and the run table's sort and
     filter; then a selected page (one setting's 10 seeds, every point)."""
-    import tempfile
     rows = ["| runs | sweep on disk | `landscape plot` (s) | page | load event, every figure drawn "
             "(s) | Chromium process (s) | sort / filter the run table (ms) |",
             "|---|---|---|---|---|---|---|"]
@@ -243,3 +227,9 @@ def report_tables(run_counts=(60, 1000), steps: int = STEPS) -> list[str]:
                      f"{detail.stat().st_size / 2**20:.1f} MiB, load event "
                      f"{load['load_seconds']:.1f} s ({load['drawn']}/{load['figures']} drawn)"]
     return rows
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    write_big_sweep(Path(sys.argv[1]), runs=int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    print(f"{time.perf_counter() - started:.1f} s")
