@@ -65,11 +65,6 @@ class Band:
         return Band(self.x[starts], lower, upper, np.maximum.reduceat(self.count, starts),
                     None if self.median is None else self.median[starts])
 
-    def at(self, index: np.ndarray) -> "Band":
-        """The band at the points ``index`` only (fewer points drawn, same values)."""
-        return Band(self.x[index], self.lower[index], self.upper[index], self.count[index],
-                    None if self.median is None else self.median[index])
-
 
 def line_points(x: np.ndarray, y: np.ndarray, buckets: int) -> np.ndarray:
     """Which points of a line (``x`` ascending) to draw at ``buckets`` pixel columns: in each
